@@ -1,0 +1,87 @@
+//! Authorization rules, in one place: who may read which topic and write what.
+
+use super::{Principal, Role};
+use crate::model::Topic;
+
+/// How much of a tenant's jobs a principal sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobVisibility {
+    /// Every job of the tenant.
+    All,
+    /// Only jobs whose owner is this sub.
+    OwnedBy(String),
+}
+
+impl JobVisibility {
+    pub fn of(p: &Principal) -> JobVisibility {
+        match p.role {
+            Role::Customer => JobVisibility::OwnedBy(p.sub.to_string()),
+            Role::Admin | Role::Staff | Role::Worker | Role::Service => JobVisibility::All,
+        }
+    }
+
+    pub fn allows(&self, owner: Option<&str>) -> bool {
+        match self {
+            JobVisibility::All => true,
+            JobVisibility::OwnedBy(sub) => owner == Some(sub.as_str()),
+        }
+    }
+}
+
+/// Whether `p` may write jobs, tasks and artifacts.
+pub fn can_write_jobs(p: &Principal) -> bool {
+    matches!(p.role, Role::Worker | Role::Service | Role::Admin)
+}
+
+/// Whether `p` may send broadcasts and set presence in a room.
+pub fn can_publish_room(p: &Principal) -> bool {
+    let _ = p;
+    true
+}
+
+/// Whether `p` may read `topic`. `job_owner` is the owner of the job a `job:<id>`
+/// topic names: `Some(owner)` if the job exists in p's tenant, `None` if it does not.
+/// A customer may not subscribe to a job that does not (yet) exist.
+pub fn can_read_topic(p: &Principal, topic: &Topic, job_owner: Option<Option<&str>>) -> bool {
+    match (p.role, topic) {
+        (_, Topic::Room(_)) => true,
+        (_, Topic::User(sub)) => sub.as_str() == &*p.sub || matches!(p.role, Role::Admin | Role::Service),
+        (Role::Customer, Topic::Jobs) => false,
+        (Role::Customer, Topic::JobsOwner(sub)) => sub.as_str() == &*p.sub,
+        (Role::Customer, Topic::Job(_)) => matches!(job_owner, Some(Some(o)) if o == &*p.sub),
+        (_, Topic::Jobs | Topic::JobsOwner(_) | Topic::Job(_)) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn p(role: Role, sub: &str) -> Principal {
+        Principal { sub: Arc::from(sub), tenant: Arc::from("t"), role, exp: None }
+    }
+
+    #[test]
+    fn customers_read_only_what_they_own() {
+        let c = p(Role::Customer, "alice");
+        assert!(can_read_topic(&c, &Topic::JobsOwner("alice".into()), None));
+        assert!(!can_read_topic(&c, &Topic::JobsOwner("bob".into()), None));
+        assert!(!can_read_topic(&c, &Topic::Jobs, None));
+        assert!(can_read_topic(&c, &Topic::Job("j".into()), Some(Some("alice"))));
+        assert!(!can_read_topic(&c, &Topic::Job("j".into()), Some(Some("bob"))));
+        assert!(!can_read_topic(&c, &Topic::Job("j".into()), Some(None)));
+        assert!(!can_read_topic(&c, &Topic::Job("j".into()), None));
+        assert!(can_read_topic(&c, &Topic::User("alice".into()), None));
+        assert!(!can_read_topic(&c, &Topic::User("bob".into()), None));
+    }
+
+    #[test]
+    fn staff_read_the_tenant_but_not_others_notifications() {
+        let s = p(Role::Staff, "sam");
+        assert!(can_read_topic(&s, &Topic::Jobs, None));
+        assert!(can_read_topic(&s, &Topic::Job("j".into()), Some(Some("bob"))));
+        assert!(!can_read_topic(&s, &Topic::User("bob".into()), None));
+        assert!(can_read_topic(&p(Role::Admin, "a"), &Topic::User("bob".into()), None));
+    }
+}

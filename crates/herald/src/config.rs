@@ -1,0 +1,330 @@
+//! Configuration of `herald serve`. Precedence, highest first: command-line
+//! flags, `HERALD_*` environment variables, the `herald.toml` file, defaults.
+
+use crate::store::sqlite::Durability;
+use crate::transport::http::Limits;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Flags (and their environment variables) of `herald serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Config file [default: ./herald.toml when it exists].
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:4000].
+    #[arg(long, env = "HERALD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// SQLite database file [default: ./herald.db].
+    #[arg(long, env = "HERALD_DB")]
+    pub db: Option<PathBuf>,
+    /// HS256 secret for JWTs [default: a development secret kept beside the database].
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// JWKS file with RS256/ES256 public keys.
+    #[arg(long, env = "HERALD_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Claim holding the tenant; dots reach into objects [default: tenant].
+    #[arg(long, env = "HERALD_TENANT_CLAIM")]
+    pub tenant_claim: Option<String>,
+    /// Claim holding the role [default: role].
+    #[arg(long, env = "HERALD_ROLE_CLAIM")]
+    pub role_claim: Option<String>,
+    /// full: fsync every commit; normal: survive a crash of Herald, not of the machine [default: full].
+    #[arg(long, env = "HERALD_DURABILITY", value_enum)]
+    pub durability: Option<Durability>,
+    /// A running job with no report for this long becomes stalled [default: 5m].
+    #[arg(long, env = "HERALD_STALL_TIMEOUT", value_parser = parse_duration)]
+    pub stall_timeout: Option<Duration>,
+    /// How long events stay in the log for resume [default: 7d].
+    #[arg(long, env = "HERALD_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+    /// Largest request body, e.g. 1MiB [default: 1MiB].
+    #[arg(long, env = "HERALD_BODY_LIMIT", value_parser = parse_size)]
+    pub body_limit: Option<usize>,
+    /// Largest WebSocket message [default: 64KiB].
+    #[arg(long, env = "HERALD_WS_MAX_MESSAGE", value_parser = parse_size)]
+    pub ws_max_message: Option<usize>,
+    /// Subscriptions per connection [default: 100].
+    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
+    /// Messages per second per connection [default: 100].
+    #[arg(long, env = "HERALD_MESSAGES_PER_SECOND")]
+    pub messages_per_second: Option<u32>,
+    /// Connections per tenant, 0 for no limit [default: 0].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_TENANT")]
+    pub max_connections_per_tenant: Option<u64>,
+    /// Queued deliveries per connection before it is cut off as slow [default: 4096].
+    #[arg(long, env = "HERALD_OUTBOX_CAPACITY")]
+    pub outbox_capacity: Option<usize>,
+    /// Ping interval for idle connections [default: 20s].
+    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Silence after which a connection is dropped as dead [default: 60s].
+    #[arg(long, env = "HERALD_HEARTBEAT_TIMEOUT", value_parser = parse_duration)]
+    pub heartbeat_timeout: Option<Duration>,
+    /// text or json [default: text].
+    #[arg(long, env = "HERALD_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Start a demo tenant with simulated workers.
+    #[arg(long, env = "HERALD_DEMO")]
+    pub demo: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The `herald.toml` file: the same settings as the flags, in snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    db: Option<PathBuf>,
+    jwt_secret: Option<String>,
+    jwks_file: Option<PathBuf>,
+    tenant_claim: Option<String>,
+    role_claim: Option<String>,
+    durability: Option<Durability>,
+    stall_timeout: Option<String>,
+    retention: Option<String>,
+    body_limit: Option<String>,
+    ws_max_message: Option<String>,
+    max_subscriptions: Option<usize>,
+    messages_per_second: Option<u32>,
+    max_connections_per_tenant: Option<u64>,
+    outbox_capacity: Option<usize>,
+    heartbeat_interval: Option<String>,
+    heartbeat_timeout: Option<String>,
+    log_format: Option<LogFormat>,
+    demo: Option<bool>,
+}
+
+/// Resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    pub jwt_secret: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub tenant_claim: String,
+    pub role_claim: String,
+    pub durability: Durability,
+    pub stall_timeout: Duration,
+    pub retention: Duration,
+    pub max_connections_per_tenant: u64,
+    pub log_format: LogFormat,
+    pub demo: bool,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("{0}: {1}")]
+    Parse(String, String),
+}
+
+impl Config {
+    /// Defaults only: what tests start from.
+    pub fn for_tests(db: &Path) -> Config {
+        Config::resolve(ServeArgs { db: Some(db.to_path_buf()), ..Default::default() }).expect("defaults are valid")
+    }
+
+    /// Merges flags and environment (already in `args`) over the file over defaults.
+    pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None if Path::new("herald.toml").exists() => load_file(Path::new("herald.toml"))?,
+            None => FileConfig::default(),
+        };
+        let dur = |flag: Option<Duration>,
+                   file: &Option<String>,
+                   name: &str,
+                   default: Duration|
+         -> Result<Duration, ConfigError> {
+            match (flag, file) {
+                (Some(d), _) => Ok(d),
+                (None, Some(s)) => parse_duration(s).map_err(|e| ConfigError::Parse(name.into(), e)),
+                (None, None) => Ok(default),
+            }
+        };
+        let size =
+            |flag: Option<usize>, file: &Option<String>, name: &str, default: usize| -> Result<usize, ConfigError> {
+                match (flag, file) {
+                    (Some(d), _) => Ok(d),
+                    (None, Some(s)) => parse_size(s).map_err(|e| ConfigError::Parse(name.into(), e)),
+                    (None, None) => Ok(default),
+                }
+            };
+        let d = Limits::default();
+        let limits = Limits {
+            body_limit: size(args.body_limit, &file.body_limit, "body_limit", d.body_limit)?,
+            ws_max_message: size(args.ws_max_message, &file.ws_max_message, "ws_max_message", d.ws_max_message)?,
+            max_subscriptions: args.max_subscriptions.or(file.max_subscriptions).unwrap_or(d.max_subscriptions),
+            messages_per_second: args.messages_per_second.or(file.messages_per_second).unwrap_or(d.messages_per_second),
+            outbox_capacity: args.outbox_capacity.or(file.outbox_capacity).unwrap_or(d.outbox_capacity),
+            heartbeat_interval: dur(
+                args.heartbeat_interval,
+                &file.heartbeat_interval,
+                "heartbeat_interval",
+                d.heartbeat_interval,
+            )?,
+            heartbeat_timeout: dur(
+                args.heartbeat_timeout,
+                &file.heartbeat_timeout,
+                "heartbeat_timeout",
+                d.heartbeat_timeout,
+            )?,
+            max_poll_wait: d.max_poll_wait,
+            sse_keepalive: d.sse_keepalive,
+        };
+        Ok(Config {
+            listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4000))),
+            db: args.db.or(file.db).unwrap_or_else(|| PathBuf::from("herald.db")),
+            jwt_secret: args.jwt_secret.or(file.jwt_secret).filter(|s| !s.is_empty()),
+            jwks_file: args.jwks_file.or(file.jwks_file),
+            tenant_claim: args.tenant_claim.or(file.tenant_claim).unwrap_or_else(|| "tenant".into()),
+            role_claim: args.role_claim.or(file.role_claim).unwrap_or_else(|| "role".into()),
+            durability: args.durability.or(file.durability).unwrap_or(Durability::Full),
+            // The demo's stalling worker should be noticed while someone watches.
+            stall_timeout: dur(
+                args.stall_timeout,
+                &file.stall_timeout,
+                "stall_timeout",
+                Duration::from_secs(if args.demo || file.demo == Some(true) { 20 } else { 300 }),
+            )?,
+            retention: dur(args.retention, &file.retention, "retention", Duration::from_secs(7 * 24 * 3600))?,
+            max_connections_per_tenant: args
+                .max_connections_per_tenant
+                .or(file.max_connections_per_tenant)
+                .unwrap_or(0),
+            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            demo: args.demo || file.demo.unwrap_or(false),
+            limits,
+        })
+    }
+
+    /// The HS256 secret: configured, or a development secret kept beside the
+    /// database (made on first use). Returns whether it was generated now.
+    pub fn resolve_secret(&mut self) -> Result<Option<PathBuf>, ConfigError> {
+        if self.jwt_secret.is_some() || self.jwks_file.is_some() {
+            return Ok(None);
+        }
+        let mut name = self.db.as_os_str().to_owned();
+        name.push(".jwt-secret");
+        let path = PathBuf::from(name);
+        let shown = path.display().to_string();
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            self.jwt_secret = Some(existing.trim().to_string());
+            return Ok(Some(path));
+        }
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(&path, &secret).map_err(|e| ConfigError::Read(shown, e))?;
+        self.jwt_secret = Some(secret);
+        Ok(Some(path))
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(shown.clone(), e))?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse(shown, e.to_string()))
+}
+
+/// Parses `250ms`, `30s`, `5m`, `2h`, `7d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 250ms"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        other => return Err(format!("unknown duration unit {other:?}; use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `512`, `64KiB`, `1MiB`, `1MB`, `2GiB` into bytes.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("{s:?} is not a size like 64KiB or 1MiB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown size unit {other:?}; use KiB, MiB or GiB")),
+    };
+    Ok(n * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn the_example_config_file_parses() {
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../herald.example.toml");
+        let c = Config::resolve(ServeArgs { config: Some(example), ..Default::default() }).unwrap();
+        assert_eq!(c.stall_timeout, Duration::from_secs(300));
+        assert_eq!(c.limits.body_limit, 1 << 20);
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = std::env::temp_dir().join(format!("herald-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("herald.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:5000\"\nstall_timeout = \"10s\"\nrole_claim = \"r\"\n").unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(file.clone()),
+            listen: Some("127.0.0.1:6000".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.listen.port(), 6000);
+        assert_eq!(c.stall_timeout, Duration::from_secs(10));
+        assert_eq!(c.role_claim, "r");
+        assert_eq!(c.tenant_claim, "tenant");
+        std::fs::write(&file, "no_such_setting = 1\n").unwrap();
+        let err = Config::resolve(ServeArgs { config: Some(file), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("no_such_setting"), "{err}");
+    }
+}

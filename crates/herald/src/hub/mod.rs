@@ -1,0 +1,224 @@
+//! The hub: topics → subscribers, sharded by topic; presence and per-tenant
+//! connection accounting beside. Publishing is a hash lookup and a non-blocking
+//! push per subscriber; it never waits on one.
+
+pub mod delivery;
+pub mod outbox;
+pub mod presence;
+
+pub use delivery::{Delivery, Payload, WireFormat};
+pub use outbox::{outbox, Inbox, Outbox, OverflowSignal};
+
+use crate::model::Event;
+use crate::store::EventSink;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const SHARDS: usize = 64;
+
+/// A topic within a tenant: the routing key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopicKey {
+    pub tenant: Arc<str>,
+    pub topic: Arc<str>,
+}
+
+impl TopicKey {
+    pub fn new(tenant: &str, topic: &str) -> TopicKey {
+        TopicKey { tenant: Arc::from(tenant), topic: Arc::from(topic) }
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    topics: HashMap<TopicKey, HashMap<u64, Outbox>>,
+}
+
+/// Live connection and subscription counts of one tenant.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
+pub struct TenantCounts {
+    pub connections: u64,
+    pub subscriptions: u64,
+}
+
+/// Refused because a limit was reached.
+#[derive(Debug, thiserror::Error)]
+#[error("tenant has {0} connections, the configured maximum")]
+pub struct TooManyConnections(pub u64);
+
+/// Shared routing state; clone the `Arc<Hub>`.
+pub struct Hub {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    next_conn: AtomicU64,
+    tenants: Mutex<HashMap<Arc<str>, TenantCounts>>,
+    /// Members of presence rooms.
+    pub presence: presence::Presence,
+    /// Most connections one tenant may hold (0 = unlimited).
+    max_connections_per_tenant: u64,
+}
+
+impl Hub {
+    pub fn new(max_connections_per_tenant: u64) -> Arc<Hub> {
+        register_metrics();
+        Arc::new(Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: Default::default(),
+            next_conn: AtomicU64::new(1),
+            tenants: Mutex::new(HashMap::new()),
+            presence: presence::Presence::default(),
+            max_connections_per_tenant,
+        })
+    }
+
+    fn shard(&self, key: &TopicKey) -> &Mutex<Shard> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// Counts a new connection of `tenant`, or refuses it at the tenant's limit.
+    pub fn connect(self: &Arc<Self>, tenant: &str) -> Result<ConnectionGuard, TooManyConnections> {
+        let mut tenants = self.tenants.lock();
+        let counts = tenants.entry(Arc::from(tenant)).or_default();
+        if self.max_connections_per_tenant > 0 && counts.connections >= self.max_connections_per_tenant {
+            return Err(TooManyConnections(counts.connections));
+        }
+        counts.connections += 1;
+        drop(tenants);
+        metrics::gauge!("herald_connections").increment(1.0);
+        Ok(ConnectionGuard { hub: Arc::clone(self), tenant: Arc::from(tenant), id: self.next_id() })
+    }
+
+    /// A fresh connection id (also used by transports that are not counted).
+    pub fn next_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds `outbox` as a subscriber of `key`. Returns false if it already was one.
+    pub fn subscribe(&self, key: &TopicKey, outbox: Outbox) -> bool {
+        let added = {
+            let mut shard = self.shard(key).lock();
+            let subs = shard.topics.entry(key.clone()).or_default();
+            subs.insert(outbox.conn_id, outbox).is_none()
+        };
+        if added {
+            self.tenants.lock().entry(Arc::clone(&key.tenant)).or_default().subscriptions += 1;
+            metrics::gauge!("herald_subscriptions").increment(1.0);
+        }
+        added
+    }
+
+    /// Removes connection `conn_id` from `key`.
+    pub fn unsubscribe(&self, key: &TopicKey, conn_id: u64) -> bool {
+        let removed = {
+            let mut shard = self.shard(key).lock();
+            let Some(subs) = shard.topics.get_mut(key) else { return false };
+            let removed = subs.remove(&conn_id).is_some();
+            if subs.is_empty() {
+                shard.topics.remove(key);
+            }
+            removed
+        };
+        if removed {
+            if let Some(c) = self.tenants.lock().get_mut(&key.tenant) {
+                c.subscriptions = c.subscriptions.saturating_sub(1);
+            }
+            metrics::gauge!("herald_subscriptions").decrement(1.0);
+        }
+        removed
+    }
+
+    /// Hands `delivery` to every subscriber of its topic; returns how many took it.
+    pub fn deliver(&self, delivery: Arc<Delivery>) -> usize {
+        let key = TopicKey { tenant: Arc::clone(&delivery.tenant), topic: Arc::clone(&delivery.topic) };
+        let shard = self.shard(&key).lock();
+        let Some(subs) = shard.topics.get(&key) else { return 0 };
+        // A client's own broadcast is not echoed back (nor counted as delivered).
+        let sender = match &delivery.payload {
+            Payload::Broadcast { sender, .. } => *sender,
+            _ => None,
+        };
+        let mut n = 0;
+        for outbox in subs.values() {
+            if sender == Some(outbox.conn_id) {
+                continue;
+            }
+            if outbox.push(&delivery) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Publishes a broadcast or presence payload to a room topic.
+    pub fn publish(&self, tenant: &str, topic: &str, payload: Payload) -> usize {
+        let n = self.deliver(Delivery::new(Arc::from(tenant), Arc::from(topic), payload));
+        metrics::counter!("herald_deliveries_total").increment(n as u64);
+        n
+    }
+
+    /// Connection and subscription counts per tenant, and the number of live topics.
+    pub fn stats(&self) -> (HashMap<String, TenantCounts>, usize) {
+        let tenants = self
+            .tenants
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.connections > 0 || c.subscriptions > 0)
+            .map(|(t, c)| (t.to_string(), *c))
+            .collect();
+        let topics = self.shards.iter().map(|s| s.lock().topics.len()).sum();
+        (tenants, topics)
+    }
+}
+
+/// Makes the hub's series visible in `/metrics` before anything happens.
+fn register_metrics() {
+    metrics::describe_gauge!("herald_connections", "Open realtime connections (WebSocket and SSE)");
+    metrics::describe_gauge!("herald_subscriptions", "Topic subscriptions of open connections");
+    metrics::describe_counter!("herald_deliveries_total", "Deliveries handed to connection queues");
+    metrics::describe_counter!(
+        "herald_queue_overflows_total",
+        "Connections cut off because their send queue overflowed"
+    );
+    metrics::describe_histogram!("herald_delivery_seconds", "Time from publish to the write of a delivery batch");
+    metrics::gauge!("herald_connections").increment(0.0);
+    metrics::gauge!("herald_subscriptions").increment(0.0);
+    metrics::counter!("herald_deliveries_total").increment(0);
+    metrics::counter!("herald_queue_overflows_total").increment(0);
+}
+
+impl EventSink for Hub {
+    fn publish(&self, events: Vec<Event>) {
+        let mut delivered = 0u64;
+        for event in events {
+            let event = Arc::new(event);
+            for topic in &event.topics {
+                let d = Delivery::new(
+                    Arc::clone(&event.tenant),
+                    Arc::from(topic.as_str()),
+                    Payload::Event(Arc::clone(&event)),
+                );
+                delivered += self.deliver(d) as u64;
+            }
+        }
+        metrics::counter!("herald_deliveries_total").increment(delivered);
+    }
+}
+
+/// Keeps a connection counted while it lives.
+pub struct ConnectionGuard {
+    hub: Arc<Hub>,
+    pub tenant: Arc<str>,
+    pub id: u64,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.hub.tenants.lock().get_mut(&self.tenant) {
+            c.connections = c.connections.saturating_sub(1);
+        }
+        metrics::gauge!("herald_connections").decrement(1.0);
+    }
+}

@@ -1,0 +1,173 @@
+//! The `herald` binary: `serve`, `token`, `key create` and `tail`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use herald::config::{Config, LogFormat, ServeArgs};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Realtime server for watching background work")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Mint a development JWT signed with the configured secret.
+    Token {
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        tenant: String,
+        /// admin, staff, customer, worker or service.
+        #[arg(long, default_value = "staff")]
+        role: String,
+        /// Lifetime, e.g. 1h or 30m.
+        #[arg(long, default_value = "1h", value_parser = herald::config::parse_duration)]
+        ttl: std::time::Duration,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Manage worker API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCmd,
+    },
+    /// Print a topic's events as they arrive.
+    Tail {
+        /// job:<id>, jobs, jobs:owner:<sub>, user:<sub> or room:<name>.
+        topic: String,
+        /// Replay from this position first.
+        #[arg(long)]
+        since: Option<u64>,
+        /// Server URL.
+        #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:4000")]
+        url: String,
+        /// Bearer token [default: an admin token minted with the local secret].
+        #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Tenant for the minted token.
+        #[arg(long, default_value = "demo")]
+        tenant: String,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create a key; it is printed once and stored only as a hash.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// worker or service.
+        #[arg(long, default_value = "worker")]
+        role: String,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn config(args: ServeArgs) -> Result<Config> {
+    let mut config = Config::resolve(args)?;
+    if let Some(path) = config.resolve_secret()? {
+        tracing::warn!(path = %path.display(), "using a development JWT secret kept beside the database; set HERALD_JWT_SECRET in production");
+    }
+    Ok(config)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Cmd::Serve(args) => {
+            let format = args.log_format.unwrap_or(LogFormat::Text);
+            init_logging(format);
+            let config = config(args)?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .with_context(|| format!("binding {}", config.listen))?;
+                herald::server::run(config, listener, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+        Cmd::Token { sub, tenant, role, ttl, serve } => {
+            if herald::auth::Role::parse(&role).is_none() {
+                bail!("unknown role {role:?}; use admin, staff, customer, worker or service");
+            }
+            let config = config(serve)?;
+            println!("{}", mint(&config, &sub, &tenant, &role, ttl.as_secs())?);
+            Ok(())
+        }
+        Cmd::Key { command: KeyCmd::Create { tenant, name, role, serve } } => {
+            let role = match herald::auth::Role::parse(&role) {
+                Some(r @ (herald::auth::Role::Worker | herald::auth::Role::Service)) => r,
+                _ => bail!("an API key's role is worker or service"),
+            };
+            let config = config(serve)?;
+            rt.block_on(async move {
+                let (_tx, rx) = tokio::sync::watch::channel(false);
+                let state = herald::server::build(&config, rx)?;
+                let key = herald::auth::apikey::generate();
+                let cmd = herald::store::Command::CreateApiKey { id: key.id.clone(), name, role, hash: key.hash };
+                state.store.write(&tenant, cmd, None).await?;
+                state.store.close().await;
+                println!("{}", key.token);
+                Ok(())
+            })
+        }
+        Cmd::Tail { topic, since, url, token, tenant, serve } => {
+            let token = match token {
+                Some(t) => t,
+                None => mint(&config(serve)?, "herald-tail", &tenant, "admin", 24 * 3600)?,
+            };
+            rt.block_on(herald::tail::run(&url, &token, &topic, since))
+        }
+    }
+}
+
+fn mint(config: &Config, sub: &str, tenant: &str, role: &str, ttl: u64) -> Result<String> {
+    let jwt = herald::auth::JwtVerifier::new(&herald::auth::JwtConfig {
+        secret: config.jwt_secret.clone(),
+        jwks_file: None,
+        tenant_claim: config.tenant_claim.clone(),
+        role_claim: config.role_claim.clone(),
+        leeway_secs: 0,
+    })?;
+    jwt.mint(sub, tenant, role, ttl).context("no HS256 secret configured")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

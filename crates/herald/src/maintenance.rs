@@ -1,0 +1,37 @@
+//! Background upkeep: stall detection and log retention.
+
+use crate::config::Config;
+use crate::store::Command;
+use crate::transport::http::AppState;
+use std::time::Duration;
+
+/// Starts the maintenance loop; abort the handle to stop it.
+pub fn spawn(s: AppState, config: &Config) -> tokio::task::JoinHandle<()> {
+    let stall = config.stall_timeout;
+    let retention = config.retention;
+    // Check often enough that a stall is seen within a quarter of its timeout.
+    let every = (stall / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        let mut last_prune = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let cmd = Command::DetectStalls { timeout_ms: stall.as_millis() as i64 };
+            match s.store.write("", cmd, None).await {
+                Ok(r) => {
+                    if r.body["stalled"].as_u64().unwrap_or(0) > 0 {
+                        tracing::info!(stalled = %r.body["stalled"], "jobs stalled");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "stall detection failed"),
+            }
+            if last_prune.elapsed() >= Duration::from_secs(60) {
+                last_prune = tokio::time::Instant::now();
+                let before_ms = crate::model::time::now_ms() - retention.as_millis() as i64;
+                if let Err(e) = s.store.write("", Command::Prune { before_ms }, None).await {
+                    tracing::warn!(error = %e, "pruning the event log failed");
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,126 @@
+//! The unit of the log: one change, with its position and the topics it belongs to.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+
+/// Event types Herald writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    JobCreated,
+    JobUpdated,
+    JobCompleted,
+    JobFailed,
+    JobCancelled,
+    JobStalled,
+    TaskCreated,
+    TaskUpdated,
+    ArtifactCreated,
+    NotificationCreated,
+    NotificationRead,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::JobCreated => "job.created",
+            EventType::JobUpdated => "job.updated",
+            EventType::JobCompleted => "job.completed",
+            EventType::JobFailed => "job.failed",
+            EventType::JobCancelled => "job.cancelled",
+            EventType::JobStalled => "job.stalled",
+            EventType::TaskCreated => "task.created",
+            EventType::TaskUpdated => "task.updated",
+            EventType::ArtifactCreated => "artifact.created",
+            EventType::NotificationCreated => "notification.created",
+            EventType::NotificationRead => "notification.read",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        use EventType::*;
+        [
+            JobCreated,
+            JobUpdated,
+            JobCompleted,
+            JobFailed,
+            JobCancelled,
+            JobStalled,
+            TaskCreated,
+            TaskUpdated,
+            ArtifactCreated,
+            NotificationCreated,
+            NotificationRead,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+
+    /// The Supabase-style table an event's row belongs to.
+    pub fn table(self) -> &'static str {
+        match self {
+            EventType::JobCreated
+            | EventType::JobUpdated
+            | EventType::JobCompleted
+            | EventType::JobFailed
+            | EventType::JobCancelled
+            | EventType::JobStalled => "jobs",
+            EventType::TaskCreated | EventType::TaskUpdated => "tasks",
+            EventType::ArtifactCreated => "artifacts",
+            EventType::NotificationCreated | EventType::NotificationRead => "notifications",
+        }
+    }
+
+    /// Whether the row is new (INSERT) rather than changed (UPDATE).
+    pub fn is_insert(self) -> bool {
+        matches!(
+            self,
+            EventType::JobCreated
+                | EventType::TaskCreated
+                | EventType::ArtifactCreated
+                | EventType::NotificationCreated
+        )
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A committed change. `data` is the new row as JSON, serialized once when the
+/// change was written and shared from then on.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Strictly increasing in commit order.
+    pub position: u64,
+    pub tenant: Arc<str>,
+    pub kind: EventType,
+    /// Topics this event is routed to (`job:<id>`, `jobs`, `jobs:owner:<sub>`, `user:<sub>`).
+    pub topics: Vec<String>,
+    /// The job the row belongs to, if any.
+    pub job_id: Option<String>,
+    /// Owner of that job, which decides who may see the event.
+    pub owner: Option<String>,
+    pub data: Arc<RawValue>,
+    /// Commit time, epoch milliseconds.
+    pub time: i64,
+}
+
+/// The topics an event about a job goes to.
+pub fn job_topics(job_id: &str, owner: Option<&str>, whole_tenant: bool) -> Vec<String> {
+    let mut t = vec![format!("job:{job_id}")];
+    if whole_tenant {
+        t.push("jobs".to_string());
+        if let Some(o) = owner {
+            t.push(format!("jobs:owner:{o}"));
+        }
+    }
+    t
+}
+
+/// The topic of one user's notifications.
+pub fn user_topic(sub: &str) -> String {
+    format!("user:{sub}")
+}

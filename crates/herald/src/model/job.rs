@@ -1,0 +1,389 @@
+//! A job: long work someone watches, and the rules for changing it.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// How many entries the bounded error log keeps (the oldest are dropped first).
+pub const ERROR_LOG_LIMIT: usize = 50;
+
+/// Lifecycle of a job. Legal moves: queued→running→completed|failed|cancelled,
+/// running↔stalled, queued→cancelled|failed; nothing leaves a terminal state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Stalled,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Stalled => "stalled",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "stalled" => JobStatus::Stalled,
+            "completed" => JobStatus::Completed,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+    }
+
+    /// Whether a job may move from `self` to `to`. Staying put is always allowed
+    /// for non-terminal states (a report that repeats the status).
+    pub fn can_become(self, to: JobStatus) -> bool {
+        use JobStatus::*;
+        if self == to {
+            return !self.is_terminal();
+        }
+        matches!(
+            (self, to),
+            (Queued, Running)
+                | (Queued, Cancelled)
+                | (Queued, Failed)
+                | (Running, Completed)
+                | (Running, Failed)
+                | (Running, Cancelled)
+                | (Running, Stalled)
+                | (Stalled, Running)
+                | (Stalled, Completed)
+                | (Stalled, Failed)
+                | (Stalled, Cancelled)
+        )
+    }
+}
+
+/// One entry of a job's bounded error log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobError {
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(with = "crate::model::time::rfc3339")]
+    pub at: i64,
+    pub message: String,
+}
+
+/// A job as stored, returned by the API and carried by `job.*` events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: String,
+    pub tenant: String,
+    /// The `sub` of the customer who owns the job, if any.
+    pub owner: Option<String>,
+    pub kind: Option<String>,
+    pub title: Option<String>,
+    pub status: JobStatus,
+    pub total: Option<u64>,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// 0–100; derived from the counts unless the worker reports it.
+    pub progress: f64,
+    pub stage: Option<String>,
+    pub current_item: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub errors: Vec<JobError>,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(with = "crate::model::time::rfc3339")]
+    pub created_at: i64,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(with = "crate::model::time::rfc3339_opt")]
+    pub started_at: Option<i64>,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(with = "crate::model::time::rfc3339")]
+    pub updated_at: i64,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(with = "crate::model::time::rfc3339_opt")]
+    pub finished_at: Option<i64>,
+    /// Increases by one with every change.
+    pub version: u64,
+    /// True once the worker reported counts itself; tasks then stop driving them.
+    #[serde(default)]
+    pub counts_reported: bool,
+    /// True once the worker reported an explicit percent; counts then stop driving it.
+    #[serde(default)]
+    pub progress_reported: bool,
+}
+
+/// What a progress report may change. Absent fields are left alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressReport {
+    pub status: Option<JobStatus>,
+    pub total: Option<u64>,
+    /// Absolute count of items that succeeded so far.
+    pub succeeded: Option<u64>,
+    /// Absolute count of items that failed so far.
+    pub failed: Option<u64>,
+    /// Explicit percent 0–100; overrides the percent derived from counts.
+    pub progress: Option<f64>,
+    pub stage: Option<String>,
+    pub current_item: Option<String>,
+    /// JSON merge patch (RFC 7386) applied to the job's metadata.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    /// Appended to the job's bounded error log.
+    pub error: Option<String>,
+}
+
+/// A refused change.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobRuleError {
+    #[error("job is {from}; it cannot become {to}")]
+    IllegalTransition { from: JobStatus, to: JobStatus },
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Job {
+    /// Moves the job to `to`, keeping the timestamps true to the lifecycle.
+    pub fn transition(&mut self, to: JobStatus, now: i64) -> Result<(), JobRuleError> {
+        if !self.status.can_become(to) {
+            return Err(JobRuleError::IllegalTransition { from: self.status, to });
+        }
+        if to == JobStatus::Running && self.started_at.is_none() {
+            self.started_at = Some(now);
+        }
+        if to.is_terminal() {
+            self.finished_at = Some(now);
+            if to == JobStatus::Completed && !self.progress_reported {
+                self.progress = 100.0;
+            }
+        }
+        self.status = to;
+        Ok(())
+    }
+
+    /// Applies a worker's report. Validates everything before changing anything,
+    /// so a refused report leaves the job as it was.
+    pub fn apply_report(&mut self, r: &ProgressReport, now: i64) -> Result<(), JobRuleError> {
+        if let Some(p) = r.progress {
+            if !(0.0..=100.0).contains(&p) || p.is_nan() {
+                return Err(JobRuleError::Invalid { field: "progress", message: "must be between 0 and 100".into() });
+            }
+        }
+        if let Some(m) = &r.metadata {
+            if !(m.is_object() || m.is_null()) {
+                return Err(JobRuleError::Invalid {
+                    field: "metadata",
+                    message: "must be a JSON object (a merge patch)".into(),
+                });
+            }
+        }
+        let mut next = self.clone();
+        if let Some(to) = r.status {
+            next.transition(to, now)?;
+        } else if self.status.is_terminal() {
+            // Counts or stage on a finished job would rewrite history.
+            return Err(JobRuleError::IllegalTransition { from: self.status, to: self.status });
+        } else if self.status == JobStatus::Stalled {
+            // A report from a stalled job's worker means it is alive again.
+            next.transition(JobStatus::Running, now)?;
+        }
+        if let Some(t) = r.total {
+            next.total = Some(t);
+        }
+        if r.succeeded.is_some() || r.failed.is_some() {
+            next.counts_reported = true;
+        }
+        if let Some(s) = r.succeeded {
+            next.succeeded = s;
+        }
+        if let Some(f) = r.failed {
+            next.failed = f;
+        }
+        if let Some(p) = r.progress {
+            next.progress = p;
+            next.progress_reported = true;
+        } else if !next.progress_reported {
+            next.progress = next.derived_progress();
+        }
+        if next.status == JobStatus::Completed && !next.progress_reported {
+            next.progress = 100.0;
+        }
+        if let Some(s) = &r.stage {
+            next.stage = Some(s.clone());
+        }
+        if let Some(c) = &r.current_item {
+            next.current_item = Some(c.clone());
+        }
+        if let Some(patch) = &r.metadata {
+            merge_patch(&mut next.metadata, patch);
+        }
+        if let Some(e) = &r.error {
+            next.push_error(e.clone(), now);
+        }
+        next.touch(now);
+        *self = next;
+        Ok(())
+    }
+
+    /// Percent from counts: (succeeded + failed) / total, rounded to 0.01.
+    pub fn derived_progress(&self) -> f64 {
+        match self.total {
+            Some(t) if t > 0 => {
+                // Counts are the caller's numbers: their sum must not overflow.
+                let done = self.succeeded.saturating_add(self.failed).min(t) as f64;
+                (done * 10000.0 / t as f64).round() / 100.0
+            }
+            _ => self.progress,
+        }
+    }
+
+    pub fn push_error(&mut self, message: String, now: i64) {
+        self.errors.push(JobError { at: now, message });
+        if self.errors.len() > ERROR_LOG_LIMIT {
+            let excess = self.errors.len() - ERROR_LOG_LIMIT;
+            self.errors.drain(..excess);
+        }
+    }
+
+    /// Records that the job changed: a new version and update time.
+    pub fn touch(&mut self, now: i64) {
+        self.version += 1;
+        self.updated_at = now.max(self.updated_at);
+    }
+
+    /// Recomputes counts from the job's tasks, unless the worker reports counts itself.
+    pub fn follow_tasks(&mut self, total: u64, succeeded: u64, failed: u64) {
+        if self.counts_reported {
+            return;
+        }
+        self.total = Some(total.max(self.total.unwrap_or(0)));
+        self.succeeded = succeeded;
+        self.failed = failed;
+        if !self.progress_reported {
+            self.progress = self.derived_progress();
+        }
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job {
+            id: "j".into(),
+            tenant: "t".into(),
+            owner: None,
+            kind: None,
+            title: None,
+            status: JobStatus::Queued,
+            total: Some(20),
+            succeeded: 0,
+            failed: 0,
+            progress: 0.0,
+            stage: None,
+            current_item: None,
+            metadata: serde_json::json!({}),
+            errors: vec![],
+            created_at: 1,
+            started_at: None,
+            updated_at: 1,
+            finished_at: None,
+            version: 1,
+            counts_reported: false,
+            progress_reported: false,
+        }
+    }
+
+    #[test]
+    fn terminal_states_are_final() {
+        for t in [JobStatus::Completed, JobStatus::Failed, JobStatus::Cancelled] {
+            for to in [JobStatus::Queued, JobStatus::Running, JobStatus::Stalled, JobStatus::Completed] {
+                assert!(!t.can_become(to), "{t} -> {to}");
+            }
+        }
+        assert!(JobStatus::Running.can_become(JobStatus::Stalled));
+        assert!(JobStatus::Stalled.can_become(JobStatus::Running));
+        assert!(!JobStatus::Queued.can_become(JobStatus::Completed));
+    }
+
+    #[test]
+    fn report_derives_percent_and_stamps_times() {
+        let mut j = job();
+        let r = ProgressReport {
+            status: Some(JobStatus::Running),
+            succeeded: Some(4),
+            failed: Some(1),
+            ..Default::default()
+        };
+        j.apply_report(&r, 10).unwrap();
+        assert_eq!(j.progress, 25.0);
+        assert_eq!(j.started_at, Some(10));
+        assert_eq!(j.version, 2);
+        j.apply_report(&ProgressReport { status: Some(JobStatus::Completed), ..Default::default() }, 20).unwrap();
+        assert_eq!(j.progress, 100.0);
+        assert_eq!(j.finished_at, Some(20));
+    }
+
+    #[test]
+    fn refused_report_changes_nothing() {
+        let mut j = job();
+        let before = j.clone();
+        let r = ProgressReport { status: Some(JobStatus::Completed), succeeded: Some(3), ..Default::default() };
+        assert!(matches!(j.apply_report(&r, 5), Err(JobRuleError::IllegalTransition { .. })));
+        assert_eq!(j, before);
+    }
+
+    #[test]
+    fn huge_counts_saturate_instead_of_overflowing() {
+        let mut j = job();
+        let r = ProgressReport { succeeded: Some(u64::MAX), failed: Some(u64::MAX), ..Default::default() };
+        j.apply_report(&r, 5).unwrap();
+        assert_eq!(j.progress, 100.0);
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc7386() {
+        let mut v = serde_json::json!({"a": 1, "b": {"c": 2, "d": 3}});
+        merge_patch(&mut v, &serde_json::json!({"a": null, "b": {"c": 5}, "e": [1]}));
+        assert_eq!(v, serde_json::json!({"b": {"c": 5, "d": 3}, "e": [1]}));
+    }
+}

@@ -1,0 +1,74 @@
+//! Topics: what a client subscribes to.
+
+/// A parsed topic name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// `job:<id>` — one job, its tasks and artifacts.
+    Job(String),
+    /// `jobs` — every job of the tenant.
+    Jobs,
+    /// `jobs:owner:<sub>` — the jobs one customer owns.
+    JobsOwner(String),
+    /// `user:<sub>` — one user's notifications.
+    User(String),
+    /// `room:<name>` — broadcast and presence, memory only.
+    Room(String),
+}
+
+impl Topic {
+    /// Parses a topic, or says what is wrong with it.
+    pub fn parse(s: &str) -> Result<Topic, String> {
+        let check = |what: &str, v: &str| -> Result<String, String> {
+            crate::model::ids::validate_id(v).map_err(|m| format!("{what} {m}"))?;
+            Ok(v.to_string())
+        };
+        if s == "jobs" {
+            return Ok(Topic::Jobs);
+        }
+        if let Some(sub) = s.strip_prefix("jobs:owner:") {
+            return Ok(Topic::JobsOwner(check("owner", sub)?));
+        }
+        if let Some(id) = s.strip_prefix("job:") {
+            return Ok(Topic::Job(check("job id", id)?));
+        }
+        if let Some(sub) = s.strip_prefix("user:") {
+            return Ok(Topic::User(check("user", sub)?));
+        }
+        if let Some(name) = s.strip_prefix("room:") {
+            return Ok(Topic::Room(check("room name", name)?));
+        }
+        Err(format!("unknown topic {s:?}; expected job:<id>, jobs, jobs:owner:<sub>, user:<sub> or room:<name>"))
+    }
+
+    /// Rooms are ephemeral: no log, no resume.
+    pub fn is_room(&self) -> bool {
+        matches!(self, Topic::Room(_))
+    }
+}
+
+impl std::fmt::Display for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Topic::Job(id) => write!(f, "job:{id}"),
+            Topic::Jobs => f.write_str("jobs"),
+            Topic::JobsOwner(s) => write!(f, "jobs:owner:{s}"),
+            Topic::User(s) => write!(f, "user:{s}"),
+            Topic::Room(n) => write!(f, "room:{n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Topic;
+
+    #[test]
+    fn parses_every_kind_and_round_trips() {
+        for s in ["job:abc", "jobs", "jobs:owner:u1", "user:u1", "room:lobby"] {
+            assert_eq!(Topic::parse(s).unwrap().to_string(), s);
+        }
+        assert!(Topic::parse("job:").is_err());
+        assert!(Topic::parse("nope").is_err());
+        assert!(Topic::parse("user:a b").is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! Wires the pieces together and runs them: store → hub → transports, plus
+//! the maintenance loops, with graceful shutdown.
+
+use crate::auth::{Authenticator, JwtConfig, JwtVerifier};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{DynStore, EventSink};
+use crate::transport::http::{router, AppState};
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::jwt::JwtSetupError),
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The Prometheus recorder is process-wide; install it once.
+pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+            let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full("herald_commit_batch_size".into()),
+                        &sizes,
+                    )
+                })
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .clone()
+}
+
+/// Opens the store and builds the shared state.
+pub fn build(config: &Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<AppState, ServerError> {
+    // The recorder first, so the hub can register its series at zero.
+    let metrics = metrics_handle();
+    let hub = Hub::new(config.max_connections_per_tenant);
+    let sink: Arc<dyn EventSink> = Arc::clone(&hub) as Arc<dyn EventSink>;
+    let store: DynStore = Arc::new(SqliteStore::open(&config.db, config.durability, sink)?);
+    let jwt = JwtVerifier::new(&JwtConfig {
+        secret: config.jwt_secret.clone(),
+        jwks_file: config.jwks_file.clone(),
+        tenant_claim: config.tenant_claim.clone(),
+        role_claim: config.role_claim.clone(),
+        leeway_secs: 0,
+    })?;
+    Ok(AppState {
+        auth: Authenticator::new(jwt, Arc::clone(&store)),
+        store,
+        hub,
+        limits: Arc::new(config.limits.clone()),
+        metrics,
+        shutdown,
+    })
+}
+
+/// Serves on `listener` until `signal` resolves, then stops taking requests,
+/// tells streaming clients goodbye, finishes in-flight requests and flushes
+/// the writer.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let state = build(&config, stop_rx)?;
+    let maintenance = crate::maintenance::spawn(state.clone(), &config);
+    let demo = config.demo.then(|| crate::demo::spawn(state.clone()));
+    let app = router(state.clone());
+    tracing::info!(addr = %listener.local_addr()?, db = %config.db.display(), "herald listening");
+    let stop = async move {
+        signal.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    };
+    axum::serve(listener, app).with_graceful_shutdown(stop).await?;
+    maintenance.abort();
+    if let Some(d) = demo {
+        d.abort();
+    }
+    state.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

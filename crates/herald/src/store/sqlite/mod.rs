@@ -1,0 +1,169 @@
+//! The embedded store: one SQLite file in WAL mode. Writes go through the
+//! group-commit [`writer`]; reads use a small pool of their own connections.
+
+mod apply;
+mod read;
+mod schema;
+pub mod writer;
+
+use super::{ApiKeyRecord, Command, EventPage, EventSink, IdempotencyKey, JobFilter, Page, Reply, Store, StoreError};
+use crate::auth::JobVisibility;
+use crate::model::{Artifact, Job, Notification, Task};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use writer::{WriteRequest, WriterMsg};
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync on every commit (`synchronous=FULL`): an acknowledged write survives power loss.
+    Full,
+    /// `synchronous=NORMAL`: survives a crash of Herald, may lose the last commits on power loss.
+    Normal,
+}
+
+/// A handle to the embedded store; cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: mpsc::Sender<WriterMsg>,
+    readers: Arc<ReadPool>,
+}
+
+/// Reader connections, taken and returned around each blocking query.
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn open(&self) -> Result<Connection, StoreError> {
+        let conn =
+            Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(StoreError::from)?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool.
+    async fn with<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let conn = match pool.idle.lock().pop() {
+                Some(c) => c,
+                None => pool.open()?,
+            };
+            let result = f(&conn);
+            let mut idle = pool.idle.lock();
+            if idle.len() < 16 {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, applies migrations and
+    /// starts the writer thread, which hands every committed event to `sink`.
+    pub fn open(path: &Path, durability: Durability, sink: Arc<dyn EventSink>) -> Result<Self, StoreError> {
+        let mut conn =
+            Connection::open(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        schema::migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel(8192);
+        std::thread::Builder::new()
+            .name("herald-writer".into())
+            .spawn(move || writer::run(conn, rx, sink))
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(ReadPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn write(&self, tenant: &str, cmd: Command, idem: Option<IdempotencyKey>) -> Result<Reply, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let req = WriteRequest { tenant: tenant.to_string(), cmd, idem, reply };
+        self.writer
+            .send(WriterMsg::Write(Box::new(req)))
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+    }
+
+    async fn job(&self, tenant: &str, id: &str) -> Result<Option<Job>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.readers.with(move |c| read::job(c, &tenant, &id)).await
+    }
+
+    async fn jobs(&self, tenant: &str, vis: &JobVisibility, filter: JobFilter) -> Result<Page<Job>, StoreError> {
+        let (tenant, vis) = (tenant.to_string(), vis.clone());
+        self.readers.with(move |c| read::jobs(c, &tenant, &vis, &filter)).await
+    }
+
+    async fn tasks(&self, tenant: &str, job_id: &str) -> Result<Vec<Task>, StoreError> {
+        let (tenant, job_id) = (tenant.to_string(), job_id.to_string());
+        self.readers.with(move |c| read::tasks(c, &tenant, &job_id)).await
+    }
+
+    async fn artifacts(&self, tenant: &str, job_id: &str) -> Result<Vec<Artifact>, StoreError> {
+        let (tenant, job_id) = (tenant.to_string(), job_id.to_string());
+        self.readers.with(move |c| read::artifacts(c, &tenant, &job_id)).await
+    }
+
+    async fn notifications(
+        &self,
+        tenant: &str,
+        recipient: &str,
+        unread_only: bool,
+        limit: usize,
+    ) -> Result<(Vec<Notification>, u64), StoreError> {
+        let (tenant, recipient) = (tenant.to_string(), recipient.to_string());
+        self.readers.with(move |c| read::notifications(c, &tenant, &recipient, unread_only, limit)).await
+    }
+
+    async fn events(&self, tenant: &str, topics: &[String], since: u64, limit: usize) -> Result<EventPage, StoreError> {
+        let (tenant, topics) = (tenant.to_string(), topics.to_vec());
+        self.readers.with(move |c| read::events(c, &tenant, &topics, since, limit)).await
+    }
+
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let id = id.to_string();
+        self.readers.with(move |c| read::api_key(c, &id)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer.is_closed() {
+            return Err(StoreError::Unavailable("the writer has stopped".into()));
+        }
+        self.readers.with(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await.map(|_| ())
+    }
+
+    async fn close(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.writer.send(WriterMsg::Close(done)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}

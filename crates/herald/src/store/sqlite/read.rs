@@ -1,0 +1,181 @@
+//! Read queries, run on reader connections.
+
+use crate::auth::{JobVisibility, Role};
+use crate::model::{Artifact, Event, EventType, Job, Notification, Task};
+use crate::store::{ApiKeyRecord, EventPage, JobFilter, Page, StoreError};
+use rusqlite::{params, types::Value as SqlValue, Connection, OptionalExtension};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Internal(format!("corrupt row: {e}")))
+}
+
+pub fn job(c: &Connection, tenant: &str, id: &str) -> Result<Option<Job>, StoreError> {
+    let doc: Option<String> = c
+        .prepare_cached("SELECT doc FROM jobs WHERE tenant = ?1 AND id = ?2")?
+        .query_row(params![tenant, id], |r| r.get(0))
+        .optional()?;
+    doc.map(|d| from_json(&d)).transpose()
+}
+
+pub fn jobs(c: &Connection, tenant: &str, vis: &JobVisibility, f: &JobFilter) -> Result<Page<Job>, StoreError> {
+    let mut sql = String::from("SELECT rowid, doc FROM jobs WHERE tenant = ?");
+    let mut args: Vec<SqlValue> = vec![tenant.to_string().into()];
+    if let JobVisibility::OwnedBy(sub) = vis {
+        sql.push_str(" AND owner = ?");
+        args.push(sub.clone().into());
+    }
+    if let Some(s) = f.status {
+        sql.push_str(" AND status = ?");
+        args.push(s.as_str().to_string().into());
+    }
+    if let Some(k) = &f.kind {
+        sql.push_str(" AND kind = ?");
+        args.push(k.clone().into());
+    }
+    if let Some(o) = &f.owner {
+        sql.push_str(" AND owner = ?");
+        args.push(o.clone().into());
+    }
+    if let Some(u) = f.updated_after {
+        sql.push_str(" AND updated_at > ?");
+        args.push(u.into());
+    }
+    if let Some(b) = f.before {
+        sql.push_str(" AND rowid < ?");
+        args.push(b.into());
+    }
+    sql.push_str(" ORDER BY rowid DESC LIMIT ?");
+    args.push(((f.limit + 1) as i64).into());
+    let mut stmt = c.prepare_cached(&sql)?;
+    let rows: Vec<(i64, String)> =
+        stmt.query_map(rusqlite::params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    let more = rows.len() > f.limit;
+    let mut items = Vec::with_capacity(rows.len().min(f.limit));
+    let mut last = None;
+    for (rowid, doc) in rows.into_iter().take(f.limit) {
+        items.push(from_json(&doc)?);
+        last = Some(rowid);
+    }
+    Ok(Page { items, next_cursor: if more { last } else { None } })
+}
+
+pub fn tasks(c: &Connection, tenant: &str, job_id: &str) -> Result<Vec<Task>, StoreError> {
+    let mut stmt = c.prepare_cached("SELECT doc FROM tasks WHERE tenant = ?1 AND job_id = ?2 ORDER BY rowid")?;
+    let docs: Vec<String> = stmt.query_map(params![tenant, job_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    docs.iter().map(|d| from_json(d)).collect()
+}
+
+pub fn artifacts(c: &Connection, tenant: &str, job_id: &str) -> Result<Vec<Artifact>, StoreError> {
+    let mut stmt = c.prepare_cached("SELECT doc FROM artifacts WHERE tenant = ?1 AND job_id = ?2 ORDER BY seq")?;
+    let docs: Vec<String> = stmt.query_map(params![tenant, job_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    docs.iter().map(|d| from_json(d)).collect()
+}
+
+pub fn notifications(
+    c: &Connection,
+    tenant: &str,
+    recipient: &str,
+    unread_only: bool,
+    limit: usize,
+) -> Result<(Vec<Notification>, u64), StoreError> {
+    let sql = if unread_only {
+        "SELECT doc FROM notifications WHERE tenant = ?1 AND recipient = ?2 AND read = 0 ORDER BY seq DESC LIMIT ?3"
+    } else {
+        "SELECT doc FROM notifications WHERE tenant = ?1 AND recipient = ?2 ORDER BY seq DESC LIMIT ?3"
+    };
+    let docs: Vec<String> = c
+        .prepare_cached(sql)?
+        .query_map(params![tenant, recipient, limit as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let unread: i64 = c
+        .prepare_cached("SELECT count(*) FROM notifications WHERE tenant = ?1 AND recipient = ?2 AND read = 0")?
+        .query_row(params![tenant, recipient], |r| r.get(0))?;
+    let items = docs.iter().map(|d| from_json(d)).collect::<Result<_, _>>()?;
+    Ok((items, unread as u64))
+}
+
+pub fn events(
+    c: &Connection,
+    tenant: &str,
+    topics: &[String],
+    since: u64,
+    limit: usize,
+) -> Result<EventPage, StoreError> {
+    // Head and floor first: an event committed after this read is still ahead of `head`.
+    let head: i64 = c.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get(0))?;
+    let floor: i64 = c
+        .query_row("SELECT value FROM meta WHERE key = 'floor'", [], |r| r.get::<_, String>(0))
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if topics.is_empty() || limit == 0 {
+        return Ok(EventPage { events: Vec::new(), head: head as u64, floor: floor as u64 });
+    }
+    let since = since.min(i64::MAX as u64);
+    let placeholders = vec!["?"; topics.len()].join(", ");
+    // The limit counts events, not (event, topic) rows: an event in two of the
+    // asked topics is one event. (Counting rows made pages short, and a reader
+    // that takes a short page for "caught up" stopped early.)
+    // One topic has one row per event and streams in index order.
+    let distinct = if topics.len() > 1 { "DISTINCT" } else { "" };
+    let sql = format!(
+        "SELECT e.position, e.type, e.job_id, e.owner, e.data, e.time, t.topic
+         FROM (SELECT {distinct} position FROM event_topics
+               WHERE tenant = ? AND topic IN ({placeholders}) AND position > ? AND position <= ?
+               ORDER BY position LIMIT ?) p
+         JOIN events e ON e.position = p.position
+         JOIN event_topics t ON t.tenant = ? AND t.position = p.position AND t.topic IN ({placeholders})
+         ORDER BY p.position"
+    );
+    let mut args: Vec<SqlValue> = Vec::with_capacity(2 * topics.len() + 5);
+    args.push(tenant.to_string().into());
+    args.extend(topics.iter().map(|t| SqlValue::from(t.clone())));
+    args.push((since as i64).into());
+    args.push(head.into());
+    args.push((limit as i64).into());
+    args.push(tenant.to_string().into());
+    args.extend(topics.iter().map(|t| SqlValue::from(t.clone())));
+    let tenant: Arc<str> = Arc::from(tenant);
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut events: Vec<Event> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let position = r.get::<_, i64>(0)? as u64;
+        let topic: String = r.get(6)?;
+        if let Some(last) = events.last_mut() {
+            if last.position == position {
+                last.topics.push(topic);
+                continue;
+            }
+        }
+        let kind: String = r.get(1)?;
+        let data: String = r.get(4)?;
+        events.push(Event {
+            position,
+            tenant: Arc::clone(&tenant),
+            kind: EventType::parse(&kind).ok_or_else(|| StoreError::Internal(format!("unknown event type {kind}")))?,
+            topics: vec![topic],
+            job_id: r.get(2)?,
+            owner: r.get(3)?,
+            data: Arc::from(RawValue::from_string(data).map_err(|e| StoreError::Internal(e.to_string()))?),
+            time: r.get(5)?,
+        });
+    }
+    Ok(EventPage { events, head: head as u64, floor: floor as u64 })
+}
+
+pub fn api_key(c: &Connection, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+    let row: Option<(String, String, String, String, Vec<u8>)> = c
+        .prepare_cached("SELECT id, tenant, name, role, hash FROM api_keys WHERE id = ?1")?
+        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .optional()?;
+    Ok(row.map(|(id, tenant, name, role, hash)| ApiKeyRecord {
+        id,
+        tenant,
+        name,
+        role: Role::parse(&role).unwrap_or(Role::Worker),
+        hash,
+    }))
+}

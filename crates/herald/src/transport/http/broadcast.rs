@@ -1,0 +1,79 @@
+//! `POST /v1/broadcast`: REST callers reach WebSocket clients — one room, one
+//! user, or the whole tenant. Ephemeral: nothing is stored.
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{Auth, JsonBody};
+use super::AppState;
+use crate::auth::Role;
+use crate::hub::Payload;
+use crate::model::Topic;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The topic every native connection joins for tenant-wide broadcasts.
+pub const TENANT_TOPIC: &str = "tenant";
+
+/// The topic every native connection of a user joins for broadcasts to that user.
+pub fn inbox_topic(sub: &str) -> String {
+    format!("inbox:{sub}")
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastRequest {
+    /// `room:<name>` to reach one room.
+    pub topic: Option<String>,
+    /// A `sub`, to reach every connection of that user.
+    pub user: Option<String>,
+    /// True to reach every connection of the tenant.
+    #[serde(default)]
+    pub tenant: bool,
+    /// Event name the receivers see.
+    pub event: String,
+    #[schema(value_type = Object)]
+    pub payload: Box<serde_json::value::RawValue>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BroadcastAccepted {
+    /// Connections on this node that received it.
+    pub delivered: usize,
+}
+
+#[utoipa::path(post, path = "/v1/broadcast", request_body = BroadcastRequest, tag = "realtime",
+    responses((status = 202, body = BroadcastAccepted), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn broadcast(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    body: JsonBody<BroadcastRequest>,
+) -> Result<(StatusCode, Json<BroadcastAccepted>), ApiError> {
+    if p.role == Role::Customer {
+        return Err(ApiError::forbidden("customers broadcast over the WebSocket, to rooms"));
+    }
+    let b = body.value;
+    if b.event.is_empty() || b.event.len() > 256 {
+        return Err(ApiError::invalid_field("event", "must be 1 to 256 bytes"));
+    }
+    let topic = match (&b.topic, &b.user, b.tenant) {
+        (Some(t), None, false) => match Topic::parse(t) {
+            Ok(Topic::Room(_)) => t.clone(),
+            _ => return Err(ApiError::invalid_field("topic", "must be room:<name>")),
+        },
+        (None, Some(u), false) => {
+            crate::model::ids::validate_id(u).map_err(|m| ApiError::invalid_field("user", m))?;
+            inbox_topic(u)
+        }
+        (None, None, true) => TENANT_TOPIC.to_string(),
+        _ => return Err(ApiError::invalid_field("topic", "give exactly one of topic, user or tenant: true")),
+    };
+    let delivered = s.hub.publish(
+        &p.tenant,
+        &topic,
+        Payload::Broadcast { event: b.event, data: b.payload, sender: None, from: Some(std::sync::Arc::clone(&p.sub)) },
+    );
+    Ok((StatusCode::ACCEPTED, Json(BroadcastAccepted { delivered })))
+}

@@ -1,0 +1,114 @@
+//! `GET /v1/events`: read the log by topic, or long-poll for what comes next.
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{Auth, Query};
+use super::AppState;
+use crate::hub::{outbox, TopicKey};
+use crate::transport::topics::{authorize, event_json};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::time::Duration;
+use utoipa::IntoParams;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PollEvents {
+    /// One topic, or several separated by commas.
+    pub topic: String,
+    /// Return events after this position (default 0).
+    pub since: Option<u64>,
+    /// 1–1000, default 100.
+    pub limit: Option<usize>,
+    /// Seconds to wait for an event when there is none yet (default 0).
+    pub wait: Option<f64>,
+}
+
+/// Response of `GET /v1/events`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct EventsPage {
+    /// Events, oldest first: `{topic, position, type, data, time}`.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+    /// Pass as `since` next time.
+    pub next: u64,
+    /// True when `since` is older than retention: reload a snapshot, then continue from `next`.
+    pub resync: bool,
+}
+
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(PollEvents),
+    responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn poll_events(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Query(q): Query<PollEvents>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "limit: must be 1 to 1000"));
+    }
+    let wait = q.wait.unwrap_or(0.0);
+    if !(0.0..=s.limits.max_poll_wait.as_secs_f64()).contains(&wait) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("wait: must be 0 to {} seconds", s.limits.max_poll_wait.as_secs()),
+        ));
+    }
+    let mut topics = Vec::new();
+    for raw in q.topic.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let t = authorize(&s, &p, raw).await?;
+        if t.is_room() {
+            return Err(ApiError::bad_request("invalid_topic", format!("{raw} is ephemeral and has no log")));
+        }
+        topics.push(t.to_string());
+    }
+    if topics.is_empty() || topics.len() > 20 {
+        return Err(ApiError::bad_request("invalid_query", "topic: give 1 to 20 topics"));
+    }
+    let since = q.since.unwrap_or(0);
+
+    // Listen before reading, so an event committed between the read and the wait still wakes us.
+    let (tx, mut rx) = outbox(s.hub.next_id(), 16);
+    let keys: Vec<TopicKey> = topics.iter().map(|t| TopicKey::new(&p.tenant, t)).collect();
+    if wait > 0.0 {
+        for k in &keys {
+            s.hub.subscribe(k, tx.clone());
+        }
+    }
+    let result = async {
+        let mut deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+        let mut shutdown = s.shutdown.clone();
+        loop {
+            let page = s.store.events(&p.tenant, &topics, since, limit).await?;
+            if since < page.floor {
+                return Ok(EventsPage { events: vec![], next: page.head, resync: true });
+            }
+            if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
+                let next = page.events.last().map(|e| e.position).unwrap_or(since);
+                let events = page
+                    .events
+                    .iter()
+                    .map(|e| {
+                        let topic = e.topics.first().map(String::as_str).unwrap_or("");
+                        serde_json::from_str(&event_json(None, topic, e)).unwrap_or_default()
+                    })
+                    .collect();
+                return Ok::<_, ApiError>(EventsPage { events, next, resync: false });
+            }
+            let mut buf = Vec::new();
+            tokio::select! {
+                _ = rx.recv_many(&mut buf, 16) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = crate::transport::http::shutting_down(&mut shutdown) => { deadline = tokio::time::Instant::now(); }
+            }
+        }
+    }
+    .await;
+    for k in &keys {
+        s.hub.unsubscribe(k, tx.conn_id);
+    }
+    let page = result?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(page)).into_response())
+}

@@ -1,0 +1,180 @@
+//! Request extractors whose rejections use the API's error shape and name the
+//! offending field.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::Principal;
+use crate::store::IdempotencyKey;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, StatusCode};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+/// The verified caller, from `Authorization: Bearer <JWT or API key>`.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or(crate::auth::AuthError::Missing)?;
+        Ok(Auth(state.auth.authenticate(&token).await?))
+    }
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(parts: &Parts) -> Option<String> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
+/// A JSON body: must be `application/json`, within the size limit, well-formed,
+/// and of the right shape; errors name the field. Keeps a digest of the raw
+/// bytes for idempotency fingerprints.
+pub struct JsonBody<T> {
+    pub value: T,
+    pub digest: String,
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let mime = v.split(';').next().unwrap_or("").trim();
+                mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("body is larger than the limit of {} bytes", state.limits.body_limit),
+                )
+            } else {
+                ApiError::bad_request("invalid_body", e.body_text())
+            }
+        })?;
+        // Every body is an object; serde would otherwise read a struct from an array.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') && check_json(&bytes).is_ok() {
+            return Err(ApiError::invalid_field("body", "must be a JSON object"));
+        }
+        let value = parse_json(&bytes)?;
+        Ok(JsonBody { value, digest: hex(&Sha256::digest(&bytes)) })
+    }
+}
+
+/// Parses JSON, telling malformed JSON (400 `invalid_json`) from well-formed
+/// JSON of the wrong shape (422 `invalid_field`, naming the field's path).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        // A shape error may be met before a syntax error further on, and serde_json
+        // reports some type mismatches (a number where an enum goes) as syntax
+        // errors: which one it is depends on the whole document.
+        if let Err(syntax) = check_json(bytes) {
+            return syntax;
+        }
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_string() } else { path };
+        ApiError::invalid_field(&field, e.into_inner())
+    })?;
+    // Anything after the value (`{}}`, `{} {}`) is malformed too, not ignored.
+    de.end().map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+/// Whether `bytes` are one well-formed JSON document.
+fn check_json(bytes: &[u8]) -> Result<(), ApiError> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))
+}
+
+/// Path parameters, with errors in the API's shape: a segment that does not
+/// decode (e.g. `%FF`, not UTF-8) is a bad id, 400 `invalid_id`, naming the parameter.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key } => {
+                    ApiError::bad_request("invalid_id", format!("{key}: not valid UTF-8 once decoded"))
+                }
+                _ => ApiError::bad_request("invalid_id", e.body_text()),
+            }),
+            Err(other) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.body_text())),
+        }
+    }
+}
+
+/// Query parameters, with errors in the API's shape.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequestParts<AppState> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded_de(q);
+        de.map(Query)
+    }
+}
+
+fn serde_urlencoded_de<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(
+        &format!("/?{q}").parse().map_err(|_| ApiError::bad_request("invalid_query", "bad query string"))?,
+    )
+    .map(|axum::extract::Query(v)| v)
+    .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+/// The `Idempotency-Key` of a write, scoped to its caller and fingerprinted by
+/// method, path and body.
+pub fn idempotency_key(
+    headers: &axum::http::HeaderMap,
+    principal: &Principal,
+    method: &str,
+    path: &str,
+    body_digest: &str,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = v.to_str().map_err(|_| ApiError::bad_request("invalid_header", "Idempotency-Key must be ASCII"))?;
+    if key.is_empty() || key.len() > 255 {
+        return Err(ApiError::bad_request("invalid_header", "Idempotency-Key must be 1 to 255 characters"));
+    }
+    Ok(Some(IdempotencyKey {
+        sub: principal.sub.to_string(),
+        key: key.to_string(),
+        fingerprint: format!("{method} {path} {body_digest}"),
+    }))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Checks a path id and says which one is wrong.
+pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    crate::model::ids::validate_id(id).map_err(|m| ApiError::bad_request("invalid_id", format!("{what}: {m}")))
+}

@@ -1,0 +1,303 @@
+//! Worker API (create, progress, tasks, artifacts) and job reads.
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{check_id, idempotency_key, Auth, JsonBody, Path, Query};
+use super::AppState;
+use crate::auth::{can_write_jobs, JobVisibility, Principal};
+use crate::model::job::ProgressReport;
+use crate::model::task::TaskUpsert;
+use crate::model::{Artifact, Job, JobStatus, Task};
+use crate::store::{Command, JobFilter, NewJob, Reply};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// Longest free-text field (title, stage, current item, error), in bytes.
+pub const MAX_TEXT: usize = 4096;
+
+/// Body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// Caller-chosen id; a UUIDv7 is made when absent.
+    pub id: Option<String>,
+    pub kind: Option<String>,
+    pub title: Option<String>,
+    /// The `sub` of the customer who owns (and may watch) the job.
+    pub owner: Option<String>,
+    pub total: Option<u64>,
+    /// `queued` (default) or `running`.
+    pub status: Option<JobStatus>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    pub tasks: Option<Vec<TaskUpsert>>,
+}
+
+/// Body of `POST /v1/jobs/{id}/artifacts`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewArtifact {
+    /// What it is: `screenshot`, `ocr`, `label`...
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+}
+
+/// Query of `GET /v1/jobs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListJobs {
+    pub status: Option<String>,
+    pub kind: Option<String>,
+    pub owner: Option<String>,
+    /// RFC 3339; only jobs updated after this instant.
+    pub updated_after: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// 1–500, default 50.
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ArtifactList {
+    pub artifacts: Vec<Artifact>,
+}
+
+fn text(field: &str, v: &Option<String>, max: usize) -> Result<(), ApiError> {
+    match v {
+        Some(s) if s.len() > max => Err(ApiError::invalid_field(field, format!("must be at most {max} bytes"))),
+        _ => Ok(()),
+    }
+}
+
+/// Turns a store reply into 201 or 200 with its body.
+pub fn reply_response(reply: Reply) -> Response {
+    let status = if reply.created { StatusCode::CREATED } else { StatusCode::OK };
+    (status, Json(reply.body)).into_response()
+}
+
+fn require_writer(p: &Principal) -> Result<(), ApiError> {
+    if can_write_jobs(p) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!("role {} may not write jobs", p.role.as_str())))
+    }
+}
+
+/// Loads a job the caller may see; anything else is 404 so existence does not leak.
+pub async fn visible_job(s: &AppState, p: &Principal, id: &str) -> Result<Job, ApiError> {
+    check_id("job id", id)?;
+    match s.store.job(&p.tenant, id).await? {
+        Some(job) if JobVisibility::of(p).allows(job.owner.as_deref()) => Ok(job),
+        _ => Err(ApiError::not_found(format!("job {id}"))),
+    }
+}
+
+/// Runs a write with the request's idempotency key.
+async fn write(
+    s: &AppState,
+    p: &Principal,
+    headers: &HeaderMap,
+    path: &str,
+    digest: &str,
+    cmd: Command,
+) -> Result<Response, ApiError> {
+    let method = if path.contains("/tasks/") { "PUT" } else { "POST" };
+    let idem = idempotency_key(headers, p, method, path, digest)?;
+    Ok(reply_response(s.store.write(&p.tenant, cmd, idem).await?))
+}
+
+#[utoipa::path(post, path = "/v1/jobs", request_body = CreateJob, tag = "jobs",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the first answer")),
+    responses((status = 201, description = "Created", body = Job), (status = 200, description = "Same id and body again: the existing job", body = Job),
+        (status = 409, description = "Same id, different body", body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_job(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    headers: HeaderMap,
+    body: JsonBody<CreateJob>,
+) -> Result<Response, ApiError> {
+    require_writer(&p)?;
+    let b = body.value;
+    if let Some(id) = &b.id {
+        crate::model::ids::validate_id(id).map_err(|m| ApiError::invalid_field("id", m))?;
+    }
+    if let Some(o) = &b.owner {
+        crate::model::ids::validate_id(o).map_err(|m| ApiError::invalid_field("owner", m))?;
+    }
+    text("kind", &b.kind, 256)?;
+    text("title", &b.title, MAX_TEXT)?;
+    let tasks = b.tasks.unwrap_or_default();
+    if tasks.len() > 10_000 {
+        return Err(ApiError::invalid_field("tasks", "at most 10000 tasks at creation"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in tasks.iter().enumerate() {
+        text(&format!("tasks[{i}].name"), &t.name, MAX_TEXT)?;
+        if let Some(id) = &t.id {
+            if !seen.insert(id.as_str()) {
+                return Err(ApiError::invalid_field(&format!("tasks[{i}].id"), format!("{id} appears twice")));
+            }
+        }
+    }
+    let cmd = Command::CreateJob(NewJob {
+        id: b.id,
+        owner: b.owner,
+        kind: b.kind,
+        title: b.title,
+        total: b.total,
+        status: b.status,
+        metadata: b.metadata,
+        tasks,
+    });
+    write(&s, &p, &headers, "/v1/jobs", &body.digest, cmd).await
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/progress", request_body = ProgressReport, tag = "jobs",
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, description = "Illegal transition", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn report_progress(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody<ProgressReport>,
+) -> Result<Response, ApiError> {
+    require_writer(&p)?;
+    check_id("job id", &id)?;
+    let r = body.value;
+    text("stage", &r.stage, MAX_TEXT)?;
+    text("current_item", &r.current_item, MAX_TEXT)?;
+    text("error", &r.error, MAX_TEXT * 4)?;
+    let path = format!("/v1/jobs/{id}/progress");
+    write(&s, &p, &headers, &path, &body.digest, Command::ReportProgress { job_id: id, report: r }).await
+}
+
+#[utoipa::path(put, path = "/v1/jobs/{id}/tasks/{task_id}", request_body = TaskUpsert, tag = "jobs",
+    params(("id" = String, Path), ("task_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 201, body = Task), (status = 200, body = Task), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn upsert_task(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path((id, task_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: JsonBody<TaskUpsert>,
+) -> Result<Response, ApiError> {
+    require_writer(&p)?;
+    check_id("job id", &id)?;
+    check_id("task id", &task_id)?;
+    let u = body.value;
+    if u.id.as_ref().is_some_and(|b| *b != task_id) {
+        return Err(ApiError::invalid_field("id", "differs from the task id in the path"));
+    }
+    text("name", &u.name, MAX_TEXT)?;
+    text("error", &u.error, MAX_TEXT * 4)?;
+    let path = format!("/v1/jobs/{id}/tasks/{task_id}");
+    write(&s, &p, &headers, &path, &body.digest, Command::UpsertTask { job_id: id, task_id, upsert: u }).await
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/artifacts", request_body = NewArtifact, tag = "jobs",
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 201, body = Artifact), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn add_artifact(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody<NewArtifact>,
+) -> Result<Response, ApiError> {
+    require_writer(&p)?;
+    check_id("job id", &id)?;
+    let a = body.value;
+    if a.kind.is_empty() || a.kind.len() > 256 {
+        return Err(ApiError::invalid_field("kind", "must be 1 to 256 bytes"));
+    }
+    let path = format!("/v1/jobs/{id}/artifacts");
+    write(&s, &p, &headers, &path, &body.digest, Command::AddArtifact { job_id: id, kind: a.kind, payload: a.payload })
+        .await
+}
+
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListJobs),
+    responses((status = 200, body = JobList), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_jobs(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Query(q): Query<ListJobs>,
+) -> Result<Json<JobList>, ApiError> {
+    let status = q
+        .status
+        .as_deref()
+        .map(|v| {
+            JobStatus::parse(v)
+                .ok_or_else(|| ApiError::bad_request("invalid_query", format!("status: unknown status {v:?}")))
+        })
+        .transpose()?;
+    let updated_after = q
+        .updated_after
+        .as_deref()
+        .map(|v| {
+            crate::model::time::parse_rfc3339(v)
+                .ok_or_else(|| ApiError::bad_request("invalid_query", "updated_after: expected an RFC 3339 timestamp"))
+        })
+        .transpose()?;
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>().map_err(|_| ApiError::bad_request("invalid_query", "cursor: not a cursor from this API"))
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "limit: must be 1 to 500"));
+    }
+    let filter = JobFilter { status, kind: q.kind, owner: q.owner, updated_after, before, limit };
+    let page = s.store.jobs(&p.tenant, &JobVisibility::of(&p), filter).await?;
+    Ok(Json(JobList { jobs: page.items, next_cursor: page.next_cursor.map(|c| c.to_string()) }))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_job(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+    Ok(Json(visible_job(&s, &p, &id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/tasks", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = TaskList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_tasks(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<TaskList>, ApiError> {
+    visible_job(&s, &p, &id).await?;
+    Ok(Json(TaskList { tasks: s.store.tasks(&p.tenant, &id).await? }))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = ArtifactList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_artifacts(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<ArtifactList>, ApiError> {
+    visible_job(&s, &p, &id).await?;
+    Ok(Json(ArtifactList { artifacts: s.store.artifacts(&p.tenant, &id).await? }))
+}

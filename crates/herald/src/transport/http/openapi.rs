@@ -1,0 +1,66 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use super::{broadcast, error, events, jobs, notifications, ops};
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Herald", description = "Workers report progress; Herald stores it and pushes every change live. \
+        WebSocket (/v1/ws) and SSE (/v1/sse) are described in docs/PROTOCOL.md."),
+    paths(
+        jobs::create_job, jobs::report_progress, jobs::upsert_task, jobs::add_artifact,
+        jobs::list_jobs, jobs::get_job, jobs::list_tasks, jobs::list_artifacts,
+        events::poll_events,
+        notifications::create, notifications::list, notifications::read_one, notifications::read_all,
+        broadcast::broadcast,
+        ops::healthz, ops::readyz, ops::metrics, ops::stats,
+        serve, websocket, sse,
+    ),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT or hk_ API key").build(),
+            ),
+        );
+    }
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document")))]
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// `GET /v1/ws`, for the document only: the handler is an upgrade, not a JSON operation.
+#[utoipa::path(get, path = "/v1/ws", tag = "streaming",
+    description = "Native WebSocket protocol (docs/PROTOCOL.md). Authenticate with an `auth` frame, \
+        `?token=`, or `Sec-WebSocket-Protocol: herald.v1, bearer.<token>`.",
+    params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot set headers")),
+    responses((status = 101, description = "Switching to the native WebSocket protocol"),
+        (status = 401, body = error::ErrorBody)))]
+#[allow(dead_code)]
+fn websocket() {}
+
+/// `GET /v1/sse`, for the document only: the handler streams `text/event-stream`.
+#[utoipa::path(get, path = "/v1/sse", tag = "streaming",
+    description = "Server-Sent Events for one or more topics, resumed by `Last-Event-ID` or `since`.",
+    params(("topic" = String, Query, description = "One topic, or several separated by commas"),
+        ("since" = Option<u64>, Query, description = "Resume after this position (`Last-Event-ID` wins)"),
+        ("token" = Option<String>, Query, description = "Bearer token, for `EventSource`"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position")),
+    responses((status = 200, description = "`text/event-stream` of events"), (status = 400, body = error::ErrorBody),
+        (status = 401, body = error::ErrorBody), (status = 403, body = error::ErrorBody)))]
+#[allow(dead_code)]
+fn sse() {}

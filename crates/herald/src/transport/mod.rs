@@ -1,0 +1,7 @@
+//! The edge: HTTP API, WebSocket, SSE and long-poll. Thin adapters from wire
+//! formats to the store and hub.
+
+pub mod http;
+pub mod sse;
+pub mod topics;
+pub mod ws;

@@ -1,0 +1,226 @@
+//! Server-sent events at `/v1/sse?topic=a,b`: the same log and hub as the
+//! WebSocket, one ordered stream for several topics, resumed by `Last-Event-ID`.
+
+use super::http::error::ApiError;
+use super::http::extract::bearer;
+use super::http::AppState;
+use super::topics::{authorize, replay_page, snapshot, ReplayPage};
+use crate::auth::Principal;
+use crate::hub::{outbox, Delivery, Payload, TopicKey, WireFormat};
+use crate::model::{Event, Topic};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseQuery {
+    /// Topics separated by commas.
+    topic: String,
+    /// Resume after this position (`Last-Event-ID` wins when both are sent).
+    since: Option<u64>,
+    /// For `EventSource`, which cannot set headers.
+    token: Option<String>,
+}
+
+/// Time the goodbye message has to get into a stream that is ending.
+const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn frame(id: Option<u64>, event: &str, data: &str) -> String {
+    match id {
+        Some(id) => format!("id: {id}\nevent: {event}\ndata: {data}\n\n"),
+        None => format!("event: {event}\ndata: {data}\n\n"),
+    }
+}
+
+fn event_frame(topic: &str, e: &Event) -> String {
+    frame(Some(e.position), e.kind.as_str(), &super::topics::event_json(None, topic, e))
+}
+
+/// The SSE bytes of a delivery, built once and shared.
+fn delivery_frame(d: &Delivery) -> Bytes {
+    Bytes::from(d.frame(WireFormat::Sse, |d| match &d.payload {
+        Payload::Event(e) => event_frame(&d.topic, e),
+        Payload::Broadcast { event, data, from, .. } => {
+            let body = serde_json::json!({ "topic": &*d.topic, "event": event, "data": data, "from": from.as_deref() });
+            frame(None, "broadcast", &body.to_string())
+        }
+        Payload::PresenceDiff { joins, leaves } => {
+            let body = serde_json::json!({ "topic": &*d.topic, "joins": joins, "leaves": leaves });
+            frame(None, "presence_diff", &body.to_string())
+        }
+    }))
+}
+
+pub async fn stream(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, _) = req.into_parts();
+    let q: SseQuery = serde_urlencoded_query(parts.uri.query().unwrap_or(""))?;
+    let token = bearer(&parts).or(q.token).ok_or(crate::auth::AuthError::Missing)?;
+    let p = s.auth.authenticate(&token).await?;
+    let last_event_id = parts
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::bad_request("invalid_header", "Last-Event-ID: expected a position"))
+        })
+        .transpose()?;
+    let since = last_event_id.or(q.since);
+    let mut topics = Vec::new();
+    for raw in q.topic.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        topics.push((authorize(&s, &p, raw).await?, raw.to_string()));
+    }
+    if topics.is_empty() || topics.len() > s.limits.max_subscriptions {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("topic: give 1 to {} topics", s.limits.max_subscriptions),
+        ));
+    }
+    let guard = s
+        .hub
+        .connect(&p.tenant)
+        .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", e.to_string()))?;
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let _guard = guard;
+        run(s, p, topics, since, tx).await;
+    });
+    let body = Body::from_stream(futures_util::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        Ok::<Bytes, std::convert::Infallible>,
+    ));
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(q: &str) -> Result<T, ApiError> {
+    let uri: axum::http::Uri =
+        format!("/?{q}").parse().map_err(|_| ApiError::bad_request("invalid_query", "bad query string"))?;
+    axum::extract::Query::<T>::try_from_uri(&uri)
+        .map(|axum::extract::Query(v)| v)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+/// Feeds one SSE stream until the client goes away, the token expires, the
+/// queue overflows or the server shuts down.
+async fn run(s: AppState, p: Principal, topics: Vec<(Topic, String)>, since: Option<u64>, tx: mpsc::Sender<Bytes>) {
+    let conn_id = s.hub.next_id();
+    let (out, mut inbox) = outbox(conn_id, s.limits.outbox_capacity);
+    let keys: Vec<TopicKey> = topics.iter().map(|(_, raw)| TopicKey::new(&p.tenant, raw)).collect();
+    for k in &keys {
+        s.hub.subscribe(k, out.clone());
+    }
+    let names: Vec<String> = topics.iter().map(|(_, raw)| raw.clone()).collect();
+    let end = feed(&s, &p, &topics, &names, since, &tx, &mut inbox).await;
+    if let Some(reason) = end {
+        let body = serde_json::json!({ "reason": reason, "reconnect": true });
+        // Bounded: a client that stopped reading must not hold the stream open.
+        let goodbye = tx.send(Bytes::from(frame(None, "goodbye", &body.to_string())));
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
+    }
+    for k in &keys {
+        s.hub.unsubscribe(k, conn_id);
+    }
+}
+
+async fn feed(
+    s: &AppState,
+    p: &Principal,
+    topics: &[(Topic, String)],
+    names: &[String],
+    since: Option<u64>,
+    tx: &mpsc::Sender<Bytes>,
+    inbox: &mut crate::hub::Inbox,
+) -> Option<&'static str> {
+    // One stream, one cursor: positions are global, so the highest sent is the resume point.
+    let mut last = 0u64;
+    if tx.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
+        return None;
+    }
+    if let Some(since) = since {
+        let mut after = since;
+        loop {
+            match replay_page(s, &p.tenant, names, after).await {
+                Err(e) => return Some(if e.code == "unavailable" { "unavailable" } else { "internal" }),
+                Ok(ReplayPage::Behind { head }) => {
+                    let mut snaps = serde_json::Map::new();
+                    for (t, raw) in topics {
+                        snaps.insert(raw.clone(), snapshot(s, p, t).await.unwrap_or_default());
+                    }
+                    let body = serde_json::json!({ "position": head, "snapshot": snaps });
+                    if tx.send(Bytes::from(frame(Some(head), "resync", &body.to_string()))).await.is_err() {
+                        return None;
+                    }
+                    last = head;
+                    break;
+                }
+                Ok(ReplayPage::Events(events)) => {
+                    for e in &events {
+                        let topic = e.topics.first().map(String::as_str).unwrap_or("");
+                        if tx.send(Bytes::from(event_frame(topic, e))).await.is_err() {
+                            return None;
+                        }
+                        after = e.position;
+                    }
+                    last = after;
+                    if events.len() < super::topics::REPLAY_PAGE {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let mut keepalive = tokio::time::interval(s.limits.sse_keepalive);
+    keepalive.tick().await;
+    let mut shutdown = s.shutdown.clone();
+    let expiry = p.exp.map(|exp| {
+        let left = (exp as f64 - crate::model::time::now_ms() as f64 / 1000.0).max(0.0);
+        tokio::time::Instant::now() + std::time::Duration::from_secs_f64(left)
+    });
+    let mut buf: Vec<Arc<Delivery>> = Vec::with_capacity(256);
+    let overflow = inbox.overflow_signal();
+    loop {
+        tokio::select! {
+            biased;
+            _ = crate::transport::http::shutting_down(&mut shutdown) => return Some("shutting_down"),
+            _ = overflow.overflowed() => return Some("slow_consumer"),
+            _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => return Some("token_expired"),
+            _ = tx.closed() => return None,
+            n = inbox.recv_many(&mut buf, 256) => {
+                if n == 0 {
+                    return None;
+                }
+                for d in buf.drain(..) {
+                    if let Some(pos) = d.position() {
+                        // The same event on two of this stream's topics is sent once.
+                        if pos <= last {
+                            continue;
+                        }
+                        last = pos;
+                    }
+                    // A client that stops reading blocks this send; its queue
+                    // overflowing must still end the stream.
+                    tokio::select! {
+                        r = tx.send(delivery_frame(&d)) => if r.is_err() { return None },
+                        _ = overflow.overflowed() => return Some("slow_consumer"),
+                    }
+                }
+            }
+            _ = keepalive.tick() => {
+                // Skipped when the stream already has frames waiting to go out.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Bytes::from_static(b": keep-alive\n\n")) {
+                    return None;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Herald's native WebSocket protocol at `/v1/ws` (docs/PROTOCOL.md).
+
+pub mod frames;
+pub mod session;
+
+use crate::transport::http::AppState;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
+
+/// The subprotocol name; a client may also offer `bearer.<token>` to authenticate.
+pub const SUBPROTOCOL: &str = "herald.v1";
+
+/// Hard cap on one WebSocket message; frames over the configured limit but
+/// under this get an error frame, larger ones break the connection (1009).
+const HARD_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+#[derive(serde::Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+pub async fn upgrade(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<WsQuery>,
+    mut ws: WebSocketUpgrade,
+) -> Response {
+    let mut token = q.token;
+    let mut offered_herald = false;
+    if let Some(protocols) = headers.get("sec-websocket-protocol").and_then(|v| v.to_str().ok()) {
+        for proto in protocols.split(',').map(str::trim) {
+            if proto == SUBPROTOCOL {
+                offered_herald = true;
+            } else if let Some(t) = proto.strip_prefix("bearer.") {
+                token = Some(t.to_string());
+            }
+        }
+    }
+    if offered_herald {
+        ws.set_selected_protocol(HeaderValue::from_static(SUBPROTOCOL));
+    }
+    let initial = match token {
+        Some(t) => Some(s.auth.authenticate(&t).await),
+        None => None,
+    };
+    // Small buffers: most connections are idle watchers, and tungstenite's
+    // 128 KiB default read buffer would dominate their memory.
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(HARD_MAX_MESSAGE)
+        .max_frame_size(HARD_MAX_MESSAGE)
+        .on_upgrade(move |socket| session::run(socket, s, initial))
+}

@@ -1,0 +1,341 @@
+//! Starts the real `herald` binary on a free port with its own database, and
+//! talks to it over HTTP and WebSocket.
+
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+pub const SECRET: &str = "test-secret-please-change";
+
+/// A running server process; killed when dropped.
+pub struct Server {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub args: Vec<String>,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A fresh temporary directory for one test's database.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("herald-test-{}-{name}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Server {
+    /// Starts a server with extra `herald serve` flags.
+    pub async fn start(name: &str, extra: &[&str]) -> Server {
+        let dir = temp_dir(name);
+        Self::start_in(dir, extra.iter().map(|s| s.to_string()).collect(), free_port()).await
+    }
+
+    pub async fn start_in(dir: PathBuf, args: Vec<String>, port: u16) -> Server {
+        let mut s = Server {
+            port,
+            dir,
+            args,
+            child: None,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        };
+        s.spawn().await;
+        s
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--db")
+            .arg(self.dir.join("herald.db"))
+            .args(&self.args)
+            .env("HERALD_JWT_SECRET", SECRET)
+            .env_remove("HERALD_CONFIG")
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn herald");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not become ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.port)
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("herald.db")
+    }
+
+    /// `kill -9`: no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        c.wait().unwrap()
+    }
+
+    /// Starts again on the same port and database.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
+    /// Waits until `/healthz` stops answering (the process is gone).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, token, path, Some(body), None).await
+    }
+
+    pub async fn put(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, token, path, Some(body), None).await
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, token, path, None, None).await
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Option<Value>,
+        idem: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        if let Some(k) = idem {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Opens a native-protocol connection authenticated with `token`.
+    pub async fn ws(&self, token: &str) -> Ws {
+        Ws::connect(&self.ws_url(), token).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Mints a token with the test secret (the same code path as `herald token`).
+pub fn token(sub: &str, tenant: &str, role: &str) -> String {
+    token_ttl(sub, tenant, role, 3600)
+}
+
+pub fn token_ttl(sub: &str, tenant: &str, role: &str, ttl: u64) -> String {
+    let jwt = herald::auth::JwtVerifier::new(&herald::auth::JwtConfig {
+        secret: Some(SECRET.into()),
+        jwks_file: None,
+        tenant_claim: "tenant".into(),
+        role_claim: "role".into(),
+        leeway_secs: 0,
+    })
+    .unwrap();
+    jwt.mint(sub, tenant, role, ttl).unwrap()
+}
+
+type Stream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A native-protocol WebSocket client.
+pub struct Ws {
+    pub inner: Stream,
+    /// Frames read while waiting for something else.
+    pub pending: std::collections::VecDeque<Value>,
+    pub close: Option<(u16, String)>,
+}
+
+impl Ws {
+    pub async fn connect(url: &str, token: &str) -> Ws {
+        let (inner, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        let mut ws = Ws { inner, pending: Default::default(), close: None };
+        if !token.is_empty() {
+            ws.send(json!({ "op": "auth", "token": token, "id": "auth" })).await;
+            let w = ws.expect_op("welcome").await;
+            assert_eq!(w["id"], "auth");
+        }
+        ws
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.inner.send(Message::text(v.to_string())).await.expect("ws send");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.inner.send(m).await.expect("ws send");
+    }
+
+    /// The next frame, or None on close/timeout.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        if let Some(v) = self.pending.pop_front() {
+            return Some(v);
+        }
+        self.read(timeout).await
+    }
+
+    async fn read(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.inner.next()).await.ok()??;
+            match msg {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).expect("server sends JSON")),
+                Ok(Message::Close(frame)) => {
+                    self.close =
+                        Some(frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new())));
+                    return None;
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads until a frame with `op`, keeping the others for later.
+    pub async fn expect_op(&mut self, op: &str) -> Value {
+        let mut skipped = Vec::new();
+        let found = loop {
+            match self.next(Duration::from_secs(10)).await {
+                Some(v) if v["op"] == op => break v,
+                Some(v) => skipped.push(v),
+                None => panic!("no {op} frame; got {skipped:?}, close {:?}", self.close),
+            }
+        };
+        for v in skipped.into_iter().rev() {
+            self.pending.push_front(v);
+        }
+        found
+    }
+
+    /// Sends a request with `id` and returns its ack or error.
+    pub async fn request(&mut self, mut v: Value) -> Value {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = format!("r{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        v["id"] = json!(id);
+        self.send(v).await;
+        let mut skipped = Vec::new();
+        let found = loop {
+            match self.next(Duration::from_secs(10)).await {
+                Some(f) if f["id"] == json!(id) && (f["op"] == "ack" || f["op"] == "error") => break f,
+                Some(f) => skipped.push(f),
+                None => panic!("no reply to {id}; close {:?}", self.close),
+            }
+        };
+        for f in skipped.into_iter().rev() {
+            self.pending.push_front(f);
+        }
+        found
+    }
+
+    /// Subscribes and asserts the ack.
+    pub async fn sub(&mut self, topic: &str, since: Option<u64>) -> Value {
+        let mut v = json!({ "op": "sub", "topic": topic });
+        if let Some(s) = since {
+            v["since"] = json!(s);
+        }
+        let r = self.request(v).await;
+        assert_eq!(r["op"], "ack", "sub {topic}: {r}");
+        r
+    }
+
+    /// Collects `event` frames until `n` arrived or `timeout` passes.
+    pub async fn events(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(v) if v["op"] == "event" => out.push(v),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Waits for the server to close; returns the close code.
+    pub async fn closed(&mut self, timeout: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.close.is_none() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if self.read(left).await.is_none() && self.close.is_none() {
+                return None;
+            }
+        }
+        self.close.as_ref().map(|c| c.0)
+    }
+}
+
+/// Creates a job as `worker` and returns its id.
+pub async fn create_job(s: &Server, worker: &str, body: Value) -> String {
+    let (st, v) = s.post(worker, "/v1/jobs", body).await;
+    assert!(st == 201 || st == 200, "create job: {st} {v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -1,0 +1,9 @@
+mod bad_input;
+mod core_flow;
+mod durability;
+mod isolation;
+mod limits;
+mod live;
+mod presence;
+mod resume;
+mod sse;

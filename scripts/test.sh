@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine: installs and starts what is
+# missing, then the Rust suites, then the JavaScript and browser suites.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is required (https://rustup.rs)"; exit 1
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "local services (PostgreSQL, Redis, NATS) — started if stopped"
+if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+fi
+if command -v redis-server >/dev/null 2>&1 && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no || true
+fi
+if [ -x /usr/sbin/nats-server ] && ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 || true
+fi
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "Rust tests (unit + integration against the real binary)"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cargo test --workspace
+
+for suite in scripts/test-js.sh scripts/test-supabase.sh; do
+  if [ -x "$suite" ]; then
+    step "$suite"
+    "$suite"
+  fi
+done
+
+step "all tests passed"
