@@ -1,0 +1,166 @@
+//! The servers the tool can drive, and how each one connects, subscribes and
+//! publishes. Every payload carries `bench_seq` and `bench_t` (publish time,
+//! µs since the epoch) so receivers measure latency and spot gaps.
+
+use crate::conn::{self, Ws};
+use crate::Common;
+use anyhow::{anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Herald's native protocol (`/v1/ws`).
+    Herald,
+    /// A Socket.IO 4 server from bench/peers/socketio (websocket transport).
+    Socketio,
+    /// bench/reference: a bare tokio loop writing one pre-serialized frame to every socket.
+    Reference,
+}
+
+/// Microseconds since the epoch: the clock both publisher and receiver read.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// An HS256 token for the bench tenant.
+pub fn token(c: &Common, sub: &str, role: &str) -> anyhow::Result<String> {
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 24 * 3600;
+    let claims = json!({"sub": sub, "tenant": c.tenant, "role": role, "exp": exp});
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(c.secret.as_bytes()),
+    )?)
+}
+
+/// The unsigned integer after `"key":` in a frame, without parsing the JSON.
+pub fn field_u64(frame: &str, key: &str) -> Option<u64> {
+    let at = frame.find(key)? + key.len();
+    let digits = frame[at..].bytes().take_while(u8::is_ascii_digit).count();
+    frame[at..at + digits].parse().ok()
+}
+
+/// Whether a native frame's `op` is `op`, without parsing the JSON.
+pub fn op_is(frame: &str, op: &str) -> bool {
+    frame.find("\"op\":\"").is_some_and(|at| frame[at + 6..].starts_with(op) && frame[at + 6 + op.len()..].starts_with('"'))
+}
+
+/// The payload a publisher sends for one event.
+pub fn bench_payload(seq: u64) -> serde_json::Value {
+    json!({"bench_seq": seq, "bench_t": now_us()})
+}
+
+async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .map_err(|_| anyhow!("no frame within 30 s"))?
+            .ok_or_else(|| anyhow!("connection closed"))??;
+        match msg {
+            Message::Text(t) => return Ok(t.to_string()),
+            Message::Close(c) => bail!("closed by server: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Opens connection `i` and subscribes it to `topic`; returns once the server confirmed.
+pub async fn subscribe(c: &Common, i: usize, topic: &str, token: &str) -> anyhow::Result<Ws> {
+    let (addr, base) = conn::server_addr(&c.url)?;
+    let source = conn::source_for(i, c.sources);
+    match c.target {
+        Kind::Herald => {
+            let mut ws = conn::connect(addr, &base, &format!("/v1/ws?token={token}"), source).await?;
+            let welcome = next_text(&mut ws).await?;
+            if !welcome.contains("\"welcome\"") {
+                bail!("expected welcome, got {welcome}");
+            }
+            let sub = json!({"op": "sub", "topic": topic, "id": 1}).to_string();
+            ws.send(Message::text(sub)).await?;
+            loop {
+                let f = next_text(&mut ws).await?;
+                if op_is(&f, "ack") {
+                    return Ok(ws);
+                }
+                if op_is(&f, "error") {
+                    bail!("subscribe refused: {f}");
+                }
+            }
+        }
+        Kind::Socketio => {
+            let mut ws = conn::connect(addr, &base, "/socket.io/?EIO=4&transport=websocket", source).await?;
+            let open = next_text(&mut ws).await?;
+            if !open.starts_with('0') {
+                bail!("expected engine.io open, got {open}");
+            }
+            ws.send(Message::text("40")).await?;
+            loop {
+                let f = next_text(&mut ws).await?;
+                if f.starts_with("40") {
+                    break;
+                }
+            }
+            // Event "sub" with ack id 1; the server answers `431[...]` once joined.
+            ws.send(Message::text(format!("421[\"sub\",{}]", json!(topic)))).await?;
+            loop {
+                let f = next_text(&mut ws).await?;
+                if f.starts_with("431") {
+                    return Ok(ws);
+                }
+                if f == "2" {
+                    ws.send(Message::text("3")).await?;
+                }
+            }
+        }
+        Kind::Reference => {
+            let mut ws = conn::connect(addr, &base, "/", source).await?;
+            let ready = next_text(&mut ws).await?;
+            if ready != "ready" {
+                bail!("expected ready, got {ready}");
+            }
+            Ok(ws)
+        }
+    }
+}
+
+/// A WebSocket publisher connection (no subscription).
+pub async fn publisher(c: &Common, i: usize, token: &str) -> anyhow::Result<Ws> {
+    let (addr, base) = conn::server_addr(&c.url)?;
+    let source = conn::source_for(i, c.sources);
+    match c.target {
+        Kind::Herald => {
+            let mut ws = conn::connect(addr, &base, &format!("/v1/ws?token={token}"), source).await?;
+            next_text(&mut ws).await?;
+            Ok(ws)
+        }
+        Kind::Socketio => {
+            let mut ws = conn::connect(addr, &base, "/socket.io/?EIO=4&transport=websocket", source).await?;
+            next_text(&mut ws).await?;
+            ws.send(Message::text("40")).await?;
+            loop {
+                if next_text(&mut ws).await?.starts_with("40") {
+                    return Ok(ws);
+                }
+            }
+        }
+        Kind::Reference => {
+            let mut ws = conn::connect(addr, &base, "/", source).await?;
+            next_text(&mut ws).await?;
+            Ok(ws)
+        }
+    }
+}
+
+/// The frame a WebSocket publisher sends for event `seq` to `topic`.
+pub fn publish_frame(kind: Kind, topic: &str, seq: u64) -> String {
+    let data = bench_payload(seq);
+    match kind {
+        Kind::Herald => json!({"op": "pub", "topic": topic, "event": "tick", "data": data}).to_string(),
+        Kind::Socketio => format!("42[\"pub\",{}]", json!({"topic": topic, "data": data})),
+        Kind::Reference => data.to_string(),
+    }
+}
