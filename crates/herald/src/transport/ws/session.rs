@@ -256,7 +256,7 @@ impl Session {
     fn frames_for(&mut self, buf: &mut Vec<Arc<Delivery>>) -> Vec<Utf8Bytes> {
         let mut out = Vec::with_capacity(buf.len());
         if let Some(first) = buf.first() {
-            metrics::histogram!("herald_delivery_seconds").record(first.published_at.elapsed().as_secs_f64());
+            first.record_latency();
         }
         for d in buf.drain(..) {
             match &d.payload {
