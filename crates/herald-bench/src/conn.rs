@@ -17,7 +17,8 @@ pub fn server_addr(url: &str) -> anyhow::Result<(SocketAddr, String)> {
         .or_else(|| url.strip_prefix("ws://"))
         .ok_or_else(|| anyhow!("--url must be http://host:port"))?;
     let hostport = rest.split('/').next().unwrap_or(rest);
-    let addr: SocketAddr = hostport.parse().with_context(|| format!("--url host must be an ip:port, got {hostport}"))?;
+    let addr: SocketAddr =
+        hostport.parse().with_context(|| format!("--url host must be an ip:port, got {hostport}"))?;
     Ok((addr, format!("ws://{hostport}")))
 }
 

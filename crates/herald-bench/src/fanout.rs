@@ -350,13 +350,7 @@ pub(crate) fn run_id() -> String {
     format!("{:x}", now_us())
 }
 
-fn summary(
-    workload: &str,
-    tally: &Tally,
-    published: &Published,
-    expected: u64,
-    extra: Value,
-) -> anyhow::Result<Value> {
+fn summary(workload: &str, tally: &Tally, published: &Published, expected: u64, extra: Value) -> anyhow::Result<Value> {
     let delivered = tally.delivered.load(Ordering::Relaxed);
     let last = tally.last_receipt_us.load(Ordering::Relaxed);
     let secs = (last.saturating_sub(published.started_us)) as f64 / 1e6;

@@ -46,7 +46,9 @@ pub fn field_u64(frame: &str, key: &str) -> Option<u64> {
 
 /// Whether a native frame's `op` is `op`, without parsing the JSON.
 pub fn op_is(frame: &str, op: &str) -> bool {
-    frame.find("\"op\":\"").is_some_and(|at| frame[at + 6..].starts_with(op) && frame[at + 6 + op.len()..].starts_with('"'))
+    frame
+        .find("\"op\":\"")
+        .is_some_and(|at| frame[at + 6..].starts_with(op) && frame[at + 6 + op.len()..].starts_with('"'))
 }
 
 /// The payload a publisher sends for one event.

@@ -36,7 +36,9 @@ pub fn spawn(s: AppState) -> tokio::task::JoinHandle<()> {
                     tracing::debug!(error = %e, "demo job ended early");
                 }
             });
-            let pause = rand::thread_rng().gen_range(6..14);
+            // A few jobs at once so a fresh dashboard has something moving
+            // within seconds, then a steadier trickle.
+            let pause = if n < 4 { rand::thread_rng().gen_range(1..3) } else { rand::thread_rng().gen_range(6..14) };
             tokio::time::sleep(Duration::from_secs(pause)).await;
         }
     })
@@ -119,6 +121,7 @@ fn screenshot(item: &str, i: usize) -> String {
     );
     format!(
         "data:image/svg+xml,{}",
-        svg.replace('#', "%23").replace('<', "%3C").replace('>', "%3E").replace(' ', "%20")
+        // '%' first: the SVG's own percent signs (in `hsl()`) must not read as escapes.
+        svg.replace('%', "%25").replace('#', "%23").replace('<', "%3C").replace('>', "%3E").replace(' ', "%20")
     )
 }

@@ -68,6 +68,7 @@ pub fn build(config: &Config, shutdown: tokio::sync::watch::Receiver<bool>) -> R
         limits: Arc::new(config.limits.clone()),
         metrics,
         shutdown,
+        demo: config.demo,
     })
 }
 
@@ -83,8 +84,24 @@ pub async fn run(
     let state = build(&config, stop_rx)?;
     let maintenance = crate::maintenance::spawn(state.clone(), &config);
     let demo = config.demo.then(|| crate::demo::spawn(state.clone()));
+    let upkeep = state.metrics.clone().map(|handle| {
+        // Histogram samples pile up in memory until drained; drain them even when no one scrapes.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    });
     let app = router(state.clone());
     tracing::info!(addr = %listener.local_addr()?, db = %config.db.display(), "herald listening");
+    // Realtime frames are small and latency-bound: never let Nagle hold one back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let stop = async move {
         signal.await;
         tracing::info!("shutting down: finishing in-flight requests");
@@ -92,6 +109,9 @@ pub async fn run(
     };
     axum::serve(listener, app).with_graceful_shutdown(stop).await?;
     maintenance.abort();
+    if let Some(u) = upkeep {
+        u.abort();
+    }
     if let Some(d) = demo {
         d.abort();
     }

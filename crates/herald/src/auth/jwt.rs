@@ -89,6 +89,14 @@ impl JwtVerifier {
 
     /// Verifies a token and reads its principal.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let claims = self.verify_claims(token)?;
+        self.principal(&claims)
+    }
+
+    /// Verifies a token's signature and expiry and returns its claims, without
+    /// mapping them to a principal (for roles Herald has no principal for, such
+    /// as Supabase's `anon`).
+    pub fn verify_claims(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let key = match header.alg {
             Algorithm::HS256 => self.inner.hs.as_ref().map(|(d, _)| d),
@@ -104,13 +112,24 @@ impl JwtVerifier {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.inner.leeway;
         validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // `sub` is required by `principal`, not here: Supabase anon keys have none.
+        validation.set_required_spec_claims(&["exp"]);
         let data = decode::<Map<String, Value>>(token, key, &validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing claim {c}")),
             _ => AuthError::Invalid(e.to_string()),
         })?;
-        self.principal(&data.claims)
+        Ok(data.claims)
+    }
+
+    /// The role claim of verified claims, as written in the token.
+    pub fn role_name<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a str> {
+        claim_path(claims, &self.inner.role_claim).and_then(Value::as_str)
+    }
+
+    /// The tenant claim of verified claims.
+    pub fn tenant_of(&self, claims: &Map<String, Value>) -> Option<String> {
+        claim_path(claims, &self.inner.tenant_claim).and_then(value_as_string)
     }
 
     fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, AuthError> {

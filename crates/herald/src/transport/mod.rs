@@ -1,7 +1,9 @@
 //! The edge: HTTP API, WebSocket, SSE and long-poll. Thin adapters from wire
 //! formats to the store and hub.
 
+pub mod dashboard;
 pub mod http;
+pub mod phoenix;
 pub mod sse;
 pub mod topics;
 pub mod ws;

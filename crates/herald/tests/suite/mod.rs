@@ -1,9 +1,11 @@
 mod bad_input;
 mod core_flow;
+mod dashboard;
 mod durability;
 mod isolation;
 mod limits;
 mod live;
+mod phoenix;
 mod presence;
 mod resume;
 mod sse;

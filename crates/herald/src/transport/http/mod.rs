@@ -69,6 +69,8 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Flips to true when the server begins shutting down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Started with `--demo`: enables the dashboard's demo sign-in.
+    pub demo: bool,
 }
 
 /// The whole HTTP surface, used by the binary and by the tests.
@@ -90,11 +92,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/ws", get(super::ws::upgrade))
         .route("/v1/sse", get(super::sse::stream))
+        .route("/v1/demo/tokens", get(super::dashboard::demo_tokens))
+        .route("/", get(super::dashboard::index))
+        .route("/assets/{file}", get(super::dashboard::asset_file))
+        .route("/realtime/v1/websocket", get(super::phoenix::upgrade))
+        .route("/socket/websocket", get(super::phoenix::upgrade))
+        .route("/realtime/v1/api/broadcast", post(super::phoenix::rest::broadcast))
+        .route("/api/broadcast", post(super::phoenix::rest::broadcast))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(error::not_found_route)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::Extension(super::phoenix::Phoenix::new(&state)))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(record_metrics))
         .with_state(state)

@@ -1,6 +1,8 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
 use super::{broadcast, error, events, jobs, notifications, ops};
+use crate::transport::dashboard;
+use crate::transport::phoenix;
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -16,7 +18,9 @@ use utoipa::{Modify, OpenApi};
         notifications::create, notifications::list, notifications::read_one, notifications::read_all,
         broadcast::broadcast,
         ops::healthz, ops::readyz, ops::metrics, ops::stats,
+        dashboard::demo_tokens,
         serve, websocket, sse,
+        phoenix::rest::broadcast, phoenix::rest::broadcast_alias, phoenix_socket, phoenix_socket_alias,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth)
@@ -64,3 +68,21 @@ fn websocket() {}
         (status = 401, body = error::ErrorBody), (status = 403, body = error::ErrorBody)))]
 #[allow(dead_code)]
 fn sse() {}
+
+/// `GET /realtime/v1/websocket`, for the document only: a Phoenix-channels upgrade.
+#[utoipa::path(get, path = "/realtime/v1/websocket", tag = "supabase",
+    description = "Supabase Realtime (Phoenix channels, serializers 1.0.0 and 2.0.0) for the unmodified \
+        `@supabase/realtime-js` client (docs/SUPABASE.md).",
+    params(("apikey" = String, Query, description = "A token (JWT, anon key or API key); or the `apikey` header"),
+        ("vsn" = Option<String>, Query, description = "`1.0.0` (default) or `2.0.0`")),
+    responses((status = 101, description = "Switching to Phoenix channels"), (status = 401, body = error::ErrorBody)))]
+#[allow(dead_code)]
+fn phoenix_socket() {}
+
+/// `GET /socket/websocket`: the same endpoint at a bare Realtime server's path.
+#[utoipa::path(get, path = "/socket/websocket", tag = "supabase",
+    params(("apikey" = String, Query, description = "A token; or the `apikey` header"),
+        ("vsn" = Option<String>, Query, description = "`1.0.0` (default) or `2.0.0`")),
+    responses((status = 101, description = "Switching to Phoenix channels"), (status = 401, body = error::ErrorBody)))]
+#[allow(dead_code)]
+fn phoenix_socket_alias() {}

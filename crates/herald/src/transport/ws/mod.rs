@@ -46,7 +46,7 @@ pub async fn upgrade(
     };
     // Small buffers: most connections are idle watchers, and tungstenite's
     // 128 KiB default read buffer would dominate their memory.
-    ws.read_buffer_size(4 * 1024)
+    ws.read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_message_size(HARD_MAX_MESSAGE)
         .max_frame_size(HARD_MAX_MESSAGE)

@@ -173,7 +173,7 @@ impl Session {
         if let Some(result) = initial {
             match result {
                 Ok(p) => {
-                    if let Err(r) = self.authenticated(sink, p, &None).await {
+                    if let Err(r) = Box::pin(self.authenticated(sink, p, &None)).await {
                         return Some(r);
                     }
                 }
@@ -208,7 +208,9 @@ impl Session {
                     match msg {
                         None | Some(Inbound::Closed) => return None,
                         Some(inbound) => {
-                            if let Err(r) = self.on_inbound(sink, inbound).await {
+                            // Boxed: a request's future (replays, store reads) is large and
+                            // short-lived; inline it would sit in every idle connection's state.
+                            if let Err(r) = Box::pin(self.on_inbound(sink, inbound)).await {
                                 return Some(r);
                             }
                         }

@@ -1,0 +1,46 @@
+// Types of @herald/client/react.
+import type { ReactNode, ReactElement } from 'react';
+import type {
+  HeraldClient, HeraldError, Job, Task, Artifact, HeraldEvent, Notification, PresenceState, Status, TransportKind, JobStatus,
+} from './src/index.js';
+
+export function HeraldProvider(props: { client: HeraldClient; children?: ReactNode }): ReactElement;
+export function useHeraldClient(client?: HeraldClient): HeraldClient;
+
+interface Live {
+  loading: boolean;
+  error: HeraldError | null;
+}
+
+export function useJob(
+  id: string | null | undefined,
+  options?: { client?: HeraldClient; history?: boolean; historyLimit?: number },
+): Live & { job: Job | null; tasks: Task[]; artifacts: Artifact[]; events: HeraldEvent[] };
+
+export function useJobs(options?: {
+  client?: HeraldClient; owner?: string; status?: JobStatus; kind?: string; limit?: number;
+}): Live & { jobs: Job[] };
+
+export function useNotifications(options?: { client?: HeraldClient; sub?: string; limit?: number }): Live & {
+  items: Notification[];
+  unreadCount: number;
+  markRead(id: string): Promise<Notification>;
+  markAllRead(): Promise<{ marked_read: number }>;
+};
+
+export function usePresence(
+  room: string | null | undefined,
+  meta?: Record<string, unknown>,
+  options?: { client?: HeraldClient },
+): Live & {
+  members: string[];
+  list: Array<Record<string, unknown> & { sub: string }>;
+  state: PresenceState;
+  broadcast(event: string, data?: unknown): Promise<{ delivered: number }>;
+};
+
+export function useConnectionStatus(options?: { client?: HeraldClient }): {
+  status: Status;
+  transport: TransportKind | null;
+  lastEventAt: number | null;
+};

@@ -1,0 +1,112 @@
+// React hooks for @herald/client (docs/CLIENT.md). `react` is a peer
+// dependency; every hook opens its live view on mount and closes it on
+// unmount (or when its arguments change).
+import { createContext, createElement, useContext, useEffect, useMemo, useState, useCallback } from 'react';
+
+const HeraldContext = createContext(null);
+
+/** Makes `client` the default for the hooks below. */
+export function HeraldProvider({ client, children }) {
+  return createElement(HeraldContext.Provider, { value: client }, children);
+}
+
+/** The client from the options, else from <HeraldProvider>. */
+export function useHeraldClient(client) {
+  const fromContext = useContext(HeraldContext);
+  const c = client || fromContext;
+  if (!c) throw new Error('@herald/client/react: wrap the tree in <HeraldProvider client={...}> or pass { client }');
+  return c;
+}
+
+function useView(client, open, deps, read) {
+  const [state, setState] = useState(() => ({ loading: true, error: null, ...read(null) }));
+  useEffect(() => {
+    const view = open(client);
+    if (!view) {
+      setState({ loading: false, error: null, ...read(null) });
+      return undefined;
+    }
+    const update = () => setState({ loading: view.loading, error: view.error, ...read(view) });
+    const off = view.on('change', update);
+    update();
+    return () => {
+      off();
+      view.close();
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [client, ...deps]);
+  return state;
+}
+
+/** `{ job, tasks, artifacts, events, loading, error }` for one job, live. */
+export function useJob(id, options = {}) {
+  const client = useHeraldClient(options.client);
+  const history = !!options.history;
+  return useView(
+    client,
+    (c) => (id ? c.watchJob(id, { history, historyLimit: options.historyLimit }) : null),
+    [id, history],
+    (v) => ({ job: v ? v.job : null, tasks: v ? v.tasks : [], artifacts: v ? [...v.artifacts] : [], events: v ? [...v.events] : [] }),
+  );
+}
+
+/** `{ jobs, loading, error }`: the tenant's jobs, or `{ owner }`'s. */
+export function useJobs(options = {}) {
+  const client = useHeraldClient(options.client);
+  const { owner, status, kind, limit } = options;
+  return useView(client, (c) => c.watchJobs({ owner, status, kind, limit }), [owner, status, kind, limit], (v) => ({
+    jobs: v ? v.jobs : [],
+  }));
+}
+
+/** `{ items, unreadCount, loading, error, markRead, markAllRead }` for the signed-in user. */
+export function useNotifications(options = {}) {
+  const client = useHeraldClient(options.client);
+  const [view, setView] = useState(null);
+  const state = useView(
+    client,
+    (c) => {
+      const v = c.notifications({ sub: options.sub, limit: options.limit });
+      setView(v);
+      return v;
+    },
+    [options.sub, options.limit],
+    (v) => ({ items: v ? v.items : [], unreadCount: v ? v.unreadCount : 0 }),
+  );
+  const markRead = useCallback((id) => (view ? view.markRead(id) : Promise.reject(new Error('not ready'))), [view]);
+  const markAllRead = useCallback(() => (view ? view.markAllRead() : Promise.reject(new Error('not ready'))), [view]);
+  return { ...state, markRead, markAllRead };
+}
+
+/** `{ members, list, state, broadcast }` for a room; with `meta`, this connection is in it. */
+export function usePresence(room, meta, options = {}) {
+  const client = useHeraldClient(options.client);
+  const metaKey = meta ? JSON.stringify(meta) : '';
+  const state = useView(
+    client,
+    (c) => (room ? c.presence(room, metaKey ? JSON.parse(metaKey) : undefined) : null),
+    [room, metaKey],
+    (v) => ({ members: v ? v.members() : [], list: v ? v.list() : [], state: v ? v.state : {} }),
+  );
+  const broadcast = useCallback((event, data) => client.broadcast(room, event, data), [client, room]);
+  return useMemo(() => ({ ...state, loading: false, broadcast }), [state, broadcast]);
+}
+
+/** `{ status, transport, lastEventAt }`, re-rendered on every change of status. */
+export function useConnectionStatus(options = {}) {
+  const client = useHeraldClient(options.client);
+  const read = () => ({ status: client.status, transport: client.transport, lastEventAt: client.lastEventAt });
+  const [state, setState] = useState(read);
+  useEffect(() => {
+    const update = () => setState(read());
+    const offStatus = client.onStatus(update);
+    const offEvent = client.on('event', update);
+    update();
+    return () => {
+      offStatus();
+      offEvent();
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [client]);
+  return state;
+}

@@ -1,0 +1,289 @@
+// Types of @herald/client (hand-written; the runtime is src/index.js).
+
+export type Status = 'connecting' | 'connected' | 'reconnecting' | 'offline' | 'error';
+export type TransportKind = 'websocket' | 'sse' | 'longpoll';
+export const STATUSES: readonly Status[];
+export const TRANSPORTS: readonly TransportKind[];
+
+export type JobStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled' | 'stalled';
+export type TaskStatus = 'pending' | 'running' | 'succeeded' | 'failed' | 'skipped';
+export type EventType =
+  | 'job.created' | 'job.updated' | 'job.completed' | 'job.failed' | 'job.cancelled' | 'job.stalled'
+  | 'task.created' | 'task.updated' | 'artifact.created' | 'notification.created' | 'notification.read';
+
+export interface Job {
+  id: string;
+  tenant: string;
+  owner: string | null;
+  kind: string | null;
+  title: string | null;
+  status: JobStatus;
+  total: number | null;
+  succeeded: number;
+  failed: number;
+  /** 0–100 */
+  progress: number;
+  stage: string | null;
+  current_item: string | null;
+  metadata: unknown;
+  errors: { at: string; message: string }[];
+  created_at: string;
+  started_at: string | null;
+  updated_at: string;
+  finished_at: string | null;
+  /** Grows with every change. */
+  version: number;
+  counts_reported: boolean;
+  progress_reported: boolean;
+}
+
+export interface Task {
+  id: string;
+  job_id: string;
+  name: string | null;
+  status: TaskStatus;
+  attempts: number;
+  error: string | null;
+  created_at: string;
+  started_at: string | null;
+  updated_at: string;
+  finished_at: string | null;
+}
+
+export interface Artifact {
+  id: string;
+  job_id: string;
+  kind: string;
+  payload: unknown;
+  created_at?: string;
+}
+
+export interface Notification {
+  id: string;
+  recipient: string;
+  level: 'info' | 'success' | 'warning' | 'error';
+  title: string;
+  body: string | null;
+  link: string | null;
+  job_id: string | null;
+  read: boolean;
+  created_at: string;
+}
+
+/** One event of the log, as the application sees it: once, in position order. */
+export interface HeraldEvent<T = any> {
+  topic: string;
+  position: number;
+  type: EventType;
+  data: T;
+  time: string;
+}
+
+export interface Resync {
+  topic: string;
+  position: number;
+  /** The topic's current state, or null when the transport gives none (long-poll): reload over HTTP. */
+  snapshot: any | null;
+}
+
+export interface BroadcastMessage {
+  topic: string;
+  event: string;
+  data: unknown;
+  from: string | null;
+}
+
+export type PresenceState = Record<string, { metas: Array<Record<string, unknown> & { phx_ref: string }> }>;
+
+export class HeraldError extends Error {
+  constructor(code: string, message?: string, status?: number);
+  /** The server's error code (docs/API.md, docs/PROTOCOL.md) or the client's own (`disconnected`, `timeout`, ...). */
+  code: string;
+  /** HTTP status, when the error came from an HTTP answer. */
+  status?: number;
+}
+
+export interface ClientOptions {
+  /** Server base URL, e.g. `https://herald.example.com`. Defaults to the page's origin in a browser. */
+  url?: string;
+  /** A JWT or worker API key. */
+  token?: string;
+  /** Called for the first token and again before it expires (refreshed in place) or after an auth failure. */
+  getToken?: () => Promise<string> | string;
+  /** Transports to try, in order. Default: all three. */
+  transports?: TransportKind[];
+  /** WebSocket implementation, for runtimes without a global one. */
+  WebSocket?: any;
+  /** fetch implementation. Default: the global fetch. */
+  fetch?: typeof fetch;
+  /** Client ping interval on the WebSocket; the connection is declared dead after two silent rounds. Default: the server's heartbeat, at most 20 s. */
+  heartbeatMs?: number;
+  /** How long a connection attempt may take. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** Reconnect backoff (exponential with jitter). Default { initialMs: 500, maxMs: 30000 }. */
+  backoff?: { initialMs?: number; maxMs?: number };
+  /** On SSE or long-poll: how often to try the WebSocket again. Default 60 s. */
+  wsRetryMs?: number;
+  /** Long-poll wait, seconds. Default 25. */
+  pollWaitSeconds?: number;
+  /** Refresh the token this long before it expires (at most 20% of its lifetime early). Default 60 s. */
+  refreshBeforeMs?: number;
+}
+
+export interface SubscribeHandlers {
+  /** Resume after this position (the events after it are replayed, then live ones). */
+  since?: number;
+  onEvent?: (event: HeraldEvent) => void;
+  /** The position was older than retention: take the snapshot instead of the lost events. */
+  onResync?: (resync: Resync) => void;
+  /** The subscription ended (e.g. `forbidden`, `not_found`). */
+  onError?: (error: HeraldError) => void;
+  onBroadcast?: (message: BroadcastMessage) => void;
+  onPresence?: (state: PresenceState) => void;
+}
+
+export interface Subscription {
+  readonly topic: string;
+  /** The last position delivered (the resume cursor). */
+  readonly position: number | null;
+  unsubscribe(): void;
+}
+
+export interface Identity {
+  sub: string | null;
+  role: string | null;
+  tenant: string | null;
+  exp: number | null;
+}
+
+type Unsubscribe = () => void;
+
+export class HeraldClient {
+  constructor(options: ClientOptions);
+  readonly url: string;
+  readonly status: Status;
+  readonly transport: TransportKind | null;
+  /** Who the token says we are (from the token's claims, then the server's `welcome`). */
+  identity: Identity | null;
+  /** Time (ms since the epoch) of the last event received. */
+  lastEventAt: number | null;
+
+  connect(): this;
+  close(): void;
+  token(): Promise<string>;
+  /** Replaces the token without reconnecting (WebSocket `refresh`). */
+  setToken(token: string): Promise<{ expires_at: number | null; dropped: string[] } | null>;
+  request<T = any>(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<T>;
+
+  subscribe(topic: string, handlers?: SubscribeHandlers): Subscription;
+  broadcast(room: string, event: string, data?: unknown): Promise<{ delivered: number }>;
+  onBroadcast(room: string, fn: (message: BroadcastMessage) => void): Unsubscribe;
+
+  watchJob(id: string, options?: { history?: boolean; historyLimit?: number }): JobView;
+  watchJobs(options?: { owner?: string; status?: JobStatus; kind?: string; limit?: number; max?: number }): JobsView;
+  notifications(options?: { sub?: string; limit?: number }): NotificationsView;
+  presence(room: string, meta?: Record<string, unknown>): PresenceView;
+
+  onStatus(fn: (status: Status, detail?: HeraldError) => void): Unsubscribe;
+  on(type: 'status', fn: (status: Status, detail?: HeraldError) => void): Unsubscribe;
+  on(type: 'event', fn: (event: HeraldEvent) => void): Unsubscribe;
+  on(type: 'broadcast', fn: (message: BroadcastMessage) => void): Unsubscribe;
+  on(type: 'fallback', fn: (change: { from: TransportKind; to: TransportKind; reason?: HeraldError }) => void): Unsubscribe;
+  on(type: 'welcome', fn: (welcome: { conn: number; sub: string; tenant: string; role: string; expires_at: number | null; heartbeat_ms: number }) => void): Unsubscribe;
+  on(type: 'token', fn: (info: { expiresAt: number | null }) => void): Unsubscribe;
+  on(type: 'error', fn: (error: HeraldError) => void): Unsubscribe;
+  off(type: string, fn: (...args: any[]) => void): void;
+}
+
+export function createClient(options: ClientOptions): HeraldClient;
+
+/** A live value: `subscribe(fn)` (called with the current value once loaded, then on each change) or `for await`. */
+declare class View<T> implements AsyncIterable<T> {
+  loading: boolean;
+  error: HeraldError | null;
+  readonly value: T;
+  subscribe(fn: (value: T) => void): Unsubscribe;
+  on(type: 'change', fn: (value: T) => void): Unsubscribe;
+  close(): void;
+  [Symbol.asyncIterator](): AsyncIterator<T>;
+}
+
+export class JobView extends View<Job | null> {
+  readonly id: string;
+  job: Job | null;
+  tasks: Task[];
+  artifacts: Artifact[];
+  /** Events seen by this view, oldest first (with `history: true`, from the job's creation). */
+  events: HeraldEvent[];
+}
+
+export class JobsView extends View<Job[]> {
+  readonly topic: string;
+  /** Most recently updated first. */
+  jobs: Job[];
+}
+
+export class NotificationsView extends View<{ items: Notification[]; unreadCount: number }> {
+  sub?: string;
+  items: Notification[];
+  unreadCount: number;
+  markRead(id: string): Promise<Notification>;
+  markAllRead(): Promise<{ marked_read: number }>;
+  on(type: 'change', fn: (value: { items: Notification[]; unreadCount: number }) => void): Unsubscribe;
+  on(type: 'notification', fn: (n: Notification) => void): Unsubscribe;
+}
+
+export class PresenceView extends View<Array<Record<string, unknown> & { sub: string }>> {
+  readonly topic: string;
+  state: PresenceState;
+  list(): Array<Record<string, unknown> & { sub: string }>;
+  members(): string[];
+  set(meta: Record<string, unknown>): Promise<unknown>;
+  broadcast(event: string, data?: unknown): Promise<{ delivered: number }>;
+  on(type: 'change', fn: (value: Array<Record<string, unknown> & { sub: string }>) => void): Unsubscribe;
+  on(type: 'broadcast', fn: (message: BroadcastMessage) => void): Unsubscribe;
+}
+
+export interface ProgressReport {
+  status?: 'running' | 'completed' | 'failed' | 'cancelled';
+  total?: number;
+  succeeded?: number;
+  failed?: number;
+  progress?: number;
+  stage?: string;
+  current_item?: string;
+  metadata?: Record<string, unknown>;
+  error?: string;
+}
+
+export interface ReporterOptions {
+  url: string;
+  token?: string;
+  getToken?: () => Promise<string> | string;
+  fetch?: typeof fetch;
+  /** Retries after the first attempt, for network errors, 5xx, 408 and 429. Default 5. */
+  retries?: number;
+  /** Window in which progress() calls merge into one request. Default 250 ms. */
+  coalesceMs?: number;
+  backoff?: { initialMs?: number; maxMs?: number };
+  /** Per-request timeout. Default 15 s. */
+  timeoutMs?: number;
+}
+
+export class ProgressReporter {
+  constructor(options: ReporterOptions);
+  send<T = any>(method: string, path: string, body?: unknown): Promise<T>;
+  createJob(job: { id?: string; owner?: string; title?: string; kind?: string; total?: number; status?: 'queued' | 'running'; metadata?: unknown; tasks?: { id?: string; name?: string; status?: TaskStatus }[] }): Promise<Job>;
+  jobStarted(jobId: string, options?: { title?: string; kind?: string; owner?: string; total?: number; stage?: string; metadata?: unknown; tasks?: { id?: string; name?: string }[] }): Promise<Job>;
+  taskStarted(jobId: string, taskId: string, name?: string): Promise<Task>;
+  taskSucceeded(jobId: string, taskId: string): Promise<Task>;
+  taskFailed(jobId: string, taskId: string, error?: string | Error): Promise<Task>;
+  progress(jobId: string, report: ProgressReport): Promise<Job>;
+  artifact(jobId: string, kind: string, payload: unknown): Promise<Artifact>;
+  jobCompleted(jobId: string, options?: { stage?: string; metadata?: unknown }): Promise<Job>;
+  jobFailed(jobId: string, error?: string | Error): Promise<Job>;
+  flush(jobId?: string): Promise<void>;
+}
+
+export function backoffDelay(attempt: number, initialMs?: number, maxMs?: number): number;
+export function decodeToken(token: string): Record<string, any> | null;

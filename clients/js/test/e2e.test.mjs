@@ -1,0 +1,169 @@
+// The dashboard end to end in headless Chromium (Debian's /usr/bin/chromium,
+// driven by playwright-core; Playwright's own browser download is never used).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import { Server, startProxy, token, waitFor, uid, ROOT } from './harness.mjs';
+
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const SHOTS = path.join(ROOT, 'artifacts/screenshots');
+const TENANT = 'demo';
+const worker = token('worker-e2e', TENANT, 'worker');
+const staff = token('sam', TENANT, 'staff');
+
+let browser;
+let server;
+before(async () => {
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: scripts/test-js.sh installs it`);
+  mkdirSync(SHOTS, { recursive: true });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-dev-shm-usage'],
+  });
+  server = await Server.start('e2e', ['--demo']);
+});
+after(async () => {
+  if (browser) await browser.close();
+  if (server) await server.stop();
+});
+
+const pageErrors = [];
+
+async function signedInPage(label, base = server.url) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await ctx.newPage();
+  page.on('pageerror', (e) => pageErrors.push(`[${label}] ${e.stack || e}`));
+  await page.goto(base + '/');
+  await page.getByRole('button', { name: label }).click();
+  await page.locator('#conn[data-status="connected"]').waitFor();
+  return page;
+}
+
+const api = (tok, method, p, body) => server.api(tok, method, p, body);
+
+test('customer watches a job to 100% through a server kill, with notification, presence, and only her jobs', async () => {
+  const id = `e2e-${uid()}`;
+  const title = `Directory run ${id}`;
+  const tasks = Array.from({ length: 6 }, (_, i) => ({ id: `t${i + 1}`, name: `Directory ${i + 1}` }));
+  const alice = await signedInPage('Customer (alice)');
+
+  await api(worker, 'POST', '/v1/jobs', { id, owner: 'alice', title, kind: 'directory-submission', status: 'running', tasks });
+  const row = alice.locator(`a.job[data-job-id="${id}"]`);
+  await row.waitFor();
+
+  // A customer's page lists only her jobs, while the demo keeps making bob's.
+  await waitFor(async () => (await api(staff, 'GET', '/v1/jobs?owner=bob&limit=1')).jobs.length > 0, 'a job of bob');
+  await alice.waitForTimeout(500);
+  const shown = await alice.locator('a.job').evaluateAll((els) => els.map((e) => e.dataset.jobId));
+  assert.ok(shown.length >= 1);
+  for (const jid of shown) {
+    const j = await api(staff, 'GET', `/v1/jobs/${encodeURIComponent(jid)}`);
+    assert.equal(j.owner, 'alice', `alice's page shows ${jid} of ${j.owner}`);
+  }
+  await alice.screenshot({ path: path.join(SHOTS, 'customer-view.png') });
+
+  // And a job of bob's is "not found" even by its URL.
+  const bobs = (await api(staff, 'GET', '/v1/jobs?owner=bob&limit=1')).jobs[0];
+  await alice.goto(`${server.url}/#/job/${encodeURIComponent(bobs.id)}`);
+  await alice.getByText('Job not found').waitFor();
+  assert.equal(await alice.locator(`[data-job-id="${bobs.id}"]`).count(), 0);
+
+  await alice.goto(`${server.url}/#/`);
+  await row.click();
+  await alice.locator(`.job-head[data-job-id="${id}"]`).waitFor();
+
+  // Staff opens the same job: both show up in its room's presence.
+  const sam = await signedInPage('Staff (sam)');
+  await sam.goto(`${server.url}/#/job/${encodeURIComponent(id)}`);
+  await alice.locator('#watchers .avatar[data-sub="sam"]').waitFor();
+  await sam.locator('#watchers .avatar[data-sub="alice"]').waitFor();
+
+  for (const t of tasks.slice(0, 2)) await api(worker, 'PUT', `/v1/jobs/${id}/tasks/${t.id}`, { status: 'succeeded' });
+  await alice.locator('.job-head .bar[data-progress="33"]').waitFor();
+
+  // The server dies: the page says so, and catches up after the restart.
+  await server.kill9();
+  await alice.locator('#conn[data-status="reconnecting"]').waitFor();
+  assert.match(await alice.locator('#conn-text').textContent(), /Reconnecting/);
+  await server.spawn();
+  await api(worker, 'PUT', `/v1/jobs/${id}/tasks/t3`, { status: 'failed', error: 'captcha not solved' });
+  await api(worker, 'POST', `/v1/jobs/${id}/progress`, { stage: 'verifying', current_item: 'Directory 4', error: 'Directory 3: captcha not solved' });
+  const shot = 'data:image/svg+xml,' + encodeURIComponent("<svg xmlns='http://www.w3.org/2000/svg' width='320' height='200'><rect width='320' height='200' fill='#c7d2fe'/><text x='20' y='100' font-size='28'>listing live</text></svg>");
+  await api(worker, 'POST', `/v1/jobs/${id}/artifacts`, { kind: 'screenshot', payload: { url: shot, item: 'Directory 2' } });
+  await alice.locator('#conn[data-status="connected"]').waitFor({ timeout: 30000 });
+  assert.match(await alice.locator('#conn-text').textContent(), /Live/);
+  for (const t of tasks.slice(3)) await api(worker, 'PUT', `/v1/jobs/${id}/tasks/${t.id}`, { status: 'succeeded' });
+  await api(worker, 'POST', `/v1/jobs/${id}/progress`, { status: 'completed', stage: 'done' });
+
+  await alice.locator('.job-head .bar[data-progress="100"]').waitFor();
+  await alice.locator('.job-head[data-status="completed"]').waitFor();
+  await alice.locator('.toast', { hasText: 'completed' }).first().waitFor();
+  await waitFor(async () => Number(await alice.locator('#bell-count').textContent()) >= 1, 'the bell counts it');
+  await alice.locator('.shot img').first().waitFor();
+  assert.ok(await alice.locator('.shot img').first().evaluate((img) => img.complete && img.naturalWidth > 0), 'the screenshot thumbnail renders');
+
+  // Every event of the job is on the timeline once, including those written while the page was away.
+  const log = await server.log_events(staff, `job:${id}`);
+  await waitFor(async () => (await alice.locator('#timeline li').count()) === log.length, `timeline of ${log.length} events`);
+  const positions = await alice.locator('#timeline li').evaluateAll((els) => els.map((e) => Number(e.dataset.position)));
+  assert.deepEqual(positions.reverse(), log.map((e) => e.position));
+  await alice.locator('.task[data-task-id="t3"] .chip', { hasText: 'failed' }).waitFor();
+  await alice.screenshot({ path: path.join(SHOTS, 'job-page.png'), fullPage: true });
+
+  // Mark as read from the bell.
+  await alice.locator('#bell').click();
+  await alice.locator('#read-all').click();
+  await alice.locator('#bell-count').waitFor({ state: 'hidden' });
+
+  // Staff view: live list with the demo's jobs moving.
+  await sam.goto(`${server.url}/#/`);
+  await sam.locator('#active a.job').first().waitFor();
+  await sam.locator('#f-status').selectOption('all');
+  await sam.locator(`a.job[data-job-id="${id}"][data-status="completed"]`).waitFor();
+  await sam.locator('#f-status').selectOption('active');
+  await sam.waitForTimeout(1500);
+  await sam.screenshot({ path: path.join(SHOTS, 'staff-view.png'), fullPage: true });
+  const statuses = await sam.locator('#active a.job').evaluateAll((els) => els.map((e) => e.dataset.status));
+  assert.ok(statuses.every((s) => ['queued', 'running', 'stalled'].includes(s)), `active filter: ${statuses}`);
+});
+
+test('signing in with a pasted token, and a bad one is refused', async () => {
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  await page.goto(server.url + '/');
+  await page.locator('#token-input').fill('not a token');
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  await page.getByText('does not look like a token').waitFor();
+  await page.locator('#token-input').fill(token('bob', TENANT, 'customer'));
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  await page.locator('#conn[data-status="connected"]').waitFor();
+  assert.match(await page.locator('#who').textContent(), /bob · customer/);
+  await page.locator('a.job').first().waitFor({ timeout: 30000 });
+  const owners = await page.locator('a.job').evaluateAll((els) => els.map((e) => e.dataset.jobId));
+  for (const jid of owners) assert.equal((await api(staff, 'GET', `/v1/jobs/${encodeURIComponent(jid)}`)).owner, 'bob');
+  await ctx.close();
+});
+
+test('behind a proxy that refuses WebSockets the dashboard stays live over SSE', async () => {
+  const proxy = await startProxy(server.url, ['websocket']);
+  try {
+    const sam = await signedInPage('Staff (sam)', proxy.url);
+    await waitFor(async () => /Live \(SSE\)/.test(await sam.locator('#conn-text').textContent()), 'Live (SSE)');
+    const id = `sse-${uid()}`;
+    await api(worker, 'POST', '/v1/jobs', { id, owner: 'bob', title: `Via SSE ${id}`, status: 'running', total: 4 });
+    await sam.locator(`a.job[data-job-id="${id}"]`).waitFor();
+    await api(worker, 'POST', `/v1/jobs/${id}/progress`, { succeeded: 2 });
+    await sam.locator(`a.job[data-job-id="${id}"] .bar[data-progress="50"]`).waitFor();
+    assert.ok(proxy.state.upgrades >= 1, 'the WebSocket was tried first');
+    await sam.context().close();
+  } finally {
+    await proxy.close();
+  }
+});
+
+test('no script errors on any page', () => {
+  assert.deepEqual(pageErrors, []);
+});

@@ -1,0 +1,539 @@
+// Herald's built-in dashboard: plain JavaScript over the same client the npm
+// package ships (/assets/herald-client.js is clients/js/src/index.js).
+import { createClient, decodeToken } from './herald-client.js';
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const esc = (v) =>
+  String(v ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
+const FINISHED = new Set(['completed', 'failed', 'cancelled']);
+const ACTIVE = new Set(['queued', 'running', 'stalled']);
+const SESSION_KEY = 'herald.session';
+
+const app = {
+  client: null,
+  me: null, // { sub, role }
+  view: null, // the live view of the current page, closed on navigation
+  presence: null,
+  notes: null,
+  lastUpdate: null,
+  filters: { status: 'active', kind: '', q: '' },
+};
+
+// ------------------------------------------------------------ formatting
+
+function ago(ts) {
+  if (!ts) return '';
+  const s = Math.max(0, Math.round((Date.now() - (typeof ts === 'number' ? ts : Date.parse(ts))) / 1000));
+  if (s < 5) return 'just now';
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ago`;
+  return `${Math.floor(s / 86400)}d ago`;
+}
+
+function duration(ms) {
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}
+
+/** Remaining time from the pace so far; none until there is a pace to go by. */
+function eta(job) {
+  if (job.status !== 'running' || !job.started_at || !(job.progress > 0) || job.progress >= 100) return '';
+  const elapsed = Date.now() - Date.parse(job.started_at);
+  return '~' + duration((elapsed * (100 - job.progress)) / job.progress);
+}
+
+const pct = (p) => `${Math.round(Math.min(100, Math.max(0, Number(p) || 0)))}`;
+
+function chip(status) {
+  return `<span class="chip s-${esc(status)}">${esc(status)}</span>`;
+}
+
+function bar(job, big = false) {
+  const p = pct(job.progress);
+  const failedShare = job.total ? Math.min(100, (100 * (job.failed || 0)) / job.total) : 0;
+  return `<div class="bar ${big ? 'big' : ''} s-${esc(job.status)}" data-progress="${p}" role="progressbar" aria-valuenow="${p}" aria-valuemin="0" aria-valuemax="100">
+    <span class="fill" style="width:${p}%"></span><span class="fail" style="width:${failedShare.toFixed(1)}%"></span>
+    <em>${p}%</em></div>`;
+}
+
+function counts(job) {
+  const total = job.total ?? '?';
+  return `<span class="ok">${job.succeeded || 0} ✓</span> <span class="${job.failed ? 'bad' : 'muted'}">${job.failed || 0} ✗</span> <span class="muted">of ${esc(total)}</span>`;
+}
+
+function safeImage(url) {
+  return typeof url === 'string' && /^(https?:\/\/|data:image\/)/i.test(url) ? url : null;
+}
+
+// ------------------------------------------------------------ session
+
+function loadSession() {
+  try {
+    return JSON.parse(sessionStorage.getItem(SESSION_KEY) || 'null');
+  } catch {
+    return null;
+  }
+}
+
+async function demoToken(sub) {
+  const r = await fetch('/v1/demo/tokens', { cache: 'no-store' });
+  if (!r.ok) throw new Error('demo sign-in is not available');
+  const body = await r.json();
+  const t = body.tokens.find((x) => x.sub === sub);
+  if (!t) throw new Error(`no demo identity ${sub}`);
+  return t.token;
+}
+
+function signIn(session) {
+  sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+  start(session);
+}
+
+function signOut() {
+  sessionStorage.removeItem(SESSION_KEY);
+  location.hash = '#/';
+  location.reload();
+}
+
+// ------------------------------------------------------------ sign-in page
+
+async function renderSignIn(message) {
+  for (const id of ['nav', 'conn', 'bell-wrap', 'who', 'signout']) $('#' + id).hidden = true;
+  const main = $('#main');
+  main.innerHTML = `<section class="signin card">
+    <h1>Sign in</h1>
+    <p class="muted">Paste a bearer token (a JWT for your tenant, e.g. from <code>herald token</code>).</p>
+    ${message ? `<p class="error-box">${esc(message)}</p>` : ''}
+    <form id="token-form">
+      <textarea id="token-input" rows="4" placeholder="eyJhbGciOi…" spellcheck="false" autocomplete="off"></textarea>
+      <button type="submit" class="primary">Sign in</button>
+    </form>
+    <div id="demo" hidden><h2>Demo</h2><p class="muted">This server runs with <code>--demo</code>: sign in as</p><div id="demo-buttons" class="row"></div></div>
+  </section>`;
+  $('#token-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const token = $('#token-input').value.trim();
+    if (!decodeToken(token) && !token.startsWith('hk_')) {
+      renderSignIn('That does not look like a token.');
+      return;
+    }
+    signIn({ token });
+  });
+  try {
+    const r = await fetch('/v1/demo/tokens', { cache: 'no-store' });
+    if (!r.ok) return;
+    const body = await r.json();
+    $('#demo').hidden = false;
+    $('#demo-buttons').innerHTML = body.tokens
+      .map((t) => `<button class="demo-btn" data-sub="${esc(t.sub)}">${esc(t.label)}</button>`)
+      .join('');
+    for (const b of main.querySelectorAll('.demo-btn')) b.addEventListener('click', () => signIn({ demo: b.dataset.sub }));
+  } catch {
+    // Not a demo server.
+  }
+}
+
+// ------------------------------------------------------------ app shell
+
+function start(session) {
+  const opts = session.demo
+    ? { getToken: () => demoToken(session.demo) } // short-lived; refreshed in place before expiry
+    : { token: session.token };
+  const client = createClient({ ...opts, url: location.origin });
+  app.client = client;
+  client.onStatus(renderConn);
+  client.on('event', () => (app.lastUpdate = Date.now()));
+  client.token().then(
+    () => {
+      app.me = client.identity || {};
+      $('#who').textContent = `${app.me.sub} · ${app.me.role}`;
+      for (const id of ['nav', 'conn', 'bell-wrap', 'who', 'signout']) $('#' + id).hidden = false;
+      $('#nav-mine').hidden = app.me.role === 'customer';
+      $('#nav-home').textContent = app.me.role === 'customer' ? 'My jobs' : 'Jobs';
+      startNotifications();
+      route();
+    },
+    (e) => renderSignIn(`Sign-in failed: ${e.message}`),
+  );
+  client.connect();
+  renderConn(client.status);
+}
+
+function renderConn(status, detail) {
+  const el = $('#conn');
+  el.dataset.status = status;
+  const transport = app.client && app.client.transport;
+  const label = {
+    connected: transport && transport !== 'websocket' ? `Live (${transport === 'sse' ? 'SSE' : 'polling'})` : 'Live',
+    connecting: 'Connecting…',
+    reconnecting: 'Reconnecting…',
+    offline: 'Offline',
+    error: 'Error',
+  }[status];
+  $('#conn-text').textContent = label;
+  el.title = detail && detail.message ? detail.message : label;
+  if (status === 'error' && detail && ['auth_failed', 'token_expired', 'invalid_token'].includes(detail.code)) {
+    toast({ level: 'error', title: 'Session ended', body: 'Your token is no longer valid. Sign in again.' });
+  }
+}
+
+setInterval(() => {
+  const u = $('#conn-updated');
+  if (u && app.client) u.textContent = app.lastUpdate ? `updated ${ago(app.lastUpdate)}` : '';
+  // ETAs and "ago" labels age between events too.
+  for (const el of document.querySelectorAll('[data-ago]')) el.textContent = ago(el.dataset.ago);
+}, 1000);
+
+// ------------------------------------------------------------ notifications
+
+function startNotifications() {
+  const notes = app.client.notifications();
+  app.notes = notes;
+  notes.subscribe(renderBell);
+  notes.on('notification', (n) => {
+    toast(n);
+    // A desktop notification for my jobs, when the user allowed them.
+    if (typeof Notification !== 'undefined' && Notification.permission === 'granted' && document.visibilityState !== 'visible') {
+      const desk = new Notification(n.title, { body: n.body || '', tag: n.id });
+      desk.onclick = () => {
+        window.focus();
+        if (n.job_id) location.hash = `#/job/${encodeURIComponent(n.job_id)}`;
+      };
+    }
+  });
+  $('#bell').addEventListener('click', (e) => {
+    e.stopPropagation();
+    const panel = $('#bell-panel');
+    panel.hidden = !panel.hidden;
+    renderBell();
+  });
+  document.addEventListener('click', (e) => {
+    if (!$('#bell-wrap').contains(e.target)) $('#bell-panel').hidden = true;
+  });
+}
+
+function renderBell() {
+  const n = app.notes;
+  if (!n) return;
+  const badge = $('#bell-count');
+  badge.textContent = n.unreadCount > 99 ? '99+' : String(n.unreadCount);
+  badge.hidden = n.unreadCount === 0;
+  const panel = $('#bell-panel');
+  if (panel.hidden) return;
+  const canAsk = typeof Notification !== 'undefined' && Notification.permission === 'default';
+  panel.innerHTML = `<div class="panel-head"><b>Notifications</b>
+      <button class="link" id="read-all" ${n.unreadCount ? '' : 'disabled'}>Mark all read</button></div>
+    ${canAsk ? '<button class="link enable" id="enable-desktop">Enable desktop notifications</button>' : ''}
+    <ul class="notes">${
+      n.items.length
+        ? n.items
+            .map(
+              (x) => `<li class="note lvl-${esc(x.level)} ${x.read ? 'read' : 'unread'}" data-id="${esc(x.id)}" data-job="${esc(x.job_id || '')}">
+          <b>${esc(x.title)}</b>${x.body ? `<span>${esc(x.body)}</span>` : ''}<small data-ago="${esc(x.created_at)}">${ago(x.created_at)}</small></li>`,
+            )
+            .join('')
+        : '<li class="muted pad">Nothing yet.</li>'
+    }</ul>`;
+  $('#read-all').addEventListener('click', () => n.markAllRead().catch(showError));
+  const enable = $('#enable-desktop');
+  if (enable) enable.addEventListener('click', () => Notification.requestPermission().then(renderBell));
+  for (const li of panel.querySelectorAll('.note')) {
+    li.addEventListener('click', () => {
+      if (li.classList.contains('unread')) n.markRead(li.dataset.id).catch(showError);
+      if (li.dataset.job) location.hash = `#/job/${encodeURIComponent(li.dataset.job)}`;
+    });
+  }
+}
+
+function toast(n) {
+  const el = document.createElement('div');
+  el.className = `toast lvl-${n.level || 'info'}`;
+  el.innerHTML = `<b>${esc(n.title)}</b>${n.body ? `<span>${esc(n.body)}</span>` : ''}`;
+  if (n.job_id) {
+    el.classList.add('clickable');
+    el.addEventListener('click', () => (location.hash = `#/job/${encodeURIComponent(n.job_id)}`));
+  }
+  $('#toasts').prepend(el);
+  setTimeout(() => el.classList.add('gone'), 7000);
+  setTimeout(() => el.remove(), 7600);
+}
+
+function showError(e) {
+  toast({ level: 'error', title: 'Something went wrong', body: e.message || String(e) });
+}
+
+// ------------------------------------------------------------ routing
+
+function route() {
+  if (!app.client || !app.me) return;
+  if (app.view) app.view.close();
+  if (app.presence) app.presence.close();
+  app.view = app.presence = null;
+  const hash = location.hash || '#/';
+  for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.getAttribute('href') === hash);
+  const m = hash.match(/^#\/job\/(.+)$/);
+  if (m) return renderJobPage(decodeURIComponent(m[1]));
+  if (hash === '#/mine' || app.me.role === 'customer') return renderJobsPage(true);
+  return renderJobsPage(false);
+}
+
+window.addEventListener('hashchange', route);
+
+// ------------------------------------------------------------ job lists
+
+function renderJobsPage(mine) {
+  const staffView = !mine;
+  const main = $('#main');
+  main.innerHTML = `
+    <section class="page-head">
+      <h1>${staffView ? 'Jobs' : 'My jobs'}</h1>
+      <div id="summary" class="summary"></div>
+    </section>
+    ${
+      staffView
+        ? `<section class="filters card">
+      <label>Status <select id="f-status">
+        ${['active', 'all', 'running', 'stalled', 'queued', 'failed', 'completed', 'cancelled']
+          .map((s) => `<option value="${s}" ${app.filters.status === s ? 'selected' : ''}>${s}</option>`)
+          .join('')}
+      </select></label>
+      <label>Kind <select id="f-kind"><option value="">any</option></select></label>
+      <label class="grow">Search <input id="f-q" type="search" placeholder="title, id or owner" value="${esc(app.filters.q)}"></label>
+    </section>`
+        : ''
+    }
+    <section class="card">
+      <h2>${staffView ? 'Active' : 'In progress'}</h2>
+      <div id="active" class="jobs"><p class="muted pad">Loading…</p></div>
+    </section>
+    <section class="card">
+      <h2>Recently finished</h2>
+      <div id="finished" class="jobs"></div>
+    </section>`;
+  const view = mine ? app.client.watchJobs({ owner: app.me.sub }) : app.client.watchJobs();
+  app.view = view;
+  let scheduled = false;
+  const paint = () => {
+    scheduled = false;
+    // A frame or tick may still come after navigating away.
+    if (!view._closed) renderJobs(view, staffView);
+  };
+  view.subscribe(() => {
+    app.lastUpdate = app.lastUpdate || Date.now();
+    if (!scheduled) {
+      scheduled = true;
+      requestAnimationFrame(paint);
+    }
+  });
+  if (staffView) {
+    $('#f-status').addEventListener('change', (e) => ((app.filters.status = e.target.value), paint()));
+    $('#f-kind').addEventListener('change', (e) => ((app.filters.kind = e.target.value), paint()));
+    $('#f-q').addEventListener('input', (e) => ((app.filters.q = e.target.value.trim().toLowerCase()), paint()));
+  }
+  // ETAs move with the clock.
+  const tick = setInterval(() => (view._closed ? clearInterval(tick) : paint()), 5000);
+}
+
+function matches(job) {
+  const f = app.filters;
+  if (f.kind && job.kind !== f.kind) return false;
+  if (f.q) {
+    const hay = `${job.title || ''} ${job.id} ${job.owner || ''}`.toLowerCase();
+    if (!hay.includes(f.q)) return false;
+  }
+  return true;
+}
+
+function renderJobs(view, staffView) {
+  if (view.error) {
+    $('#active').innerHTML = `<p class="error-box">${esc(view.error.message)}</p>`;
+    return;
+  }
+  const jobs = view.jobs;
+  const st = app.filters.status;
+  const filtered = staffView ? jobs.filter(matches) : jobs;
+  const activeFilter = (j) =>
+    !staffView || st === 'active' || st === 'all' ? ACTIVE.has(j.status) : j.status === st && ACTIVE.has(j.status);
+  const finishedFilter = (j) =>
+    !staffView || st === 'active' || st === 'all' ? FINISHED.has(j.status) : j.status === st && FINISHED.has(j.status);
+  const active = filtered.filter(activeFilter);
+  const finished = filtered.filter(finishedFilter).slice(0, st === 'active' ? 12 : 50);
+
+  const n = (s) => jobs.filter((j) => j.status === s).length;
+  $('#summary').innerHTML = [
+    ['running', n('running')],
+    ['stalled', n('stalled')],
+    ['failed', n('failed')],
+    ['completed', n('completed')],
+  ]
+    .map(([s, c]) => `<div class="stat s-${s}"><b>${c}</b><span>${s}</span></div>`)
+    .join('');
+  if (staffView) {
+    const kinds = [...new Set(jobs.map((j) => j.kind).filter(Boolean))].sort();
+    const sel = $('#f-kind');
+    const have = [...sel.options].map((o) => o.value).slice(1);
+    if (kinds.join() !== have.join()) {
+      sel.innerHTML = `<option value="">any</option>` + kinds.map((k) => `<option ${k === app.filters.kind ? 'selected' : ''}>${esc(k)}</option>`).join('');
+    }
+  }
+  $('#active').innerHTML = active.length
+    ? active.map((j) => jobRow(j, staffView)).join('')
+    : `<p class="muted pad">${view.loading ? 'Loading…' : 'No active jobs right now.'}</p>`;
+  $('#finished').innerHTML = finished.length
+    ? finished.map((j) => jobRow(j, staffView)).join('')
+    : '<p class="muted pad">None yet.</p>';
+}
+
+function jobRow(j, staffView) {
+  const href = `#/job/${encodeURIComponent(j.id)}`;
+  const e = eta(j);
+  const lastError = j.errors && j.errors.length ? j.errors[j.errors.length - 1].message : '';
+  return `<a class="job s-${esc(j.status)}" href="${href}" data-job-id="${esc(j.id)}" data-status="${esc(j.status)}">
+    <div class="job-main">
+      <div class="job-title"><b>${esc(j.title || j.id)}</b> ${chip(j.status)}</div>
+      <div class="job-sub muted">${esc(j.kind || 'job')}${staffView && j.owner ? ` · for <b>${esc(j.owner)}</b>` : ''} · <span data-ago="${esc(j.updated_at)}">${ago(j.updated_at)}</span></div>
+    </div>
+    <div class="job-progress">${bar(j)}<div class="job-counts">${counts(j)}${e ? ` · <span class="muted">ETA ${e}</span>` : ''}</div></div>
+    <div class="job-now">
+      ${j.stage ? `<span class="stage">${esc(j.stage)}</span>` : ''}
+      ${j.current_item && !FINISHED.has(j.status) ? `<span class="item" title="${esc(j.current_item)}">${esc(j.current_item)}</span>` : ''}
+      ${j.status === 'stalled' ? '<span class="warn">no report for a while</span>' : ''}
+      ${j.status === 'failed' && lastError ? `<span class="bad" title="${esc(lastError)}">${esc(lastError)}</span>` : ''}
+    </div>
+  </a>`;
+}
+
+// ------------------------------------------------------------ job page
+
+function renderJobPage(id) {
+  const main = $('#main');
+  main.innerHTML = `<p class="back"><a href="#/">← All jobs</a></p><div id="job"><p class="muted pad">Loading…</p></div>`;
+  const view = app.client.watchJob(id, { history: true, historyLimit: 1000 });
+  app.view = view;
+  // Who else is looking at this job: presence in the job's room.
+  const presence = app.client.presence(`room:job:${id}`, { name: app.me.sub, role: app.me.role });
+  app.presence = presence;
+  let scheduled = false;
+  const paint = () => {
+    scheduled = false;
+    if (!view._closed) renderJob(view, presence);
+  };
+  const later = () => {
+    if (!scheduled) {
+      scheduled = true;
+      requestAnimationFrame(paint);
+    }
+  };
+  view.subscribe(later);
+  presence.subscribe(later);
+  const tick = setInterval(() => (view._closed ? clearInterval(tick) : later()), 5000);
+}
+
+function renderJob(view, presence) {
+  const root = $('#job');
+  if (!root) return;
+  if (view.error) {
+    const nf = view.error.code === 'not_found';
+    root.innerHTML = `<section class="card"><h1>${nf ? 'Job not found' : 'Cannot show this job'}</h1><p class="muted">${esc(
+      nf ? 'It does not exist, or it is not yours.' : view.error.message,
+    )}</p></section>`;
+    return;
+  }
+  const j = view.job;
+  if (!j) return;
+  const e = eta(j);
+  const watchers = presence.members();
+  const tasks = [...view.tasks].sort((a, b) => (a.created_at < b.created_at ? -1 : a.created_at > b.created_at ? 1 : 0));
+  const taskCounts = {};
+  for (const t of tasks) taskCounts[t.status] = (taskCounts[t.status] || 0) + 1;
+  const shots = view.artifacts;
+  const events = [...view.events].reverse().slice(0, 300);
+  root.innerHTML = `
+  <section class="card job-head s-${esc(j.status)}" data-job-id="${esc(j.id)}" data-status="${esc(j.status)}">
+    <div class="row between">
+      <div><h1>${esc(j.title || j.id)} ${chip(j.status)}</h1>
+        <p class="muted">${esc(j.kind || 'job')} · <code>${esc(j.id)}</code>${j.owner ? ` · owner <b>${esc(j.owner)}</b>` : ''}</p></div>
+      <div class="watchers" id="watchers" title="Watching this job now">
+        ${watchers.map((w) => `<span class="avatar ${w === app.me.sub ? 'me' : ''}" data-sub="${esc(w)}" title="${esc(w)}">${esc(w.slice(0, 2))}</span>`).join('')}
+        <small class="muted">${watchers.length} watching</small>
+      </div>
+    </div>
+    ${bar(j, true)}
+    <div class="facts">
+      <div><span>Done</span><b>${counts(j)}</b></div>
+      <div><span>Stage</span><b>${esc(j.stage || '—')}</b></div>
+      <div><span>Current item</span><b class="clip" title="${esc(j.current_item || '')}">${esc(j.current_item || '—')}</b></div>
+      <div><span>ETA</span><b>${esc(e || (FINISHED.has(j.status) ? 'done' : '—'))}</b></div>
+      <div><span>Started</span><b>${j.started_at ? `<span data-ago="${esc(j.started_at)}">${ago(j.started_at)}</span>` : '—'}</b></div>
+      <div><span>${FINISHED.has(j.status) ? 'Finished' : 'Updated'}</span><b><span data-ago="${esc(j.finished_at || j.updated_at)}">${ago(j.finished_at || j.updated_at)}</span></b></div>
+    </div>
+    ${j.status === 'stalled' ? '<p class="warn-box">This job has not reported for a while: its worker may be stuck or gone.</p>' : ''}
+  </section>
+  <div class="cols">
+    <section class="card">
+      <h2>Tasks <small class="muted">${Object.entries(taskCounts).map(([s, c]) => `${c} ${esc(s)}`).join(' · ')}</small></h2>
+      <ol class="tasks">${
+        tasks.length
+          ? tasks
+              .map(
+                (t) => `<li class="task s-${esc(t.status)}" data-task-id="${esc(t.id)}">${chip(t.status)}<span class="clip">${esc(t.name || t.id)}</span>
+              ${t.error ? `<small class="bad clip" title="${esc(t.error)}">${esc(t.error)}</small>` : ''}</li>`,
+              )
+              .join('')
+          : '<li class="muted pad">No tasks reported.</li>'
+      }</ol>
+    </section>
+    <div>
+      <section class="card">
+        <h2>Artifacts <small class="muted">${shots.length}</small></h2>
+        <div class="artifacts">${shots.length ? shots.map(artifact).join('') : '<p class="muted pad">None yet.</p>'}</div>
+      </section>
+      <section class="card">
+        <h2>Errors <small class="muted">${(j.errors || []).length}</small></h2>
+        <ul class="errors">${
+          (j.errors || []).length
+            ? [...j.errors].reverse().map((x) => `<li><small class="muted">${esc(new Date(x.at).toLocaleTimeString())}</small> ${esc(x.message)}</li>`).join('')
+            : '<li class="muted pad">No errors.</li>'
+        }</ul>
+      </section>
+    </div>
+  </div>
+  <section class="card">
+    <h2>Live timeline <small class="muted">${view.events.length} events</small></h2>
+    <ol class="timeline" id="timeline">${events.map(timelineItem).join('')}</ol>
+  </section>`;
+}
+
+function artifact(a) {
+  const p = a.payload || {};
+  const url = safeImage(typeof p === 'string' ? p : p.url || p.screenshot || p.image);
+  const caption = esc(p.item || p.label || p.text || a.kind);
+  if (url) {
+    return `<figure class="shot"><a href="${esc(url)}" target="_blank" rel="noopener noreferrer"><img src="${esc(url)}" alt="${caption}" loading="lazy"></a><figcaption>${caption}</figcaption></figure>`;
+  }
+  return `<figure class="shot text"><pre>${esc(typeof p === 'string' ? p : JSON.stringify(p, null, 1)).slice(0, 400)}</pre><figcaption>${esc(a.kind)}</figcaption></figure>`;
+}
+
+function timelineItem(ev) {
+  const d = ev.data || {};
+  let what = '';
+  if (ev.type.startsWith('job.')) {
+    what = `${esc(d.status)} · ${pct(d.progress)}%${d.stage ? ` · ${esc(d.stage)}` : ''}${d.current_item ? ` · ${esc(d.current_item)}` : ''}`;
+  } else if (ev.type.startsWith('task.')) {
+    what = `${esc(d.name || d.id)} → ${esc(d.status)}${d.error ? ` · <span class="bad">${esc(d.error)}</span>` : ''}`;
+  } else if (ev.type === 'artifact.created') {
+    what = `${esc(d.kind)}${d.payload && d.payload.item ? ` · ${esc(d.payload.item)}` : ''}`;
+  }
+  const t = ev.time ? new Date(ev.time).toLocaleTimeString() : '';
+  return `<li data-position="${esc(ev.position)}" class="t-${esc(ev.type.replace('.', '-'))}"><small class="muted">${esc(t)}</small><code>${esc(ev.type)}</code><span>${what}</span><small class="pos">#${esc(ev.position)}</small></li>`;
+}
+
+// ------------------------------------------------------------ boot
+
+$('#signout').addEventListener('click', signOut);
+const session = loadSession();
+if (session) start(session);
+else renderSignIn();

@@ -1,0 +1,110 @@
+//! The built-in dashboard: static files compiled into the binary, so `cargo
+//! run` serves it with no separate build step, and the demo sign-in endpoint.
+//!
+//! The dashboard imports the JS client from `/assets/herald-client.js`, which
+//! is the package's own source file (`clients/js/src/index.js`) embedded here:
+//! one source of truth for the npm package and the dashboard.
+
+use super::http::error::ApiError;
+use super::http::AppState;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
+const APP_JS: &str = include_str!("../../assets/app.js");
+const APP_CSS: &str = include_str!("../../assets/app.css");
+const FAVICON_SVG: &str = include_str!("../../assets/favicon.svg");
+const CLIENT_JS: &str = include_str!("../../../../clients/js/src/index.js");
+
+/// How long a demo sign-in token lives. Short on purpose: the dashboard
+/// fetches a new one before it expires, which exercises token refresh.
+const DEMO_TOKEN_TTL_SECS: u64 = 15 * 60;
+
+/// Security headers for the dashboard's pages: nothing but our own scripts
+/// runs, and images may come from anywhere a worker's screenshot points to
+/// (including `data:` URLs). Inline styles are allowed for the progress bars'
+/// widths; every value the page renders is escaped, so no markup gets in.
+const CSP: &str =
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: https: http:; \
+                   connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Assets change only with the binary; revalidating is cheap and avoids a
+    // stale dashboard after an upgrade.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    resp
+}
+
+/// `GET /`: the single-page dashboard.
+pub async fn index() -> Response {
+    asset(INDEX_HTML, "text/html; charset=utf-8")
+}
+
+/// `GET /assets/{file}`: the dashboard's scripts, styles and the JS client.
+pub async fn asset_file(Path(file): Path<String>) -> Response {
+    match file.as_str() {
+        "app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
+        "app.css" => asset(APP_CSS, "text/css; charset=utf-8"),
+        "favicon.svg" => asset(FAVICON_SVG, "image/svg+xml"),
+        "herald-client.js" => asset(CLIENT_JS, "text/javascript; charset=utf-8"),
+        _ => ApiError::not_found(format_args!("asset {file:?}")).into_response(),
+    }
+}
+
+/// One demo identity the dashboard offers as a one-click sign-in.
+#[derive(Serialize, ToSchema)]
+pub struct DemoToken {
+    /// Shown on the sign-in button.
+    pub label: String,
+    pub sub: String,
+    pub role: String,
+    /// A JWT for the demo tenant.
+    pub token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DemoTokens {
+    pub tenant: String,
+    /// Lifetime of each token, seconds.
+    pub expires_in: u64,
+    pub tokens: Vec<DemoToken>,
+}
+
+/// `GET /v1/demo/tokens`: short-lived tokens for the demo's staff member and
+/// customers. Exists only under `serve --demo`; otherwise 404, so a
+/// production server never hands out credentials.
+#[utoipa::path(get, path = "/v1/demo/tokens", tag = "demo",
+    description = "Only with `serve --demo`: short-lived JWTs for the demo tenant's staff and customers, \
+        for the dashboard's one-click sign-in. 404 otherwise.",
+    responses((status = 200, body = DemoTokens), (status = 404, body = super::http::error::ErrorBody),
+        (status = 503, body = super::http::error::ErrorBody)))]
+pub async fn demo_tokens(State(s): State<AppState>) -> Result<Response, ApiError> {
+    if !s.demo {
+        return Err(ApiError::not_found("route"));
+    }
+    let identities = std::iter::once(("Staff (sam)", "sam", "staff"))
+        .chain(crate::demo::CUSTOMERS.iter().map(|c| (*c, *c, "customer")));
+    let mut tokens = Vec::new();
+    for (label, sub, role) in identities {
+        let token = s.auth.jwt.mint(sub, crate::demo::TENANT, role, DEMO_TOKEN_TTL_SECS).ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "demo sign-in needs an HS256 secret")
+        })?;
+        let label = if role == "customer" { format!("Customer ({label})") } else { label.to_string() };
+        tokens.push(DemoToken { label, sub: sub.into(), role: role.into(), token });
+    }
+    let body = DemoTokens { tenant: crate::demo::TENANT.into(), expires_in: DEMO_TOKEN_TTL_SECS, tokens };
+    let mut resp = Json(body).into_response();
+    // Credentials: never cached by the browser or a proxy.
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}

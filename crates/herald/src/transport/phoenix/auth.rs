@@ -1,0 +1,103 @@
+//! Supabase credentials mapped onto Herald principals, and each
+//! `postgres_changes` binding onto the Herald topics that may feed it.
+//!
+//! | token role | Herald role | sees |
+//! |---|---|---|
+//! | `service_role` | service | every row of its tenant (notifications: anyone's, by `recipient` filter) |
+//! | `authenticated` | customer | jobs it owns (`owner` = `sub`), their tasks and artifacts, its notifications |
+//! | `admin`, `staff`, `worker`, `service`, `customer` | the same | as on the native protocol |
+//! | `anon` | — | may open the socket (it is Supabase's `apikey`), may not join a channel |
+
+use super::changes::{BindingSpec, Table};
+use crate::auth::{apikey, AuthError, Principal, Role};
+use crate::transport::http::AppState;
+use crate::transport::topics::authorize;
+
+/// Who presented a token.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    User(Principal),
+    /// Supabase's public `anon` key: tenant, if the key names one.
+    Anon {
+        tenant: Option<String>,
+    },
+}
+
+impl Credential {
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Credential::User(p) => Some(&p.tenant),
+            Credential::Anon { tenant } => tenant.as_deref(),
+        }
+    }
+}
+
+/// Verifies an `apikey` or `access_token`.
+pub async fn identify(s: &AppState, token: &str) -> Result<Credential, AuthError> {
+    if apikey::parse(token).is_some() {
+        return s.auth.authenticate(token).await.map(Credential::User);
+    }
+    let claims = s.auth.jwt.verify_claims(token)?;
+    if s.auth.jwt.role_name(&claims) == Some("anon") {
+        return Ok(Credential::Anon { tenant: s.auth.jwt.tenant_of(&claims) });
+    }
+    s.auth.jwt.verify(token).map(Credential::User)
+}
+
+/// A refusal, worded for the join reply.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// The Herald topics whose events may satisfy `spec` for `p`, each authorized as
+/// a native subscription would be. Tasks and artifacts are routed per job, so
+/// their bindings name the jobs (`job_id=eq.<id>` or `job_id=in.(...)`).
+pub async fn topics_for(s: &AppState, p: &Principal, spec: &BindingSpec) -> Result<Vec<String>, Refused> {
+    let mut topics = Vec::new();
+    let explicit = |t: Table| spec.tables.contains(&t);
+    for table in Table::ALL {
+        if !spec.wants_table(table) {
+            continue;
+        }
+        match table {
+            Table::Jobs => topics.extend(job_topics(p, spec)),
+            Table::Tasks | Table::Artifacts => match spec.equals("job_id") {
+                Some(ids) => topics.extend(ids.into_iter().map(|id| format!("job:{id}"))),
+                None if explicit(table) => {
+                    return Err(Refused(format!(
+                        "public.{} is routed per job: filter it with job_id=eq.<id> or job_id=in.(<ids>)",
+                        table.name()
+                    )));
+                }
+                None => {}
+            },
+            Table::Notifications => match spec.equals("recipient") {
+                Some(subs) => topics.extend(subs.into_iter().map(|u| format!("user:{u}"))),
+                None => topics.push(format!("user:{}", p.sub)),
+            },
+        }
+    }
+    topics.sort();
+    topics.dedup();
+    for t in &topics {
+        authorize(s, p, t).await.map_err(|e| Refused(format!("{}: {}", e.code, e.message)))?;
+    }
+    Ok(topics)
+}
+
+/// The narrowest topic carrying the job rows `spec` can match: one job by id
+/// (staff), one owner's jobs, or the whole tenant. Customers always listen on
+/// their own `jobs:owner:<sub>`, so a job created later is seen too and no
+/// other customer's row can reach them.
+fn job_topics(p: &Principal, spec: &BindingSpec) -> Vec<String> {
+    if p.role == Role::Customer {
+        return vec![format!("jobs:owner:{}", p.sub)];
+    }
+    if let Some(ids) = spec.equals("id") {
+        return ids.into_iter().map(|id| format!("job:{id}")).collect();
+    }
+    if let Some(owners) = spec.equals("owner") {
+        return owners.into_iter().map(|o| format!("jobs:owner:{o}")).collect();
+    }
+    vec!["jobs".to_string()]
+}

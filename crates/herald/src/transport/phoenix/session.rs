@@ -1,0 +1,844 @@
+//! One Phoenix socket: heartbeats on `phoenix`, channel joins and leaves, token
+//! refresh and expiry, broadcast and presence, and `postgres_changes` fed from
+//! the hub (live first, then a replay from the log when resuming).
+
+use super::auth::{identify, topics_for, Credential};
+use super::changes::{change_data, change_json, Change};
+use super::channel::{binding_id, channel_of, parse_join, room_of, Binding, Channel, JoinRequest};
+use super::codec::{self, decode_binary, decode_text, encode, encode_raw, reply, Inbound, Out, Vsn};
+use super::resume::ResumeBook;
+use crate::auth::{AuthError, Principal};
+use crate::hub::{outbox, ConnectionGuard, Delivery, Inbox, Outbox, Payload, TopicKey, WireFormat};
+use crate::model::Event;
+use crate::transport::http::AppState;
+use crate::transport::topics::{authorize, head, replay_page, ReplayPage, REPLAY_PAGE};
+use crate::transport::ws::frames::CloseReason;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Sink = SplitSink<WebSocket, Message>;
+/// A reason to close the socket, with a message for the log.
+type Fatal = (CloseReason, String);
+
+const WRITE_BATCH: usize = 256;
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The topic of socket-level messages (heartbeats).
+const PHOENIX: &str = "phoenix";
+
+enum Inbound2 {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+    /// The socket ended; true when the client sent a close frame.
+    Closed(bool),
+}
+
+/// What the upgrade handed over.
+pub struct Opening {
+    pub vsn: Vsn,
+    pub credential: Credential,
+    pub guard: Option<ConnectionGuard>,
+}
+
+struct Session {
+    s: AppState,
+    book: Arc<ResumeBook>,
+    vsn: Vsn,
+    conn_id: u64,
+    base: Credential,
+    guard: Option<ConnectionGuard>,
+    outbox: Outbox,
+    channels: HashMap<String, Channel>,
+    /// Hub topic → channels it feeds.
+    by_hub: HashMap<String, Vec<String>>,
+    /// Opened right after a server start: the client probably lost its place to the restart.
+    after_restart: bool,
+    /// The client closed the socket on purpose: nothing to resume.
+    clean_close: bool,
+    /// Channels this socket lost without a leave; their rejoin resumes.
+    ended: HashSet<String>,
+    rate: Rate,
+}
+
+/// Token bucket: `per_second`, bursts of twice that.
+struct Rate {
+    per_second: f64,
+    tokens: f64,
+    at: Instant,
+    warned: Option<Instant>,
+}
+
+impl Rate {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second).min(self.per_second * 2.0);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub async fn run(socket: WebSocket, s: AppState, book: Arc<ResumeBook>, opening: Opening) {
+    let conn_id = s.hub.next_id();
+    let (out, mut inbox) = outbox(conn_id, s.limits.outbox_capacity);
+    let (mut sink, mut stream) = socket.split();
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Inbound2>(32);
+    let seen = Arc::clone(&last_seen);
+    let reader = tokio::spawn(async move {
+        let mut clean = false;
+        while let Some(msg) = stream.next().await {
+            seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let m = match msg {
+                Ok(Message::Text(t)) => Inbound2::Text(t),
+                Ok(Message::Binary(b)) => Inbound2::Binary(b),
+                Ok(Message::Close(_)) => {
+                    clean = true;
+                    break;
+                }
+                Err(_) => break,
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+            };
+            if in_tx.send(m).await.is_err() {
+                return;
+            }
+        }
+        let _ = in_tx.send(Inbound2::Closed(clean)).await;
+    });
+    let per_second = f64::from(s.limits.messages_per_second.max(1));
+    let young = book.is_young();
+    let mut session = Session {
+        s: s.clone(),
+        book,
+        vsn: opening.vsn,
+        conn_id,
+        base: opening.credential,
+        guard: opening.guard,
+        outbox: out,
+        channels: HashMap::new(),
+        by_hub: HashMap::new(),
+        after_restart: young,
+        clean_close: false,
+        ended: HashSet::new(),
+        rate: Rate { per_second, tokens: per_second * 2.0, at: Instant::now(), warned: None },
+    };
+    let reason = session.drive(&mut sink, &mut inbox, &mut in_rx, &last_seen, started).await;
+    session.cleanup();
+    if let Some((reason, message)) = reason {
+        tracing::debug!(conn = conn_id, reason = reason.name(), message, "closing Phoenix socket");
+        let close = Message::Close(Some(CloseFrame { code: reason.code(), reason: Utf8Bytes::from(reason.name()) }));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close)).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(m) = in_rx.recv().await {
+                if matches!(m, Inbound2::Closed(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    reader.abort();
+}
+
+fn io_err<E>(_: E) -> Fatal {
+    (CloseReason::ProtocolError, "write failed".into())
+}
+
+impl Session {
+    async fn drive(
+        &mut self,
+        sink: &mut Sink,
+        inbox: &mut Inbox,
+        in_rx: &mut tokio::sync::mpsc::Receiver<Inbound2>,
+        last_seen: &AtomicU64,
+        started: Instant,
+    ) -> Option<Fatal> {
+        let mut heartbeat = tokio::time::interval(self.s.limits.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        let timeout_ms = self.s.limits.heartbeat_timeout.as_millis() as u64;
+        let mut shutdown = self.s.shutdown.clone();
+        let overflow = inbox.overflow_signal();
+        let mut buf: Vec<Arc<Delivery>> = Vec::with_capacity(WRITE_BATCH);
+        loop {
+            let expiry = self.next_expiry();
+            tokio::select! {
+                biased;
+                _ = crate::transport::http::shutting_down(&mut shutdown) => {
+                    return Some((CloseReason::ShuttingDown, "server is shutting down".into()));
+                }
+                _ = overflow.overflowed() => {
+                    return Some((CloseReason::SlowConsumer, "send queue overflowed".into()));
+                }
+                _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
+                    if let Err(f) = self.expire(sink).await {
+                        return Some(f);
+                    }
+                }
+                m = in_rx.recv() => match m {
+                    None => return None,
+                    Some(Inbound2::Closed(clean)) => {
+                        self.clean_close = clean;
+                        return None;
+                    }
+                    Some(m) => if let Err(f) = self.on_inbound(sink, m).await { return Some(f) },
+                },
+                n = inbox.recv_many(&mut buf, WRITE_BATCH) => {
+                    if n == 0 {
+                        return None;
+                    }
+                    if let Some(first) = buf.first() {
+                        first.record_latency();
+                    }
+                    let mut frames = Vec::new();
+                    for d in buf.drain(..) {
+                        self.frames_for(&d, &mut frames);
+                    }
+                    let write = async {
+                        for f in frames {
+                            sink.feed(out_message(f)).await?;
+                        }
+                        sink.flush().await
+                    };
+                    tokio::select! {
+                        r = write => if r.is_err() { return None },
+                        _ = overflow.overflowed() => return Some((CloseReason::SlowConsumer, "send queue overflowed".into())),
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let silent = (started.elapsed().as_millis() as u64).saturating_sub(last_seen.load(Ordering::Relaxed));
+                    if silent > timeout_ms {
+                        return Some((CloseReason::HeartbeatTimeout, "no message within the heartbeat timeout".into()));
+                    }
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Fatal> {
+        sink.send(Message::Text(frame)).await.map_err(io_err)
+    }
+
+    /// A socket-level error about a message that could not be read: there is no
+    /// channel to answer on, so it goes to `phoenix`, which clients ignore but a
+    /// developer sees in the frames.
+    async fn socket_error(&self, sink: &mut Sink, reason: String) -> Result<(), Fatal> {
+        self.send(sink, encode(self.vsn, None, None, PHOENIX, "phx_error", &json!({ "reason": reason }))).await
+    }
+
+    async fn on_inbound(&mut self, sink: &mut Sink, m: Inbound2) -> Result<(), Fatal> {
+        if !self.rate.take() {
+            let now = Instant::now();
+            if self.rate.warned.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                self.rate.warned = Some(now);
+                let limit = self.s.limits.messages_per_second;
+                return self
+                    .socket_error(sink, format!("rate_limited: over {limit} messages per second; dropped"))
+                    .await;
+            }
+            return Ok(());
+        }
+        let len = match &m {
+            Inbound2::Text(t) => t.len(),
+            Inbound2::Binary(b) => b.len(),
+            Inbound2::Closed(_) => 0,
+        };
+        if len > self.s.limits.ws_max_message {
+            let max = self.s.limits.ws_max_message;
+            return self.socket_error(sink, format!("frame_too_large: {len} bytes; the limit is {max}")).await;
+        }
+        let decoded = match m {
+            Inbound2::Text(t) => decode_text(self.vsn, &t),
+            Inbound2::Binary(b) if self.vsn == Vsn::V2 => decode_binary(&b),
+            Inbound2::Binary(_) => {
+                return self.socket_error(sink, "binary frames need vsn 2.0.0".into()).await;
+            }
+            Inbound2::Closed(_) => return Ok(()),
+        };
+        let msg = match decoded {
+            Ok(msg) => msg,
+            Err(e) => return self.socket_error(sink, format!("invalid frame: {e}")).await,
+        };
+        self.on_message(sink, msg).await
+    }
+
+    async fn reply(&self, sink: &mut Sink, m: &Inbound, status: &str, response: Value) -> Result<(), Fatal> {
+        self.send(sink, reply(self.vsn, m.join_ref.as_deref(), m.reference.as_deref(), &m.topic, status, response))
+            .await
+    }
+
+    async fn refuse(&self, sink: &mut Sink, m: &Inbound, reason: impl Into<String>) -> Result<(), Fatal> {
+        self.reply(sink, m, "error", json!({ "reason": reason.into() })).await
+    }
+
+    async fn on_message(&mut self, sink: &mut Sink, m: Inbound) -> Result<(), Fatal> {
+        if m.topic == PHOENIX {
+            return match m.event.as_str() {
+                "heartbeat" => self.reply(sink, &m, "ok", json!({})).await,
+                other => self.refuse(sink, &m, format!("unknown event {other:?} on phoenix")).await,
+            };
+        }
+        if m.event == "phx_join" {
+            return self.join(sink, m).await;
+        }
+        if !self.channels.contains_key(&m.topic) {
+            return self.refuse(sink, &m, "unmatched topic").await;
+        }
+        match m.event.as_str() {
+            "phx_leave" => {
+                self.reply(sink, &m, "ok", json!({})).await?;
+                if let Some(ch) = self.remove_channel(&m.topic) {
+                    self.book.forget(&ch.resume_key());
+                    self.ended.remove(&m.topic);
+                    self.send(sink, encode(self.vsn, ch.join_ref.as_deref(), None, &ch.topic, "phx_close", &json!({})))
+                        .await?;
+                }
+                Ok(())
+            }
+            "broadcast" => self.broadcast(sink, m).await,
+            "presence" => self.presence(sink, m).await,
+            "access_token" => self.access_token(sink, m).await,
+            other => self.refuse(sink, &m, format!("unknown event {other:?}")).await,
+        }
+    }
+
+    /// The principal of a join: its `access_token`, else the socket's `apikey`.
+    /// An anon key joins as a guest of its tenant: rooms work, and rows flow
+    /// once an `access_token` arrives (supabase-js joins before its token is
+    /// ready and sends it right after).
+    async fn principal_for(&self, req: &JoinRequest) -> Result<(Principal, bool), String> {
+        let cred = match &req.access_token {
+            Some(t) => identify(&self.s, t).await.map_err(|e| match e {
+                AuthError::Expired => "token_expired: Token has expired".to_string(),
+                e => format!("{}: {e}", e.code()),
+            })?,
+            None => self.base.clone(),
+        };
+        match cred {
+            Credential::Anon { tenant } => {
+                let tenant = tenant.or_else(|| self.base.tenant().map(str::to_string)).ok_or(
+                    "unauthorized: this anon key names no tenant; pass a signed-in user's access_token".to_string(),
+                )?;
+                let guest = Principal {
+                    sub: Arc::from(format!("anon-{}", self.conn_id)),
+                    tenant: Arc::from(tenant.as_str()),
+                    role: crate::auth::Role::Customer,
+                    exp: None,
+                };
+                Ok((guest, true))
+            }
+            Credential::User(p) => {
+                if let Some(t) = self.base.tenant() {
+                    if t != &*p.tenant {
+                        return Err("unauthorized: access_token and apikey name different tenants".into());
+                    }
+                }
+                if let Some(g) = &self.guard {
+                    if g.tenant != p.tenant {
+                        return Err("unauthorized: this socket belongs to another tenant".into());
+                    }
+                }
+                Ok((p, false))
+            }
+        }
+    }
+
+    async fn join(&mut self, sink: &mut Sink, m: Inbound) -> Result<(), Fatal> {
+        let req = match parse_join(&m.payload) {
+            Ok(r) => r,
+            Err(e) => return self.refuse(sink, &m, format!("invalid_join: {e}")).await,
+        };
+        if !self.channels.contains_key(&m.topic) && self.channels.len() >= self.s.limits.max_subscriptions {
+            let max = self.s.limits.max_subscriptions;
+            return self.refuse(sink, &m, format!("too_many_channels: at most {max} per socket")).await;
+        }
+        if !m.topic.starts_with(super::channel::PREFIX) || m.topic.len() > 255 {
+            return self.refuse(sink, &m, "invalid_topic: channels are realtime:<name>, at most 255 bytes").await;
+        }
+        let (p, anon) = match self.principal_for(&req).await {
+            Ok(p) => p,
+            Err(reason) => return self.refuse(sink, &m, reason).await,
+        };
+        let mut bindings = Vec::with_capacity(req.bindings.len());
+        for (i, spec) in req.bindings.iter().enumerate() {
+            let topics = if anon {
+                Vec::new()
+            } else {
+                match topics_for(&self.s, &p, spec).await {
+                    Ok(topics) => topics,
+                    Err(e) => return self.refuse(sink, &m, e.0).await,
+                }
+            };
+            bindings.push(Binding { id: binding_id(i, spec), spec: spec.clone(), topics });
+        }
+        if self.guard.is_none() {
+            match self.s.hub.connect(&p.tenant) {
+                Ok(g) => self.guard = Some(g),
+                Err(e) => return self.refuse(sink, &m, format!("too_many_connections: {e}")).await,
+            }
+        }
+        // A second join of a topic replaces the first, as in Phoenix.
+        let previous = self.remove_channel(&m.topic);
+        let rejoin = previous.is_some() || self.ended.contains(&m.topic);
+        if let Some(prev) = previous {
+            self.book.save(prev.resume_key(), prev.feeds);
+        }
+        let mut feeds = HashMap::new();
+        for b in &bindings {
+            for t in &b.topics {
+                feeds.insert(t.clone(), 0u64);
+            }
+        }
+        let ch = Channel {
+            topic: m.topic.clone(),
+            join_ref: m.join_ref.clone(),
+            principal: p,
+            room: room_of(&m.topic),
+            request: req,
+            bindings,
+            feeds,
+            presence_synced: false,
+            tracked: false,
+            anon,
+        };
+        for t in ch.hub_topics() {
+            let entry = self.by_hub.entry(t.clone()).or_default();
+            if entry.is_empty() {
+                self.s.hub.subscribe(&TopicKey::new(&ch.principal.tenant, &t), self.outbox.clone());
+            }
+            entry.push(ch.topic.clone());
+        }
+        let echo: Vec<Value> = ch
+            .bindings
+            .iter()
+            .map(|b| {
+                let mut e = b.spec.echo.clone();
+                e.insert("id".into(), json!(b.id));
+                Value::Object(e)
+            })
+            .collect();
+        self.reply(sink, &m, "ok", json!({ "postgres_changes": echo })).await?;
+        let topic = ch.topic.clone();
+        let presence = ch.request.presence_enabled;
+        let has_changes = !ch.bindings.is_empty();
+        let resume = self.resume_points(&ch, rejoin);
+        self.channels.insert(topic.clone(), ch);
+        self.ended.remove(&topic);
+        if presence {
+            self.send_presence_state(sink, &topic).await?;
+        }
+        if has_changes {
+            let sub = topic.strip_prefix(super::channel::PREFIX).unwrap_or(&topic).to_string();
+            let msg = json!({ "status": "ok", "message": "Subscribed to PostgreSQL", "extension": "postgres_changes", "channel": sub });
+            self.send(sink, encode(self.vsn, m.join_ref.as_deref(), None, &topic, "system", &msg)).await?;
+        }
+        for (hub_topic, since) in resume {
+            self.replay(sink, &topic, &hub_topic, since).await?;
+        }
+        Ok(())
+    }
+
+    /// Where each Herald topic of a new channel resumes: an explicit `since` in a
+    /// binding, else the position the book kept for a channel like it that was
+    /// lost, else — on a socket opened just after a server start — the head at
+    /// that start.
+    fn resume_points(&self, ch: &Channel, rejoin: bool) -> Vec<(String, u64)> {
+        let mut points: HashMap<String, u64> = HashMap::new();
+        for b in &ch.bindings {
+            if let Some(since) = b.spec.since {
+                for t in &b.topics {
+                    let p = points.entry(t.clone()).or_insert(since);
+                    *p = (*p).min(since);
+                }
+            }
+        }
+        {
+            let kept = self.book.lookup(&ch.resume_key());
+            let floor = if self.after_restart && !rejoin { self.book.startup_head.get().copied() } else { None };
+            for t in ch.feeds.keys() {
+                if points.contains_key(t) {
+                    continue;
+                }
+                if let Some(p) = kept.as_ref().and_then(|k| k.get(t).copied()).or(floor) {
+                    points.insert(t.clone(), p);
+                }
+            }
+        }
+        let mut v: Vec<(String, u64)> = points.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    /// Sends the events after `since` on `hub_topic` that the channel's bindings
+    /// want, page by page; live deliveries queued meanwhile are deduplicated by
+    /// position afterwards.
+    async fn replay(&mut self, sink: &mut Sink, topic: &str, hub_topic: &str, since: u64) -> Result<(), Fatal> {
+        let Some(tenant) = self.channels.get(topic).map(|c| Arc::clone(&c.principal.tenant)) else { return Ok(()) };
+        let topics = [hub_topic.to_string()];
+        let mut after = since;
+        loop {
+            let page = match replay_page(&self.s, &tenant, &topics, after).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let msg = json!({ "status": "error", "extension": "postgres_changes",
+                        "message": format!("resume from {since} failed: {}", e.message) });
+                    return self.system(sink, topic, msg).await;
+                }
+            };
+            let events = match page {
+                ReplayPage::Behind { head } => {
+                    if let Some(last) = self.channels.get_mut(topic).and_then(|c| c.feeds.get_mut(hub_topic)) {
+                        *last = (*last).max(head);
+                    }
+                    let msg = json!({ "status": "error", "extension": "postgres_changes",
+                        "message": format!("changes after position {since} are older than the retention; reload the rows") });
+                    return self.system(sink, topic, msg).await;
+                }
+                ReplayPage::Events(events) => events,
+            };
+            let n = events.len();
+            for e in &events {
+                after = e.position;
+                let Some(ch) = self.channels.get_mut(topic) else { return Ok(()) };
+                let data = change_json(e);
+                if let Some(frame) = change_frame(self.vsn, ch, hub_topic, e, &data) {
+                    sink.feed(Message::Text(Utf8Bytes::from(frame))).await.map_err(io_err)?;
+                }
+            }
+            sink.flush().await.map_err(io_err)?;
+            if n < REPLAY_PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn system(&self, sink: &mut Sink, topic: &str, msg: Value) -> Result<(), Fatal> {
+        let join_ref = self.channels.get(topic).and_then(|c| c.join_ref.clone());
+        self.send(sink, encode(self.vsn, join_ref.as_deref(), None, topic, "system", &msg)).await
+    }
+
+    async fn send_presence_state(&mut self, sink: &mut Sink, topic: &str) -> Result<(), Fatal> {
+        let Some(ch) = self.channels.get_mut(topic) else { return Ok(()) };
+        ch.presence_synced = true;
+        let state = self.s.hub.presence.state(&ch.principal.tenant, &ch.room);
+        let frame = encode(self.vsn, ch.join_ref.as_deref(), None, topic, "presence_state", &state);
+        self.send(sink, frame).await
+    }
+
+    async fn broadcast(&mut self, sink: &mut Sink, m: Inbound) -> Result<(), Fatal> {
+        let Some(ch) = self.channels.get(&m.topic) else { return Ok(()) };
+        let event = match m.payload.get("event") {
+            Some(Value::String(e)) if !e.is_empty() && e.len() <= 256 => e.clone(),
+            _ => return self.refuse(sink, &m, "invalid_broadcast: payload.event must be 1 to 256 bytes").await,
+        };
+        let data = m.payload.get("payload").cloned().unwrap_or(Value::Null);
+        let Ok(data) = serde_json::value::to_raw_value(&data) else {
+            return self.refuse(sink, &m, "invalid_broadcast: payload is not serializable").await;
+        };
+        let sender = (!ch.request.broadcast_self).then_some(self.conn_id);
+        let ack = ch.request.broadcast_ack;
+        let payload = Payload::Broadcast { event, data, sender, from: Some(Arc::clone(&ch.principal.sub)) };
+        self.s.hub.publish(&ch.principal.tenant, &ch.room, payload);
+        if ack {
+            self.reply(sink, &m, "ok", json!({})).await?;
+        }
+        Ok(())
+    }
+
+    async fn presence(&mut self, sink: &mut Sink, m: Inbound) -> Result<(), Fatal> {
+        let event = m.payload.get("event").and_then(Value::as_str).unwrap_or("");
+        match event {
+            "track" => {
+                let meta = m.payload.get("payload").cloned().unwrap_or_else(|| json!({}));
+                if !meta.is_object() {
+                    return self.refuse(sink, &m, "invalid_presence: payload must be an object").await;
+                }
+                if self.channels.get(&m.topic).is_some_and(|c| !c.presence_synced) {
+                    self.send_presence_state(sink, &m.topic).await?;
+                }
+                let Some(ch) = self.channels.get_mut(&m.topic) else { return Ok(()) };
+                ch.tracked = true;
+                let diff =
+                    self.s.hub.presence.track(&ch.principal.tenant, &ch.room, self.conn_id, ch.presence_key(), meta);
+                self.s.hub.publish(
+                    &ch.principal.tenant,
+                    &ch.room,
+                    Payload::PresenceDiff { joins: diff.joins, leaves: diff.leaves },
+                );
+                self.reply(sink, &m, "ok", json!({})).await
+            }
+            "untrack" => {
+                if let Some(ch) = self.channels.get_mut(&m.topic) {
+                    ch.tracked = false;
+                    untrack(&self.s, ch, self.conn_id);
+                }
+                self.reply(sink, &m, "ok", json!({})).await
+            }
+            other => {
+                self.refuse(sink, &m, format!("invalid_presence: unknown event {other:?}; track or untrack")).await
+            }
+        }
+    }
+
+    /// A new token for a joined channel: same tenant and sub; every Herald topic
+    /// feeding the channel is authorized again, and the channel ends if one is not.
+    async fn access_token(&mut self, sink: &mut Sink, m: Inbound) -> Result<(), Fatal> {
+        let Some(token) = m.payload.get("access_token").and_then(Value::as_str) else {
+            return self.refuse(sink, &m, "invalid_token: payload.access_token must be a string").await;
+        };
+        let Some(old) = self.channels.get(&m.topic).map(|c| c.principal.clone()) else { return Ok(()) };
+        let new = match identify(&self.s, token).await {
+            Ok(Credential::User(p)) => p,
+            Ok(Credential::Anon { .. }) => {
+                return self.end_channel(sink, &m.topic, "the anon role may not hold a channel").await;
+            }
+            Err(AuthError::Expired) => return self.end_channel(sink, &m.topic, "Token has expired").await,
+            Err(e) => return self.refuse(sink, &m, format!("{}: {e}", e.code())).await,
+        };
+        let was_anon = self.channels.get(&m.topic).is_some_and(|c| c.anon);
+        if new.tenant != old.tenant {
+            return self.refuse(sink, &m, "invalid_token: a refreshed token must keep the tenant").await;
+        }
+        if was_anon {
+            return self.upgrade_guest(sink, m, new).await;
+        }
+        if new.sub != old.sub {
+            return self.refuse(sink, &m, "invalid_token: a refreshed token must keep the sub").await;
+        }
+        let topics: Vec<String> =
+            self.channels.get(&m.topic).map(|c| c.feeds.keys().cloned().collect()).unwrap_or_default();
+        for t in topics {
+            if let Err(e) = authorize(&self.s, &new, &t).await {
+                return self.end_channel(sink, &m.topic, &format!("access to {t} ended: {}", e.message)).await;
+            }
+        }
+        if let Some(ch) = self.channels.get_mut(&m.topic) {
+            ch.principal = new;
+        }
+        self.reply(sink, &m, "ok", json!({})).await
+    }
+
+    /// A guest channel gets a user's token: its bindings are authorized now and
+    /// start receiving rows.
+    async fn upgrade_guest(&mut self, sink: &mut Sink, m: Inbound, p: Principal) -> Result<(), Fatal> {
+        let specs: Vec<_> = self
+            .channels
+            .get(&m.topic)
+            .map(|c| c.bindings.iter().map(|b| b.spec.clone()).collect())
+            .unwrap_or_default();
+        let mut all = Vec::with_capacity(specs.len());
+        for spec in &specs {
+            match topics_for(&self.s, &p, spec).await {
+                Ok(t) => all.push(t),
+                Err(e) => return self.end_channel(sink, &m.topic, &e.0).await,
+            }
+        }
+        let Some(ch) = self.channels.get_mut(&m.topic) else { return Ok(()) };
+        ch.principal = p;
+        ch.anon = false;
+        for (b, topics) in ch.bindings.iter_mut().zip(all) {
+            for t in &topics {
+                if !ch.feeds.contains_key(t) {
+                    ch.feeds.insert(t.clone(), 0);
+                    let entry = self.by_hub.entry(t.clone()).or_default();
+                    if entry.is_empty() {
+                        self.s.hub.subscribe(&TopicKey::new(&ch.principal.tenant, t), self.outbox.clone());
+                    }
+                    entry.push(ch.topic.clone());
+                }
+            }
+            b.topics = topics;
+        }
+        self.reply(sink, &m, "ok", json!({})).await
+    }
+
+    /// Ends a channel from the server side: a `system` error, then `phx_close`.
+    async fn end_channel(&mut self, sink: &mut Sink, topic: &str, message: &str) -> Result<(), Fatal> {
+        let sub = topic.strip_prefix(super::channel::PREFIX).unwrap_or(topic).to_string();
+        let msg = json!({ "status": "error", "extension": "system", "message": message, "channel": sub });
+        self.system(sink, topic, msg).await?;
+        if let Some(ch) = self.remove_channel(topic) {
+            self.book.save(ch.resume_key(), ch.feeds.clone());
+            self.ended.insert(topic.to_string());
+            self.send(sink, encode(self.vsn, ch.join_ref.as_deref(), None, topic, "phx_close", &json!({}))).await?;
+        }
+        Ok(())
+    }
+
+    fn next_expiry(&self) -> Option<tokio::time::Instant> {
+        let exp = self.channels.values().filter_map(|c| c.principal.exp).min()?;
+        let now_s = crate::model::time::now_ms() as f64 / 1000.0;
+        Some(tokio::time::Instant::now() + Duration::from_secs_f64((exp as f64 - now_s).max(0.0)))
+    }
+
+    async fn expire(&mut self, sink: &mut Sink) -> Result<(), Fatal> {
+        let now = (crate::model::time::now_ms() / 1000) as u64;
+        let expired: Vec<String> = self
+            .channels
+            .values()
+            .filter(|c| c.principal.exp.is_some_and(|e| e <= now))
+            .map(|c| c.topic.clone())
+            .collect();
+        for t in expired {
+            self.end_channel(sink, &t, "Token has expired").await?;
+        }
+        Ok(())
+    }
+
+    /// Drops a channel: its presence, and the hub topics nobody else here needs.
+    fn remove_channel(&mut self, topic: &str) -> Option<Channel> {
+        let ch = self.channels.remove(topic)?;
+        if ch.tracked {
+            untrack(&self.s, &ch, self.conn_id);
+        }
+        for t in ch.hub_topics() {
+            if let Some(list) = self.by_hub.get_mut(&t) {
+                list.retain(|c| c != topic);
+                if list.is_empty() {
+                    self.by_hub.remove(&t);
+                    self.s.hub.unsubscribe(&TopicKey::new(&ch.principal.tenant, &t), self.conn_id);
+                }
+            }
+        }
+        Some(ch)
+    }
+
+    /// Frames of one delivery for every channel of this socket it concerns.
+    fn frames_for(&mut self, d: &Arc<Delivery>, out: &mut Vec<Out>) {
+        let Some(targets) = self.by_hub.get(&*d.topic) else { return };
+        match &d.payload {
+            Payload::Event(e) => {
+                let Some(data) = change_data(d) else { return };
+                for t in targets {
+                    let Some(ch) = self.channels.get_mut(t) else { continue };
+                    if let Some(f) = change_frame(self.vsn, ch, &d.topic, e, &data) {
+                        out.push(Out::Text(Utf8Bytes::from(f)));
+                    }
+                }
+            }
+            Payload::Broadcast { event, data, sender, .. } => {
+                if *sender == Some(self.conn_id) {
+                    return;
+                }
+                let topic = channel_of(&d.topic);
+                let frame = match self.vsn {
+                    Vsn::V2 => match codec::broadcast_binary(&topic, event, data.get()) {
+                        Some(b) => Out::Binary(b),
+                        None => Out::Text(broadcast_text(d, Vsn::V2, &topic, event, data.get())),
+                    },
+                    Vsn::V1 => Out::Text(broadcast_text(d, Vsn::V1, &topic, event, data.get())),
+                };
+                if targets.iter().any(|t| self.channels.contains_key(t)) {
+                    out.push(frame);
+                }
+            }
+            Payload::PresenceDiff { joins, leaves } => {
+                let topic = channel_of(&d.topic);
+                if !targets.iter().any(|t| self.channels.get(t).is_some_and(|c| c.presence_synced)) {
+                    return;
+                }
+                let vsn = self.vsn;
+                let slot = if vsn == Vsn::V1 { WireFormat::PhoenixV1 } else { WireFormat::PhoenixV2 };
+                let frame = d.frame(slot, |_| {
+                    encode_raw(
+                        vsn,
+                        None,
+                        None,
+                        &topic,
+                        "presence_diff",
+                        &json!({ "joins": joins, "leaves": leaves }).to_string(),
+                    )
+                });
+                out.push(Out::Text(frame));
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        let topics: Vec<String> = self.channels.keys().cloned().collect();
+        for t in topics {
+            if let Some(ch) = self.remove_channel(&t) {
+                if self.clean_close {
+                    self.book.forget(&ch.resume_key());
+                } else {
+                    self.book.save(ch.resume_key(), ch.feeds.clone());
+                }
+            }
+        }
+        self.guard = None;
+    }
+}
+
+/// The text frame of a broadcast, shared by every subscriber on the same
+/// serializer (v2 uses it only when the binary form cannot hold the topic).
+fn broadcast_text(d: &Delivery, vsn: Vsn, topic: &str, event: &str, data: &str) -> Utf8Bytes {
+    let slot = if vsn == Vsn::V1 { WireFormat::PhoenixV1 } else { WireFormat::PhoenixV2 };
+    d.frame(slot, |_| {
+        let payload = format!(r#"{{"type":"broadcast","event":{},"payload":{data}}}"#, Value::from(event));
+        encode_raw(vsn, None, None, topic, "broadcast", &payload)
+    })
+}
+
+/// The `postgres_changes` message of an event for one channel, if one of its
+/// bindings fed by `hub_topic` wants it and it was not sent before.
+fn change_frame(vsn: Vsn, ch: &mut Channel, hub_topic: &str, e: &Event, data: &str) -> Option<String> {
+    let last = ch.feeds.get_mut(hub_topic)?;
+    if e.position <= *last {
+        return None;
+    }
+    *last = e.position;
+    let mut change = Change::of(e);
+    let ids: Vec<u32> = ch
+        .bindings
+        .iter()
+        .filter(|b| b.topics.iter().any(|t| t == hub_topic) && change.matches(&b.spec))
+        .map(|b| b.id)
+        .collect();
+    if ids.is_empty() {
+        return None;
+    }
+    let payload = format!(r#"{{"ids":{},"data":{data}}}"#, json!(ids));
+    Some(encode_raw(vsn, ch.join_ref.as_deref(), None, &ch.topic, "postgres_changes", &payload))
+}
+
+fn untrack(s: &AppState, ch: &Channel, conn_id: u64) {
+    if let Some(diff) = s.hub.presence.untrack(&ch.principal.tenant, &ch.room, conn_id) {
+        s.hub.publish(&ch.principal.tenant, &ch.room, Payload::PresenceDiff { joins: diff.joins, leaves: diff.leaves });
+    }
+}
+
+fn out_message(o: Out) -> Message {
+    match o {
+        Out::Text(t) => Message::Text(t),
+        Out::Binary(b) => Message::Binary(b),
+    }
+}
+
+/// Records the head of the log at startup, the fallback resume point of clients
+/// that reconnect after a restart. An empty log has no returning clients.
+pub async fn record_startup_head(s: AppState, book: Arc<ResumeBook>) {
+    for _ in 0..50 {
+        if let Ok(h) = head(&s, "").await {
+            if h > 0 {
+                let _ = book.startup_head.set(h);
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
