@@ -19,8 +19,9 @@ pub fn spawn(s: AppState, config: &Config) -> tokio::task::JoinHandle<()> {
             let cmd = Command::DetectStalls { timeout_ms: stall.as_millis() as i64 };
             match s.store.write("", cmd, None).await {
                 Ok(r) => {
-                    if r.body["stalled"].as_u64().unwrap_or(0) > 0 {
-                        tracing::info!(stalled = %r.body["stalled"], "jobs stalled");
+                    let body: serde_json::Value = serde_json::from_str(r.body.get()).unwrap_or_default();
+                    if body["stalled"].as_u64().unwrap_or(0) > 0 {
+                        tracing::info!(stalled = %body["stalled"], "jobs stalled");
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "stall detection failed"),

@@ -77,11 +77,12 @@ pub struct NewNotification {
 
 /// The answer to a write: what an HTTP handler returns, and what an idempotent
 /// replay returns again.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reply {
     /// True when a new resource was made (HTTP 201), false otherwise (200).
     pub created: bool,
-    pub body: serde_json::Value,
+    /// The response body, serialized once by the writer.
+    pub body: Box<serde_json::value::RawValue>,
 }
 
 /// An `Idempotency-Key` and a fingerprint of the request that carried it.

@@ -53,15 +53,21 @@ pub fn apply(conn: &Connection, tenant: &str, cmd: Command, now: i64) -> Result<
             )?;
             Reply {
                 created: true,
-                body: serde_json::json!({"id": id, "tenant": tenant, "name": name, "role": role.as_str()}),
+                body: to_value(&serde_json::json!({"id": id, "tenant": tenant, "name": name, "role": role.as_str()}))?,
             }
         }
     };
     Ok(Applied { reply, events: tx.events })
 }
 
-fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
-    serde_json::to_value(v).map_err(|e| StoreError::Internal(e.to_string()))
+/// A reply body, serialized once here and written to the HTTP response as is.
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Box<RawValue>, StoreError> {
+    serde_json::value::to_raw_value(v).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+/// A stored JSON document as a reply body, without a round trip through `Value`.
+fn raw(doc: String) -> Result<Box<RawValue>, StoreError> {
+    RawValue::from_string(doc).map_err(|e| StoreError::Internal(format!("corrupt row: {e}")))
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
@@ -132,8 +138,8 @@ impl Tx<'_> {
         self.load_job(id)?.ok_or_else(|| StoreError::NotFound(format!("job {id}")))
     }
 
-    /// Writes a job row and announces the change.
-    fn save_job(&mut self, job: &Job, before: Option<JobStatus>) -> Result<(), StoreError> {
+    /// Writes a job row and announces the change; returns the row's JSON.
+    fn save_job(&mut self, job: &Job, before: Option<JobStatus>) -> Result<String, StoreError> {
         let doc = to_json(job)?;
         self.conn
             .prepare_cached(
@@ -141,11 +147,16 @@ impl Tx<'_> {
             )?
             .execute(params![self.tenant, job.id, job.status.as_str(), job.updated_at, self.now, doc])?;
         let kind = job_event_type(before, job.status);
-        self.append(kind, Some((&job.id, job.owner.as_deref())), job_topics(&job.id, job.owner.as_deref(), true), doc)?;
+        self.append(
+            kind,
+            Some((&job.id, job.owner.as_deref())),
+            job_topics(&job.id, job.owner.as_deref(), true),
+            doc.clone(),
+        )?;
         if before != Some(job.status) {
             self.notify_owner(job)?;
         }
-        Ok(())
+        Ok(doc)
     }
 
     /// Herald's own notifications: the owner hears when a job completes, fails or stalls.
@@ -183,7 +194,7 @@ impl Tx<'_> {
             .optional()?;
         if let Some((existing_hash, doc)) = existing {
             if existing_hash == hash {
-                return Ok(Reply { created: false, body: from_json(&doc)? });
+                return Ok(Reply { created: false, body: raw(doc)? });
             }
             return Err(StoreError::Conflict(format!("job {id} already exists with a different body")));
         }
@@ -284,8 +295,8 @@ impl Tx<'_> {
         let mut job = self.require_job(job_id)?;
         let before = job.status;
         job.apply_report(report, self.now)?;
-        self.save_job(&job, Some(before))?;
-        Ok(Reply { created: false, body: to_value(&job)? })
+        let doc = self.save_job(&job, Some(before))?;
+        Ok(Reply { created: false, body: raw(doc)? })
     }
 
     fn upsert_task(
@@ -426,7 +437,7 @@ impl Tx<'_> {
             let mut n: Notification = from_json(&doc)?;
             self.set_read(&mut n)?;
         }
-        Ok(Reply { created: false, body: serde_json::json!({ "marked_read": count }) })
+        Ok(Reply { created: false, body: to_value(&serde_json::json!({ "marked_read": count }))? })
     }
 
     /// Stall detection crosses tenants: each job is handled in its own tenant.
@@ -445,7 +456,7 @@ impl Tx<'_> {
             tx.save_job(&job, Some(JobStatus::Running))?;
             self.events.append(&mut tx.events);
         }
-        Ok(Reply { created: false, body: serde_json::json!({ "stalled": count }) })
+        Ok(Reply { created: false, body: to_value(&serde_json::json!({ "stalled": count }))? })
     }
 
     fn prune(&mut self, before_ms: i64) -> Result<Reply, StoreError> {
@@ -453,7 +464,7 @@ impl Tx<'_> {
             self.conn
                 .query_row("SELECT max(position) FROM events WHERE time < ?1", params![before_ms], |r| r.get(0))?;
         let Some(max) = max else {
-            return Ok(Reply { created: false, body: serde_json::json!({ "pruned": 0 }) });
+            return Ok(Reply { created: false, body: to_value(&serde_json::json!({ "pruned": 0 }))? });
         };
         self.conn.execute("DELETE FROM event_topics WHERE position <= ?1", params![max])?;
         let pruned = self.conn.execute("DELETE FROM events WHERE position <= ?1", params![max])?;
@@ -462,7 +473,7 @@ impl Tx<'_> {
             params![max.to_string()],
         )?;
         self.conn.execute("DELETE FROM idempotency WHERE created_at < ?1", params![self.now - 24 * 3600 * 1000])?;
-        Ok(Reply { created: false, body: serde_json::json!({ "pruned": pruned }) })
+        Ok(Reply { created: false, body: to_value(&serde_json::json!({ "pruned": pruned }))? })
     }
 }
 

@@ -85,6 +85,10 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Per-request savepoints journal the pages they touch: keep that in memory.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // 64 MiB of page cache for the writer, so hot job rows and index pages stay resident.
+        conn.pragma_update(None, "cache_size", -65536)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;

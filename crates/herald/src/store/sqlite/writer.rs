@@ -70,11 +70,13 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteRequest>, sink: &dyn
     let mut results: Vec<Result<Reply, StoreError>> = Vec::with_capacity(size);
     let mut events = Vec::new();
     let outcome = (|| -> rusqlite::Result<()> {
-        let mut tx = conn.transaction()?;
+        let tx = conn.transaction()?;
         for req in batch.iter() {
-            let sp = tx.savepoint()?;
+            // One savepoint per request, so a refused request rolls back alone.
+            // Cached statements: rusqlite's `savepoint()` would parse SQL every time.
+            tx.prepare_cached("SAVEPOINT request")?.execute([])?;
             // A bug in one command must not take the writer (and every later write) down.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_one(&sp, req, now)))
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_one(&tx, req, now)))
                 .unwrap_or_else(|panic| {
                     let what = panic
                         .downcast_ref::<&str>()
@@ -86,12 +88,13 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteRequest>, sink: &dyn
                 });
             match outcome {
                 Ok(applied) => {
-                    sp.commit()?;
+                    tx.prepare_cached("RELEASE request")?.execute([])?;
                     events.extend(applied.events);
                     results.push(Ok(applied.reply));
                 }
                 Err(e) => {
-                    drop(sp); // rolls back this request only
+                    tx.prepare_cached("ROLLBACK TO request")?.execute([])?;
+                    tx.prepare_cached("RELEASE request")?.execute([])?;
                     results.push(Err(e));
                 }
             }

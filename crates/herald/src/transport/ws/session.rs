@@ -9,11 +9,10 @@ use crate::transport::http::broadcast::{inbox_topic, TENANT_TOPIC};
 use crate::transport::http::AppState;
 use crate::transport::topics::{authorize, head, replay_page, snapshot, ReplayPage};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_BATCH: usize = 256;
 
 type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
 
 /// A subscription of this connection.
 struct Sub {
@@ -38,7 +38,6 @@ struct Sub {
 enum Inbound {
     Text(Utf8Bytes),
     Binary,
-    Closed,
 }
 
 struct Session {
@@ -94,29 +93,6 @@ pub async fn run(socket: WebSocket, s: AppState, initial: Option<Result<Principa
     let conn_id = s.hub.next_id();
     let (out, mut inbox) = outbox(conn_id, s.limits.outbox_capacity);
     let (mut sink, mut stream) = socket.split();
-
-    // The reader forwards frames and records when the client was last heard from;
-    // its small channel pushes back on a client that floods.
-    let last_seen = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Inbound>(32);
-    let reader_seen = Arc::clone(&last_seen);
-    let reader = tokio::spawn(async move {
-        while let Some(msg) = stream.next().await {
-            reader_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-            let inbound = match msg {
-                Ok(Message::Text(t)) => Inbound::Text(t),
-                Ok(Message::Binary(_)) => Inbound::Binary,
-                Ok(Message::Close(_)) | Err(_) => break,
-                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
-            };
-            if in_tx.send(inbound).await.is_err() {
-                return;
-            }
-        }
-        let _ = in_tx.send(Inbound::Closed).await;
-    });
-
     let mut session = Session {
         s: s.clone(),
         conn_id,
@@ -128,7 +104,7 @@ pub async fn run(socket: WebSocket, s: AppState, initial: Option<Result<Principa
         rooms: HashSet::new(),
         rate: RateLimit::new(s.limits.messages_per_second),
     };
-    let reason = session.drive(&mut sink, &mut inbox, &mut in_rx, initial, &last_seen, started).await;
+    let reason = session.drive(&mut sink, &mut stream, &mut inbox, initial).await;
     // Leave topics and rooms first: presence leaves go out at once, and nothing
     // more is queued for a connection that is going away.
     session.cleanup();
@@ -138,15 +114,14 @@ pub async fn run(socket: WebSocket, s: AppState, initial: Option<Result<Principa
         // (bounded). Dropping the socket while the client still sends would
         // reset it, and the client could lose the goodbye and the close code.
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            while let Some(inbound) = in_rx.recv().await {
-                if matches!(inbound, Inbound::Closed) {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
                     break;
                 }
             }
         })
         .await;
     }
-    reader.abort();
 }
 
 /// Sends the goodbye frame and the close frame, bounded in time.
@@ -164,11 +139,9 @@ impl Session {
     async fn drive(
         &mut self,
         sink: &mut Sink,
+        stream: &mut Stream,
         inbox: &mut Inbox,
-        in_rx: &mut tokio::sync::mpsc::Receiver<Inbound>,
         initial: Option<Result<Principal, AuthError>>,
-        last_seen: &AtomicU64,
-        started: Instant,
     ) -> Option<(CloseReason, String)> {
         if let Some(result) = initial {
             match result {
@@ -185,8 +158,13 @@ impl Session {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
         let mut shutdown = self.s.shutdown.clone();
-        let mut buf: Vec<Arc<Delivery>> = Vec::with_capacity(WRITE_BATCH);
-        let timeout_ms = self.s.limits.heartbeat_timeout.as_millis() as u64;
+        // Starts empty: an idle watcher never pays for a batch buffer (see below).
+        let mut buf: Vec<Arc<Delivery>> = Vec::new();
+        let timeout = self.s.limits.heartbeat_timeout;
+        // Any frame, pongs included, is a sign of life. Frames are read here, in
+        // the connection's one task: no reader task or channel per connection,
+        // and a client that floods is simply read no faster than it is served.
+        let mut last_seen = Instant::now();
         let overflow = inbox.overflow_signal();
         loop {
             let expiry = self.expiry_deadline();
@@ -204,16 +182,18 @@ impl Session {
                         Some(_) => (CloseReason::TokenExpired, "token expired; reconnect with a fresh token".into()),
                     });
                 }
-                msg = in_rx.recv() => {
-                    match msg {
-                        None | Some(Inbound::Closed) => return None,
-                        Some(inbound) => {
-                            // Boxed: a request's future (replays, store reads) is large and
-                            // short-lived; inline it would sit in every idle connection's state.
-                            if let Err(r) = Box::pin(self.on_inbound(sink, inbound)).await {
-                                return Some(r);
-                            }
-                        }
+                msg = stream.next() => {
+                    last_seen = Instant::now();
+                    let inbound = match msg {
+                        Some(Ok(Message::Text(t))) => Inbound::Text(t),
+                        Some(Ok(Message::Binary(_))) => Inbound::Binary,
+                        Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                    };
+                    // Boxed: a request's future (replays, store reads) is large and
+                    // short-lived; inline it would sit in every idle connection's state.
+                    if let Err(r) = Box::pin(self.on_inbound(sink, inbound)).await {
+                        return Some(r);
                     }
                 }
                 n = inbox.recv_many(&mut buf, WRITE_BATCH) => {
@@ -221,6 +201,11 @@ impl Session {
                         return None;
                     }
                     let frames = self.frames_for(&mut buf);
+                    // `recv_many` fills only the spare capacity; once a batch fills it,
+                    // the connection is busy and gets the full batch size.
+                    if n == buf.capacity() && n < WRITE_BATCH {
+                        buf.reserve(WRITE_BATCH);
+                    }
                     let write = async {
                         for f in frames {
                             sink.feed(Message::Text(f)).await?;
@@ -235,8 +220,7 @@ impl Session {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let silent_ms = (started.elapsed().as_millis() as u64).saturating_sub(last_seen.load(Ordering::Relaxed));
-                    if silent_ms > timeout_ms {
+                    if last_seen.elapsed() > timeout {
                         return Some((CloseReason::HeartbeatTimeout, "no frame within the heartbeat timeout".into()));
                     }
                     if sink.send(Message::Ping(Default::default())).await.is_err() {
@@ -307,7 +291,6 @@ impl Session {
             Inbound::Binary => {
                 return self.send(sink, frames::error(&None, "binary_not_supported", "send JSON text frames")).await;
             }
-            Inbound::Closed => return Ok(()),
         };
         if text.len() > self.s.limits.ws_max_message {
             let max = self.s.limits.ws_max_message;
