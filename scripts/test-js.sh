@@ -28,7 +28,21 @@ step "Node.js"
 command -v node >/dev/null || { echo "node (18+) is required"; exit 1; }
 
 step "npm dependencies (clients/js)"
-(cd clients/js && if [ -d node_modules/playwright-core ]; then echo "already installed"; else npm ci --no-audit --no-fund; fi)
+(
+  cd clients/js
+  # Reinstall when a dependency is missing or the lock file changed since the last install.
+  if node -e '
+    const fs = require("fs");
+    const deps = require("./package.json").devDependencies;
+    for (const [name, version] of Object.entries(deps)) {
+      const p = `node_modules/${name}/package.json`;
+      if (!fs.existsSync(p) || JSON.parse(fs.readFileSync(p, "utf8")).version !== version) process.exit(1);
+    }' 2>/dev/null; then
+    echo "already installed"
+  else
+    npm ci --no-audit --no-fund
+  fi
+)
 
 step "server binary (debug build)"
 cargo build -p herald --quiet
@@ -41,4 +55,4 @@ if ! node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)'; then
   NODE_FLAGS+=(--experimental-websocket)
 fi
 # One file at a time: each spawns servers and a browser, and the machine may have two cores.
-node "${NODE_FLAGS[@]}" --test --test-concurrency=1 --test-timeout=180000 test/
+node "${NODE_FLAGS[@]}" --test --test-concurrency=1 --test-timeout=180000 test/*.test.mjs

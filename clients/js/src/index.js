@@ -486,6 +486,7 @@ export class HeraldClient extends Emitter {
       return;
     }
     let authFailures = 0;
+    let refusals = 0;
     while (!this._closed) {
       if (this._offline()) {
         this._setStatus('offline');
@@ -533,15 +534,24 @@ export class HeraldClient extends Emitter {
       }
       if (outcome.established) authFailures = 0;
 
-      if (!outcome.established && this._mode !== 'longpoll') {
-        // Refused before it ever worked: blocked by a proxy, or the server is down?
-        const next = this._nextMode(this._mode);
-        if (next && (await this._serverReachable())) {
-          this.emit('fallback', { from: this._mode, to: next, reason: err });
-          if (this._mode === 'websocket') this._scheduleWsProbe();
-          this._mode = next;
+      if (outcome.established) refusals = 0;
+      if (!outcome.established && this._mode !== 'longpoll' && this._nextMode(this._mode)) {
+        // Refused before it worked: blocked by a proxy, or the server is down?
+        // Only a refusal while the server answers HTTP counts, and only twice
+        // in a row: a server that is just coming back up must not push the
+        // client onto a lesser transport.
+        if (await this._serverReachable()) {
+          refusals += 1;
+          if (refusals >= 2) {
+            const next = this._nextMode(this._mode);
+            this.emit('fallback', { from: this._mode, to: next, reason: err });
+            if (this._mode === 'websocket') this._scheduleWsProbe();
+            this._mode = next;
+            refusals = 0;
+          }
           continue;
         }
+        refusals = 0;
       }
       const delay = outcome.immediate ? 0 : backoffDelay(this._attempt++, this.options.backoff.initialMs, this.options.backoff.maxMs);
       this._setStatus(this._offline() ? 'offline' : this._wasConnected ? 'reconnecting' : 'connecting', err);

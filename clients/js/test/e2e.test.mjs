@@ -34,6 +34,19 @@ const pageErrors = [];
 
 async function signedInPage(label, base = server.url) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  // Record desktop notifications: the user has allowed them.
+  await ctx.addInitScript(() => {
+    window.__desktop = [];
+    window.Notification = class {
+      static permission = 'granted';
+      static requestPermission() {
+        return Promise.resolve('granted');
+      }
+      constructor(title, options) {
+        window.__desktop.push({ title, body: options && options.body });
+      }
+    };
+  });
   const page = await ctx.newPage();
   page.on('pageerror', (e) => pageErrors.push(`[${label}] ${e.stack || e}`));
   await page.goto(base + '/');
@@ -102,6 +115,8 @@ test('customer watches a job to 100% through a server kill, with notification, p
   await alice.locator('.job-head[data-status="completed"]').waitFor();
   await alice.locator('.toast', { hasText: 'completed' }).first().waitFor();
   await waitFor(async () => Number(await alice.locator('#bell-count').textContent()) >= 1, 'the bell counts it');
+  const desktop = await alice.evaluate(() => window.__desktop);
+  assert.ok(desktop.some((d) => d.title === `${title} completed`), `desktop notifications: ${JSON.stringify(desktop)}`);
   await alice.locator('.shot img').first().waitFor();
   assert.ok(await alice.locator('.shot img').first().evaluate((img) => img.complete && img.naturalWidth > 0), 'the screenshot thumbnail renders');
 

@@ -171,6 +171,7 @@ export async function startProxy(target, block = []) {
   const port = await freePort();
   const t = new URL(target);
   const state = { block: new Set(block), failNext: [], requests: [], upgrades: 0, tunnels: [] };
+  const sockets = new Set(); // every upgraded socket, to end them on close
   const server = http.createServer((req, res) => {
     state.requests.push(`${req.method} ${req.url}`);
     if (state.block.has('sse') && req.url.startsWith('/v1/sse')) {
@@ -207,6 +208,8 @@ export async function startProxy(target, block = []) {
   });
   server.on('upgrade', (req, socket, head) => {
     state.upgrades += 1;
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
     if (state.block.has('websocket')) {
       socket.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
       return;
@@ -218,6 +221,7 @@ export async function startProxy(target, block = []) {
       if (head && head.length) up.write(head);
       up.pipe(socket).pipe(up);
       state.tunnels.push({ socket, up });
+      socket.on('close', () => up.destroy());
     });
     up.on('error', () => socket.destroy());
     socket.on('error', () => up.destroy());
@@ -237,6 +241,7 @@ export async function startProxy(target, block = []) {
       }
     },
     close: () => new Promise((r) => {
+      for (const s of sockets) s.destroy();
       server.closeAllConnections?.();
       server.close(() => r());
     }),

@@ -53,9 +53,11 @@ function chip(status) {
 
 function bar(job, big = false) {
   const p = pct(job.progress);
-  const failedShare = job.total ? Math.min(100, (100 * (job.failed || 0)) / job.total) : 0;
+  // The done part, split: succeeded items, then the failed ones right after them.
+  const failed = job.total ? Math.min(Number(p), (100 * (job.failed || 0)) / job.total) : 0;
+  const ok = Number(p) - failed;
   return `<div class="bar ${big ? 'big' : ''} s-${esc(job.status)}" data-progress="${p}" role="progressbar" aria-valuenow="${p}" aria-valuemin="0" aria-valuemax="100">
-    <span class="fill" style="width:${p}%"></span><span class="fail" style="width:${failedShare.toFixed(1)}%"></span>
+    <span class="fill" style="width:${ok.toFixed(1)}%"></span><span class="fail" style="left:${ok.toFixed(1)}%;width:${failed.toFixed(1)}%"></span>
     <em>${p}%</em></div>`;
 }
 
@@ -195,8 +197,8 @@ function startNotifications() {
   notes.subscribe(renderBell);
   notes.on('notification', (n) => {
     toast(n);
-    // A desktop notification for my jobs, when the user allowed them.
-    if (typeof Notification !== 'undefined' && Notification.permission === 'granted' && document.visibilityState !== 'visible') {
+    // A desktop notification when my job completes, fails or stalls, if the user allowed them.
+    if (n.job_id && typeof Notification !== 'undefined' && Notification.permission === 'granted') {
       const desk = new Notification(n.title, { body: n.body || '', tag: n.id });
       desk.onclick = () => {
         window.focus();
@@ -465,7 +467,7 @@ function renderJob(view, presence) {
     <div class="facts">
       <div><span>Done</span><b>${counts(j)}</b></div>
       <div><span>Stage</span><b>${esc(j.stage || '—')}</b></div>
-      <div><span>Current item</span><b class="clip" title="${esc(j.current_item || '')}">${esc(j.current_item || '—')}</b></div>
+      <div><span>${FINISHED.has(j.status) ? 'Last item' : 'Current item'}</span><b class="clip" title="${esc(j.current_item || '')}">${esc(j.current_item || '—')}</b></div>
       <div><span>ETA</span><b>${esc(e || (FINISHED.has(j.status) ? 'done' : '—'))}</b></div>
       <div><span>Started</span><b>${j.started_at ? `<span data-ago="${esc(j.started_at)}">${ago(j.started_at)}</span>` : '—'}</b></div>
       <div><span>${FINISHED.has(j.status) ? 'Finished' : 'Updated'}</span><b><span data-ago="${esc(j.finished_at || j.updated_at)}">${ago(j.finished_at || j.updated_at)}</span></b></div>

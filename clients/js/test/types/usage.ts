@@ -1,0 +1,54 @@
+// Compiled (not run) by types.test.mjs: the hand-written .d.ts files must
+// describe the API the way the docs use it.
+import { createClient, ProgressReporter, HeraldError, type Job, type HeraldEvent, type Status } from '@herald/client';
+import { useJob, useJobs, useNotifications, usePresence, useConnectionStatus, HeraldProvider } from '@herald/client/react';
+
+const herald = createClient({ url: 'http://127.0.0.1:4000', getToken: async () => 'token', transports: ['websocket', 'sse'] });
+const status: Status = herald.status;
+herald.onStatus((s, detail) => console.log(s, detail?.code));
+const sub = herald.subscribe('job:1', { since: 5, onEvent: (e: HeraldEvent) => console.log(e.position, e.type) });
+const pos: number | null = sub.position;
+sub.unsubscribe();
+
+const view = herald.watchJob('1', { history: true });
+view.subscribe((job: Job | null) => console.log(job?.progress, view.tasks.length, view.artifacts, view.events));
+async function iterate() {
+  for await (const job of herald.watchJob('2')) if (job?.status === 'completed') break;
+  for await (const jobs of herald.watchJobs({ owner: 'alice' })) console.log(jobs.map((j) => j.id));
+}
+const notes = herald.notifications();
+notes.on('notification', (n) => console.log(n.title, n.job_id));
+void notes.markAllRead().then((r) => r.marked_read);
+const room = herald.presence('room:job:1', { name: 'alice' });
+console.log(room.members(), room.list()[0]?.sub);
+void herald.broadcast('room:lobby', 'typing', { field: 'title' }).then((r) => r.delivered);
+void herald.setToken('t').then((ack) => ack?.dropped);
+herald.on('fallback', ({ from, to }) => console.log(from, to));
+
+const reporter = new ProgressReporter({ url: 'http://127.0.0.1:4000', token: 'hk_x_y', retries: 3 });
+async function work() {
+  await reporter.jobStarted('j', { title: 't', owner: 'alice', total: 3 });
+  await reporter.taskStarted('j', 't1', 'Yelp');
+  await reporter.taskFailed('j', 't1', new Error('captcha'));
+  await reporter.progress('j', { stage: 'x', succeeded: 1 });
+  const done: Job = await reporter.jobCompleted('j');
+  try {
+    await reporter.jobFailed('j', 'boom');
+  } catch (e) {
+    if (e instanceof HeraldError) console.log(e.code, e.status);
+  }
+  return done;
+}
+
+function Widget() {
+  const { job, tasks, loading, error } = useJob('1', { history: true });
+  const { jobs } = useJobs({ owner: 'alice' });
+  const { unreadCount, markRead } = useNotifications();
+  const { members, broadcast } = usePresence('room:job:1', { name: 'a' });
+  const { status: s, transport } = useConnectionStatus();
+  void markRead('n1');
+  void broadcast('hi');
+  return `${job?.progress} ${tasks.length} ${loading} ${error?.code} ${jobs.length} ${unreadCount} ${members} ${s} ${transport}`;
+}
+const provider = HeraldProvider({ client: herald });
+export { status, pos, iterate, work, Widget, provider };
