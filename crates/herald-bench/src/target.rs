@@ -163,6 +163,10 @@ pub fn publish_frame(kind: Kind, topic: &str, seq: u64) -> String {
     match kind {
         Kind::Herald => json!({"op": "pub", "topic": topic, "event": "tick", "data": data}).to_string(),
         Kind::Socketio => format!("42[\"pub\",{}]", json!({"topic": topic, "data": data})),
-        Kind::Reference => data.to_string(),
+        // The same bytes Herald writes to each subscriber for a room broadcast,
+        // so the reference moves exactly as much data per delivery.
+        Kind::Reference => json!({"op": "broadcast", "topic": format!("room:{topic}"), "event": "tick",
+            "data": data, "from": "bench-publisher"})
+        .to_string(),
     }
 }

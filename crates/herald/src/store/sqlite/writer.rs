@@ -111,11 +111,13 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteRequest>, sink: &dyn
     metrics::histogram!("herald_commit_batch_size").record(size as f64);
     metrics::histogram!("herald_commit_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("herald_events_appended_total").increment(events.len() as u64);
-    if !events.is_empty() {
-        sink.publish(events);
-    }
+    // Answer first, then fan out: the commit is durable either way, and a
+    // worker's acknowledgement should not queue behind thousands of socket writes.
     for (req, result) in batch.drain(..).zip(results) {
         let _ = req.reply.send(result);
+    }
+    if !events.is_empty() {
+        sink.publish(events);
     }
 }
 
