@@ -64,6 +64,16 @@ for n in $S1 $S2; do
   start_herald;    $B fanout --subscribers $n --events $(( rate * DUR )) --rate $rate --publishers 4 --publish http
 done
 
+echo "== herald: latency at 100k deliveries/s (100 subscribers x 1000 reports/s)"
+start_herald
+$B fanout --subscribers 100 --events $(( 1000 * DUR )) --rate 1000 --publishers 8 --publish http
+
+echo "== herald, Supabase endpoint: postgres_changes on public.jobs to $S1 subscribers (full speed, then Supabase's 64/s)"
+start_herald
+$B --target supabase fanout --subscribers $S1 --events $(( EV * 1000 / S1 / 2 )) --publishers 8 --publish http
+start_herald
+$B --target supabase fanout --subscribers $S1 --events $(( 64 * DUR )) --rate 64 --publishers 2 --publish http
+
 echo "== herald: topics (a job per subscriber)"
 start_herald
 $B topics --subscribers $S1 --workers 16 --reports $(( S1 * 20 ))

@@ -1158,6 +1158,15 @@ class View extends Emitter {
       await new Promise((r) => (this._waiters = [...(this._waiters || []), r]));
     }
   }
+  /** The snapshot is in: apply the events that arrived while it loaded, then announce it. */
+  _loaded() {
+    this.loading = false;
+    const buffered = this._buffer;
+    this._buffer = [];
+    for (const ev of buffered) this._apply(ev, false);
+    if (this._sync) this._sync();
+    this._changed();
+  }
   close() {
     if (this._closed) return;
     this._closed = true;
@@ -1204,12 +1213,7 @@ export class JobView extends View {
       this._setJob(job);
       for (const t of tasks.tasks || []) this._setTask(t);
       for (const a of artifacts.artifacts || []) this._addArtifact(a);
-      this.loading = false;
-      const buffered = this._buffer;
-      this._buffer = [];
-      for (const ev of buffered) this._apply(ev, false);
-      this._sync();
-      this._changed();
+      this._loaded();
     } catch (e) {
       this._fail(e);
     }
@@ -1317,12 +1321,7 @@ export class JobsView extends View {
       const page = await this.client.request('GET', `/v1/jobs?${q}`);
       if (this._closed) return;
       for (const j of page.jobs || []) this._set(j);
-      this.loading = false;
-      const buffered = this._buffer;
-      this._buffer = [];
-      for (const ev of buffered) this._apply(ev, false);
-      this._sync();
-      this._changed();
+      this._loaded();
     } catch (e) {
       this.error = e;
       this.loading = false;
@@ -1405,11 +1404,7 @@ export class NotificationsView extends View {
     if (this._closed) return;
     this.items = page.notifications || [];
     this.unreadCount = page.unread_count || 0;
-    this.loading = false;
-    const buffered = this._buffer;
-    this._buffer = [];
-    for (const ev of buffered) this._apply(ev, false);
-    this._changed();
+    this._loaded();
   }
 
   _apply(ev, notify) {

@@ -204,12 +204,18 @@ async fn await_deliveries(tally: &Tally, expected: u64, settle: u64) {
     }
 }
 
-/// Sleeps until event `seq` is due at `rate` per second (0: never sleeps).
-async fn pace(start: Instant, seq: u64, rate: u64) {
+/// Claims the next event number (None once `events` are claimed) and sleeps
+/// until it is due at `rate` per second (0: as fast as possible).
+async fn next_due(next: &AtomicU64, events: u64, start: Instant, rate: u64) -> Option<u64> {
+    let seq = next.fetch_add(1, Ordering::Relaxed);
+    if seq >= events {
+        return None;
+    }
     if rate > 0 {
         let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
         tokio::time::sleep_until(due.into()).await;
     }
+    Some(seq)
 }
 
 pub(crate) struct Published {
@@ -241,12 +247,7 @@ pub(crate) async fn publish_http(
         tasks.push(tokio::spawn(async move {
             let mut h = new_hist();
             let mut errors = 0u64;
-            loop {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                if seq >= events {
-                    break;
-                }
-                pace(start, seq, rate).await;
+            while let Some(seq) = next_due(&next, events, start, rate).await {
                 let job = &jobs[(seq % jobs.len() as u64) as usize];
                 let t0 = Instant::now();
                 let body = json!({"metadata": target::bench_payload(seq)});
@@ -297,12 +298,7 @@ async fn publish_ws(c: &Common, topic: &str, events: u64, publishers: usize, rat
             // Acks and pings come back; read them so the server never sees us as slow.
             let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
             let mut errors = 0u64;
-            loop {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                if seq >= events {
-                    break;
-                }
-                pace(start, seq, rate).await;
+            while let Some(seq) = next_due(&next, events, start, rate).await {
                 if tx.send(Message::text(target::publish_frame(kind, &topic, seq))).await.is_err() {
                     errors += 1;
                 }
@@ -378,14 +374,18 @@ fn summary(workload: &str, tally: &Tally, published: &Published, expected: u64, 
 }
 
 pub async fn run(c: &Common, a: Args) -> anyhow::Result<Value> {
-    if a.publish == Publish::Http && c.target != Kind::Herald {
-        bail!("--publish http needs --target herald; peers publish over ws");
+    if a.publish == Publish::Http && !matches!(c.target, Kind::Herald | Kind::Supabase) {
+        bail!("--publish http needs --target herald or supabase; peers publish over ws");
     }
     let id = format!("bench-{}", run_id());
     let topic = match (c.target, a.publish) {
         (Kind::Herald, Publish::Http) => {
             create_jobs(c, std::slice::from_ref(&id), a.events).await?;
             format!("job:{id}")
+        }
+        (Kind::Supabase, _) => {
+            create_jobs(c, std::slice::from_ref(&id), a.events).await?;
+            id.clone()
         }
         (Kind::Herald, Publish::Ws) => format!("room:{id}"),
         _ => id.clone(),

@@ -19,6 +19,8 @@ pub enum Kind {
     Socketio,
     /// bench/reference: a bare tokio loop writing one pre-serialized frame to every socket.
     Reference,
+    /// Herald's Supabase Realtime endpoint (Phoenix vsn 2.0.0): `postgres_changes` on `public.jobs`.
+    Supabase,
 }
 
 /// Microseconds since the epoch: the clock both publisher and receiver read.
@@ -118,6 +120,26 @@ pub async fn subscribe(c: &Common, i: usize, topic: &str, token: &str) -> anyhow
                 }
             }
         }
+        Kind::Supabase => {
+            let path = format!("/realtime/v1/websocket?apikey={token}&vsn=2.0.0");
+            let mut ws = conn::connect(addr, &base, &path, source).await?;
+            // What realtime-js sends for `channel(topic).on('postgres_changes', {event: '*',
+            // schema: 'public', table: 'jobs'}, ...).subscribe()`.
+            let config = json!({"broadcast": {"self": false, "ack": false}, "presence": {"key": ""},
+                "postgres_changes": [{"event": "*", "schema": "public", "table": "jobs"}], "private": false});
+            let join = json!(["1", "1", format!("realtime:{topic}"), "phx_join",
+                {"config": config, "access_token": token}]);
+            ws.send(Message::text(join.to_string())).await?;
+            loop {
+                let f = next_text(&mut ws).await?;
+                if f.contains("\"phx_reply\"") {
+                    if f.contains("\"status\":\"ok\"") {
+                        return Ok(ws);
+                    }
+                    bail!("join refused: {f}");
+                }
+            }
+        }
         Kind::Reference => {
             let mut ws = conn::connect(addr, &base, "/", source).await?;
             let ready = next_text(&mut ws).await?;
@@ -134,6 +156,7 @@ pub async fn publisher(c: &Common, i: usize, token: &str) -> anyhow::Result<Ws> 
     let (addr, base) = conn::server_addr(&c.url)?;
     let source = conn::source_for(i, c.sources);
     match c.target {
+        Kind::Supabase => bail!("the supabase target is fed by HTTP progress reports: use --publish http"),
         Kind::Herald => {
             let mut ws = conn::connect(addr, &base, &format!("/v1/ws?token={token}"), source).await?;
             next_text(&mut ws).await?;
@@ -163,6 +186,7 @@ pub fn publish_frame(kind: Kind, topic: &str, seq: u64) -> String {
     match kind {
         Kind::Herald => json!({"op": "pub", "topic": topic, "event": "tick", "data": data}).to_string(),
         Kind::Socketio => format!("42[\"pub\",{}]", json!({"topic": topic, "data": data})),
+        Kind::Supabase => String::new(),
         // The same bytes Herald writes to each subscriber for a room broadcast,
         // so the reference moves exactly as much data per delivery.
         Kind::Reference => json!({"op": "broadcast", "topic": format!("room:{topic}"), "event": "tick",
