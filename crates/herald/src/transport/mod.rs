@@ -1,6 +1,7 @@
 //! The edge: HTTP API, WebSocket, SSE and long-poll. Thin adapters from wire
 //! formats to the store and hub.
 
+pub mod conn;
 pub mod dashboard;
 pub mod http;
 pub mod phoenix;

@@ -10,34 +10,22 @@ use super::resume::ResumeBook;
 use crate::auth::{AuthError, Principal};
 use crate::hub::{outbox, ConnectionGuard, Delivery, Inbox, Outbox, Payload, TopicKey, WireFormat};
 use crate::model::Event;
+use crate::transport::conn::{self, Batch, Frame, Heartbeat, RateLimit, Read, Sink, Stream, Verdict, Written};
 use crate::transport::http::AppState;
 use crate::transport::topics::{authorize, head, replay_page, ReplayPage, REPLAY_PAGE};
 use crate::transport::ws::frames::CloseReason;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use bytes::Bytes;
-use futures_util::stream::SplitSink;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-type Sink = SplitSink<WebSocket, Message>;
 /// A reason to close the socket, with a message for the log.
 type Fatal = (CloseReason, String);
 
-const WRITE_BATCH: usize = 256;
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The topic of socket-level messages (heartbeats).
 const PHOENIX: &str = "phoenix";
-
-enum Inbound2 {
-    Text(Utf8Bytes),
-    Binary(Bytes),
-    /// The socket ended; true when the client sent a close frame.
-    Closed(bool),
-}
 
 /// What the upgrade handed over.
 pub struct Opening {
@@ -63,61 +51,14 @@ struct Session {
     clean_close: bool,
     /// Channels this socket lost without a leave; their rejoin resumes.
     ended: HashSet<String>,
-    rate: Rate,
-}
-
-/// Token bucket: `per_second`, bursts of twice that.
-struct Rate {
-    per_second: f64,
-    tokens: f64,
-    at: Instant,
-    warned: Option<Instant>,
-}
-
-impl Rate {
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second).min(self.per_second * 2.0);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+    /// Excess messages are dropped with a warning; a flood never closes the socket.
+    rate: RateLimit,
 }
 
 pub async fn run(socket: WebSocket, s: AppState, book: Arc<ResumeBook>, opening: Opening) {
     let conn_id = s.hub.next_id();
     let (out, mut inbox) = outbox(conn_id, s.limits.outbox_capacity);
     let (mut sink, mut stream) = socket.split();
-    let last_seen = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Inbound2>(32);
-    let seen = Arc::clone(&last_seen);
-    let reader = tokio::spawn(async move {
-        let mut clean = false;
-        while let Some(msg) = stream.next().await {
-            seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-            let m = match msg {
-                Ok(Message::Text(t)) => Inbound2::Text(t),
-                Ok(Message::Binary(b)) => Inbound2::Binary(b),
-                Ok(Message::Close(_)) => {
-                    clean = true;
-                    break;
-                }
-                Err(_) => break,
-                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
-            };
-            if in_tx.send(m).await.is_err() {
-                return;
-            }
-        }
-        let _ = in_tx.send(Inbound2::Closed(clean)).await;
-    });
-    let per_second = f64::from(s.limits.messages_per_second.max(1));
     let young = book.is_young();
     let mut session = Session {
         s: s.clone(),
@@ -132,24 +73,14 @@ pub async fn run(socket: WebSocket, s: AppState, book: Arc<ResumeBook>, opening:
         after_restart: young,
         clean_close: false,
         ended: HashSet::new(),
-        rate: Rate { per_second, tokens: per_second * 2.0, at: Instant::now(), warned: None },
+        rate: RateLimit::new(s.limits.messages_per_second, None),
     };
-    let reason = session.drive(&mut sink, &mut inbox, &mut in_rx, &last_seen, started).await;
+    let reason = session.drive(&mut sink, &mut stream, &mut inbox).await;
     session.cleanup();
     if let Some((reason, message)) = reason {
         tracing::debug!(conn = conn_id, reason = reason.name(), message, "closing Phoenix socket");
-        let close = Message::Close(Some(CloseFrame { code: reason.code(), reason: Utf8Bytes::from(reason.name()) }));
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close)).await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            while let Some(m) = in_rx.recv().await {
-                if matches!(m, Inbound2::Closed(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
+        conn::close(&mut sink, &mut stream, None, reason).await;
     }
-    reader.abort();
 }
 
 fn io_err<E>(_: E) -> Fatal {
@@ -157,21 +88,14 @@ fn io_err<E>(_: E) -> Fatal {
 }
 
 impl Session {
-    async fn drive(
-        &mut self,
-        sink: &mut Sink,
-        inbox: &mut Inbox,
-        in_rx: &mut tokio::sync::mpsc::Receiver<Inbound2>,
-        last_seen: &AtomicU64,
-        started: Instant,
-    ) -> Option<Fatal> {
-        let mut heartbeat = tokio::time::interval(self.s.limits.heartbeat_interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        heartbeat.tick().await;
-        let timeout_ms = self.s.limits.heartbeat_timeout.as_millis() as u64;
+    /// The main loop, in the socket's one task (frames are read inline, as in
+    /// the native session); returns why the server closes, or `None` if the
+    /// client left.
+    async fn drive(&mut self, sink: &mut Sink, stream: &mut Stream, inbox: &mut Inbox) -> Option<Fatal> {
+        let mut heartbeat = Heartbeat::new(self.s.limits.heartbeat_interval, self.s.limits.heartbeat_timeout);
         let mut shutdown = self.s.shutdown.clone();
         let overflow = inbox.overflow_signal();
-        let mut buf: Vec<Arc<Delivery>> = Vec::with_capacity(WRITE_BATCH);
+        let mut batch = Batch::default();
         loop {
             let expiry = self.next_expiry();
             tokio::select! {
@@ -183,43 +107,42 @@ impl Session {
                     return Some((CloseReason::SlowConsumer, "send queue overflowed".into()));
                 }
                 _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
-                    if let Err(f) = self.expire(sink).await {
+                    if let Err(f) = Box::pin(self.expire(sink)).await {
                         return Some(f);
                     }
                 }
-                m = in_rx.recv() => match m {
-                    None => return None,
-                    Some(Inbound2::Closed(clean)) => {
-                        self.clean_close = clean;
-                        return None;
+                msg = stream.next() => {
+                    heartbeat.seen();
+                    let frame = match conn::read(msg) {
+                        Read::Frame(f) => f,
+                        Read::Control => continue,
+                        Read::Closed { clean } => {
+                            self.clean_close = clean;
+                            return None;
+                        }
+                    };
+                    // Boxed: a request's future (joins, replays, token checks) is large
+                    // and short-lived; inline it would sit in every idle socket's state.
+                    if let Err(f) = Box::pin(self.on_inbound(sink, frame)).await {
+                        return Some(f);
                     }
-                    Some(m) => if let Err(f) = self.on_inbound(sink, m).await { return Some(f) },
-                },
-                n = inbox.recv_many(&mut buf, WRITE_BATCH) => {
+                }
+                n = batch.recv(inbox) => {
                     if n == 0 {
                         return None;
                     }
-                    if let Some(first) = buf.first() {
-                        first.record_latency();
-                    }
                     let mut frames = Vec::new();
-                    for d in buf.drain(..) {
+                    for d in batch.drain() {
                         self.frames_for(&d, &mut frames);
                     }
-                    let write = async {
-                        for f in frames {
-                            sink.feed(out_message(f)).await?;
-                        }
-                        sink.flush().await
-                    };
-                    tokio::select! {
-                        r = write => if r.is_err() { return None },
-                        _ = overflow.overflowed() => return Some((CloseReason::SlowConsumer, "send queue overflowed".into())),
+                    match conn::write(sink, frames.into_iter().map(out_message), &overflow).await {
+                        Written::Sent => {}
+                        Written::Failed => return None,
+                        Written::Overflowed => return Some((CloseReason::SlowConsumer, "send queue overflowed".into())),
                     }
                 }
-                _ = heartbeat.tick() => {
-                    let silent = (started.elapsed().as_millis() as u64).saturating_sub(last_seen.load(Ordering::Relaxed));
-                    if silent > timeout_ms {
+                alive = heartbeat.beat() => {
+                    if !alive {
                         return Some((CloseReason::HeartbeatTimeout, "no message within the heartbeat timeout".into()));
                     }
                     if sink.send(Message::Ping(Default::default())).await.is_err() {
@@ -241,34 +164,32 @@ impl Session {
         self.send(sink, encode(self.vsn, None, None, PHOENIX, "phx_error", &json!({ "reason": reason }))).await
     }
 
-    async fn on_inbound(&mut self, sink: &mut Sink, m: Inbound2) -> Result<(), Fatal> {
-        if !self.rate.take() {
-            let now = Instant::now();
-            if self.rate.warned.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-                self.rate.warned = Some(now);
+    async fn on_inbound(&mut self, sink: &mut Sink, m: Frame) -> Result<(), Fatal> {
+        match self.rate.check() {
+            Verdict::Allow => {}
+            // No flood tolerance is set, so `Close` never comes; it would drop too.
+            Verdict::Drop | Verdict::Close => return Ok(()),
+            Verdict::Warn => {
                 let limit = self.s.limits.messages_per_second;
                 return self
                     .socket_error(sink, format!("rate_limited: over {limit} messages per second; dropped"))
                     .await;
             }
-            return Ok(());
         }
         let len = match &m {
-            Inbound2::Text(t) => t.len(),
-            Inbound2::Binary(b) => b.len(),
-            Inbound2::Closed(_) => 0,
+            Frame::Text(t) => t.len(),
+            Frame::Binary(b) => b.len(),
         };
         if len > self.s.limits.ws_max_message {
             let max = self.s.limits.ws_max_message;
             return self.socket_error(sink, format!("frame_too_large: {len} bytes; the limit is {max}")).await;
         }
         let decoded = match m {
-            Inbound2::Text(t) => decode_text(self.vsn, &t),
-            Inbound2::Binary(b) if self.vsn == Vsn::V2 => decode_binary(&b),
-            Inbound2::Binary(_) => {
+            Frame::Text(t) => decode_text(self.vsn, &t),
+            Frame::Binary(b) if self.vsn == Vsn::V2 => decode_binary(&b),
+            Frame::Binary(_) => {
                 return self.socket_error(sink, "binary frames need vsn 2.0.0".into()).await;
             }
-            Inbound2::Closed(_) => return Ok(()),
         };
         let msg = match decoded {
             Ok(msg) => msg,

@@ -5,26 +5,21 @@ use super::frames::{self, ClientFrame, CloseReason, KNOWN_OPS};
 use crate::auth::{AuthError, Principal};
 use crate::hub::{outbox, ConnectionGuard, Delivery, Inbox, Outbox, Payload, TopicKey};
 use crate::model::Topic;
+use crate::transport::conn::{self, Batch, Frame, Heartbeat, RateLimit, Read, Sink, Stream, Verdict, Written};
 use crate::transport::http::broadcast::{inbox_topic, TENANT_TOPIC};
 use crate::transport::http::AppState;
 use crate::transport::topics::{authorize, head, replay_page, snapshot, ReplayPage};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Time a connection has to authenticate.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time the goodbye and close frames have to reach a client.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deliveries written per flush.
-const WRITE_BATCH: usize = 256;
-
-type Sink = SplitSink<WebSocket, Message>;
-type Stream = SplitStream<WebSocket>;
+/// How long a client may exceed the message rate without pause before it is closed.
+const FLOOD_TOLERANCE: Duration = Duration::from_secs(10);
 
 /// A subscription of this connection.
 struct Sub {
@@ -32,12 +27,6 @@ struct Sub {
     topic: Topic,
     /// Position of the last event sent; anything at or below it is a duplicate.
     last: u64,
-}
-
-/// How an inbound frame ended up.
-enum Inbound {
-    Text(Utf8Bytes),
-    Binary,
 }
 
 struct Session {
@@ -52,39 +41,6 @@ struct Session {
     /// Rooms where this connection has set presence.
     rooms: HashSet<String>,
     rate: RateLimit,
-}
-
-/// Token bucket: `per_second` refill, bursts up to twice that.
-struct RateLimit {
-    per_second: f64,
-    tokens: f64,
-    at: Instant,
-    warned_at: Option<Instant>,
-    /// When the connection started exceeding the limit without pause.
-    flooding_since: Option<Instant>,
-}
-
-impl RateLimit {
-    fn new(per_second: u32) -> Self {
-        let per_second = f64::from(per_second.max(1));
-        RateLimit { per_second, tokens: per_second * 2.0, at: Instant::now(), warned_at: None, flooding_since: None }
-    }
-
-    /// Takes a token; false when over the limit.
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second).min(self.per_second * 2.0);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.flooding_since = None;
-            true
-        } else {
-            self.flooding_since.get_or_insert(now);
-            false
-        }
-    }
 }
 
 /// Runs a connection to its end. `initial` is the principal from `?token=` or
@@ -102,36 +58,15 @@ pub async fn run(socket: WebSocket, s: AppState, initial: Option<Result<Principa
         subs: HashMap::new(),
         internal: Vec::new(),
         rooms: HashSet::new(),
-        rate: RateLimit::new(s.limits.messages_per_second),
+        rate: RateLimit::new(s.limits.messages_per_second, Some(FLOOD_TOLERANCE)),
     };
     let reason = session.drive(&mut sink, &mut stream, &mut inbox, initial).await;
     // Leave topics and rooms first: presence leaves go out at once, and nothing
     // more is queued for a connection that is going away.
     session.cleanup();
     if let Some((reason, message)) = reason {
-        close(&mut sink, reason, &message).await;
-        // The closing handshake: keep reading until the client's close frame
-        // (bounded). Dropping the socket while the client still sends would
-        // reset it, and the client could lose the goodbye and the close code.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            while let Some(Ok(msg)) = stream.next().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
+        conn::close(&mut sink, &mut stream, Some(frames::goodbye(reason, &message)), reason).await;
     }
-}
-
-/// Sends the goodbye frame and the close frame, bounded in time.
-async fn close(sink: &mut Sink, reason: CloseReason, message: &str) {
-    let frames = async {
-        sink.send(Message::Text(frames::goodbye(reason, message))).await?;
-        sink.send(Message::Close(Some(CloseFrame { code: reason.code(), reason: Utf8Bytes::from(reason.name()) })))
-            .await
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, frames).await;
 }
 
 impl Session {
@@ -154,17 +89,9 @@ impl Session {
             }
         }
         let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
-        let mut heartbeat = tokio::time::interval(self.s.limits.heartbeat_interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        heartbeat.tick().await;
+        let mut heartbeat = Heartbeat::new(self.s.limits.heartbeat_interval, self.s.limits.heartbeat_timeout);
         let mut shutdown = self.s.shutdown.clone();
-        // Starts empty: an idle watcher never pays for a batch buffer (see below).
-        let mut buf: Vec<Arc<Delivery>> = Vec::new();
-        let timeout = self.s.limits.heartbeat_timeout;
-        // Any frame, pongs included, is a sign of life. Frames are read here, in
-        // the connection's one task: no reader task or channel per connection,
-        // and a client that floods is simply read no faster than it is served.
-        let mut last_seen = Instant::now();
+        let mut batch = Batch::default();
         let overflow = inbox.overflow_signal();
         loop {
             let expiry = self.expiry_deadline();
@@ -182,45 +109,37 @@ impl Session {
                         Some(_) => (CloseReason::TokenExpired, "token expired; reconnect with a fresh token".into()),
                     });
                 }
+                // Frames are read here, in the connection's one task: no reader task or
+                // channel per connection, and a client that floods is simply read no
+                // faster than it is served.
                 msg = stream.next() => {
-                    last_seen = Instant::now();
-                    let inbound = match msg {
-                        Some(Ok(Message::Text(t))) => Inbound::Text(t),
-                        Some(Ok(Message::Binary(_))) => Inbound::Binary,
-                        Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                    heartbeat.seen();
+                    let frame = match conn::read(msg) {
+                        Read::Frame(f) => f,
+                        Read::Control => continue,
+                        Read::Closed { .. } => return None,
                     };
                     // Boxed: a request's future (replays, store reads) is large and
                     // short-lived; inline it would sit in every idle connection's state.
-                    if let Err(r) = Box::pin(self.on_inbound(sink, inbound)).await {
+                    if let Err(r) = Box::pin(self.on_inbound(sink, frame)).await {
                         return Some(r);
                     }
                 }
-                n = inbox.recv_many(&mut buf, WRITE_BATCH) => {
+                n = batch.recv(inbox) => {
                     if n == 0 {
                         return None;
                     }
-                    let frames = self.frames_for(&mut buf);
-                    // `recv_many` fills only the spare capacity; once a batch fills it,
-                    // the connection is busy and gets the full batch size.
-                    if n == buf.capacity() && n < WRITE_BATCH {
-                        buf.reserve(WRITE_BATCH);
-                    }
-                    let write = async {
-                        for f in frames {
-                            sink.feed(Message::Text(f)).await?;
-                        }
-                        sink.flush().await
-                    };
-                    tokio::select! {
-                        r = write => if r.is_err() { return None },
-                        _ = overflow.overflowed() => {
+                    let frames = self.frames_for(batch.drain());
+                    match conn::write(sink, frames.into_iter().map(Message::Text), &overflow).await {
+                        Written::Sent => {}
+                        Written::Failed => return None,
+                        Written::Overflowed => {
                             return Some((CloseReason::SlowConsumer, "send queue overflowed; reconnect and resume with since".into()));
                         }
                     }
                 }
-                _ = heartbeat.tick() => {
-                    if last_seen.elapsed() > timeout {
+                alive = heartbeat.beat() => {
+                    if !alive {
                         return Some((CloseReason::HeartbeatTimeout, "no frame within the heartbeat timeout".into()));
                     }
                     if sink.send(Message::Ping(Default::default())).await.is_err() {
@@ -239,12 +158,9 @@ impl Session {
     }
 
     /// Turns queued deliveries into frames, dropping duplicates and own broadcasts.
-    fn frames_for(&mut self, buf: &mut Vec<Arc<Delivery>>) -> Vec<Utf8Bytes> {
-        let mut out = Vec::with_capacity(buf.len());
-        if let Some(first) = buf.first() {
-            first.record_latency();
-        }
-        for d in buf.drain(..) {
+    fn frames_for(&mut self, batch: std::vec::Drain<'_, Arc<Delivery>>) -> Vec<Utf8Bytes> {
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
             match &d.payload {
                 Payload::Event(e) => {
                     let Some(sub) = self.subs.get_mut(&*d.topic) else { continue };
@@ -265,30 +181,30 @@ impl Session {
         out
     }
 
-    async fn on_inbound(&mut self, sink: &mut Sink, inbound: Inbound) -> Result<(), (CloseReason, String)> {
-        if !self.rate.take() {
-            let now = Instant::now();
-            if self.rate.flooding_since.is_some_and(|t| now.duration_since(t) > Duration::from_secs(10)) {
+    async fn on_inbound(&mut self, sink: &mut Sink, frame: Frame) -> Result<(), (CloseReason, String)> {
+        match self.rate.check() {
+            Verdict::Allow => {}
+            Verdict::Drop => return Ok(()),
+            Verdict::Close => {
                 return Err((CloseReason::RateLimited, "over the message rate limit for 10 seconds".into()));
             }
-            if self.rate.warned_at.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-                self.rate.warned_at = Some(now);
+            Verdict::Warn => {
                 let limit = self.s.limits.messages_per_second;
-                self.send(
-                    sink,
-                    frames::error(
-                        &None,
-                        "rate_limited",
-                        format!("over {limit} messages per second; messages are being dropped"),
-                    ),
-                )
-                .await?;
+                return self
+                    .send(
+                        sink,
+                        frames::error(
+                            &None,
+                            "rate_limited",
+                            format!("over {limit} messages per second; messages are being dropped"),
+                        ),
+                    )
+                    .await;
             }
-            return Ok(());
         }
-        let text = match inbound {
-            Inbound::Text(t) => t,
-            Inbound::Binary => {
+        let text = match frame {
+            Frame::Text(t) => t,
+            Frame::Binary(_) => {
                 return self.send(sink, frames::error(&None, "binary_not_supported", "send JSON text frames")).await;
             }
         };

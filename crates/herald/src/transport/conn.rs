@@ -1,0 +1,218 @@
+//! Connection plumbing shared by the WebSocket protocols (native and Phoenix):
+//! reading frames, the message rate limit, heartbeats, batched writes from the
+//! outbox, and the closing handshake. The protocols differ in their frames, not
+//! in how a connection is kept alive, limited, fed and closed.
+//!
+//! Everything here lives inside the connection's one task: an idle connection
+//! costs only what this state and its session hold, so it is kept small.
+
+use super::ws::frames::CloseReason;
+use crate::hub::{Delivery, Inbox, OverflowSignal};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub type Sink = SplitSink<WebSocket, Message>;
+pub type Stream = SplitStream<WebSocket>;
+
+/// Deliveries written per flush.
+pub const WRITE_BATCH: usize = 256;
+/// Time the last frames and the client's close frame have to cross when closing.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A data frame from the client.
+pub enum Frame {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+/// What one read from the socket amounts to.
+pub enum Read {
+    Frame(Frame),
+    /// A ping or a pong: only a sign of life.
+    Control,
+    /// The socket ended; `clean` when the client sent a close frame.
+    Closed {
+        clean: bool,
+    },
+}
+
+/// Classifies the result of `stream.next()`.
+pub fn read(msg: Option<Result<Message, axum::Error>>) -> Read {
+    match msg {
+        Some(Ok(Message::Text(t))) => Read::Frame(Frame::Text(t)),
+        Some(Ok(Message::Binary(b))) => Read::Frame(Frame::Binary(b)),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Read::Control,
+        Some(Ok(Message::Close(_))) => Read::Closed { clean: true },
+        Some(Err(_)) | None => Read::Closed { clean: false },
+    }
+}
+
+/// The verdict of the rate limit on one inbound message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within the limit: handle the message.
+    Allow,
+    /// Over the limit: drop the message and tell the client (at most once a second).
+    Warn,
+    /// Over the limit: drop the message silently; the client was told recently.
+    Drop,
+    /// Over the limit for longer than the protocol tolerates: close the connection.
+    Close,
+}
+
+/// Token bucket on inbound messages: `per_second` refill, bursts up to twice
+/// that. Excess messages are dropped, with a warning at most once a second so
+/// a flood does not turn into a flood of errors back.
+pub struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    at: Instant,
+    warned_at: Option<Instant>,
+    /// When the connection started exceeding the limit without pause.
+    flooding_since: Option<Instant>,
+    /// How long a continuous flood is tolerated; `None` never closes.
+    close_after: Option<Duration>,
+}
+
+impl RateLimit {
+    pub fn new(per_second: u32, close_after: Option<Duration>) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        RateLimit {
+            per_second,
+            tokens: per_second * 2.0,
+            at: Instant::now(),
+            warned_at: None,
+            flooding_since: None,
+            close_after,
+        }
+    }
+
+    /// Takes a token for one inbound message.
+    pub fn check(&mut self) -> Verdict {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second).min(self.per_second * 2.0);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.flooding_since = None;
+            return Verdict::Allow;
+        }
+        let since = *self.flooding_since.get_or_insert(now);
+        if self.close_after.is_some_and(|limit| now.duration_since(since) > limit) {
+            return Verdict::Close;
+        }
+        if self.warned_at.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            self.warned_at = Some(now);
+            return Verdict::Warn;
+        }
+        Verdict::Drop
+    }
+}
+
+/// Heartbeats: a ping every interval, and the connection is dead once nothing
+/// (pongs included) has come from the client within the timeout.
+pub struct Heartbeat {
+    interval: tokio::time::Interval,
+    timeout: Duration,
+    last_seen: Instant,
+}
+
+impl Heartbeat {
+    /// Starts counting; the first beat is one interval away.
+    pub fn new(every: Duration, timeout: Duration) -> Self {
+        let start = tokio::time::Instant::now() + every;
+        let mut interval = tokio::time::interval_at(start, every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Heartbeat { interval, timeout, last_seen: Instant::now() }
+    }
+
+    /// Something arrived from the client.
+    pub fn seen(&mut self) {
+        self.last_seen = Instant::now();
+    }
+
+    /// Waits for the next beat; false when the client has been silent too long.
+    pub async fn beat(&mut self) -> bool {
+        self.interval.tick().await;
+        self.last_seen.elapsed() <= self.timeout
+    }
+}
+
+/// The deliveries taken from the outbox in one go, written with one flush.
+///
+/// `recv_many` fills only a buffer's spare capacity, so the buffer starts empty:
+/// an idle watcher never pays for a full batch. Once a batch fills the buffer,
+/// the connection is busy and gets the full batch size.
+#[derive(Default)]
+pub struct Batch(Vec<Arc<Delivery>>);
+
+impl Batch {
+    /// Waits for deliveries and takes those queued, up to a batch; 0 when the outbox closed.
+    pub async fn recv(&mut self, inbox: &mut Inbox) -> usize {
+        let n = inbox.recv_many(&mut self.0, WRITE_BATCH).await;
+        if n == self.0.capacity() && n < WRITE_BATCH {
+            self.0.reserve(WRITE_BATCH - n);
+        }
+        n
+    }
+
+    /// Empties the batch, recording the queueing latency of its first delivery.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Arc<Delivery>> {
+        if let Some(first) = self.0.first() {
+            first.record_latency();
+        }
+        self.0.drain(..)
+    }
+}
+
+/// How writing a batch ended.
+pub enum Written {
+    Sent,
+    /// The socket failed: the client is gone.
+    Failed,
+    /// The outbox overflowed while the write was waiting on a slow client.
+    Overflowed,
+}
+
+/// Writes frames with one flush. A client too slow to take them also lets its
+/// outbox overflow; racing the signal closes it then instead of waiting on it.
+pub async fn write(sink: &mut Sink, frames: impl IntoIterator<Item = Message>, overflow: &OverflowSignal) -> Written {
+    let write = async {
+        for f in frames {
+            sink.feed(f).await?;
+        }
+        sink.flush().await
+    };
+    tokio::select! {
+        r = write => if r.is_ok() { Written::Sent } else { Written::Failed },
+        _ = overflow.overflowed() => Written::Overflowed,
+    }
+}
+
+/// Closes from the server side: `last` (a goodbye, if the protocol has one) and
+/// the close frame, then the closing handshake. Reading on until the client's
+/// close frame matters: dropping the socket while the client still sends would
+/// reset it, and the client could lose the last frames and the close code.
+pub async fn close(sink: &mut Sink, stream: &mut Stream, last: Option<Utf8Bytes>, reason: CloseReason) {
+    let frames = async {
+        if let Some(text) = last {
+            sink.send(Message::Text(text)).await?;
+        }
+        sink.send(Message::Close(Some(CloseFrame { code: reason.code(), reason: Utf8Bytes::from(reason.name()) })))
+            .await
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, frames).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
