@@ -3,7 +3,8 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE jobs (
     tenant TEXT NOT NULL,
@@ -79,7 +80,14 @@ CREATE TABLE api_keys (
     hash BLOB NOT NULL,
     created_at INTEGER NOT NULL
 );
-"#];
+"#,
+    // Every progress report moves last_report_at; indexing it made each report
+    // rewrite an index entry. Stall detection scans the running jobs instead.
+    r#"
+DROP INDEX jobs_by_status_report;
+CREATE INDEX jobs_by_status ON jobs (status);
+"#,
+];
 
 /// Brings the schema up to date.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
