@@ -143,6 +143,50 @@ impl Heartbeat {
     }
 }
 
+/// A token's expiry (or the deadline to authenticate) as one timer that is
+/// re-armed only when the deadline's key changes. A fresh `sleep_until` on
+/// every turn of a connection's loop would register and drop a timer for every
+/// delivery batch, on every subscriber.
+#[derive(Default)]
+pub struct Deadline {
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    key: Option<u64>,
+}
+
+impl Deadline {
+    /// Arms the timer for `key` (e.g. a token's `exp`) at `at(key)`; keeps it as
+    /// it is when already armed for `key`; disarms it for `None`.
+    pub fn set(&mut self, key: Option<u64>, at: impl FnOnce(u64) -> tokio::time::Instant) {
+        if key == self.key {
+            return;
+        }
+        self.key = key;
+        match (key, self.sleep.as_mut()) {
+            (None, _) => self.sleep = None,
+            (Some(k), Some(sleep)) => sleep.as_mut().reset(at(k)),
+            (Some(k), None) => self.sleep = Some(Box::pin(tokio::time::sleep_until(at(k)))),
+        }
+    }
+
+    pub fn is_armed(&self) -> bool {
+        self.sleep.is_some()
+    }
+
+    /// Resolves when the armed deadline passes; never, when disarmed.
+    pub async fn passed(&mut self) {
+        match self.sleep.as_mut() {
+            Some(sleep) => sleep.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// When a token with `exp` (seconds since the epoch) expires, on tokio's clock.
+pub fn expiry_instant(exp: u64) -> tokio::time::Instant {
+    let now_s = crate::model::time::now_ms() as f64 / 1000.0;
+    tokio::time::Instant::now() + Duration::from_secs_f64((exp as f64 - now_s).max(0.0))
+}
+
 /// The deliveries taken from the outbox in one go, written with one flush.
 ///
 /// `recv_many` fills only a buffer's spare capacity, so the buffer starts empty:

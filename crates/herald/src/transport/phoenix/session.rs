@@ -10,7 +10,9 @@ use super::resume::ResumeBook;
 use crate::auth::{AuthError, Principal};
 use crate::hub::{outbox, ConnectionGuard, Delivery, Inbox, Outbox, Payload, TopicKey, WireFormat};
 use crate::model::Event;
-use crate::transport::conn::{self, Batch, Frame, Heartbeat, RateLimit, Read, Sink, Stream, Verdict, Written};
+use crate::transport::conn::{
+    self, expiry_instant, Batch, Deadline, Frame, Heartbeat, RateLimit, Read, Sink, Stream, Verdict, Written,
+};
 use crate::transport::http::AppState;
 use crate::transport::topics::{authorize, head, replay_page, ReplayPage, REPLAY_PAGE};
 use crate::transport::ws::frames::CloseReason;
@@ -96,8 +98,9 @@ impl Session {
         let mut shutdown = self.s.shutdown.clone();
         let overflow = inbox.overflow_signal();
         let mut batch = Batch::default();
+        let mut deadline = Deadline::default();
         loop {
-            let expiry = self.next_expiry();
+            deadline.set(self.next_expiry(), expiry_instant);
             tokio::select! {
                 biased;
                 _ = crate::transport::http::shutting_down(&mut shutdown) => {
@@ -106,7 +109,7 @@ impl Session {
                 _ = overflow.overflowed() => {
                     return Some((CloseReason::SlowConsumer, "send queue overflowed".into()));
                 }
-                _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
+                _ = deadline.passed(), if deadline.is_armed() => {
                     if let Err(f) = Box::pin(self.expire(sink)).await {
                         return Some(f);
                     }
@@ -601,10 +604,9 @@ impl Session {
         Ok(())
     }
 
-    fn next_expiry(&self) -> Option<tokio::time::Instant> {
-        let exp = self.channels.values().filter_map(|c| c.principal.exp).min()?;
-        let now_s = crate::model::time::now_ms() as f64 / 1000.0;
-        Some(tokio::time::Instant::now() + Duration::from_secs_f64((exp as f64 - now_s).max(0.0)))
+    /// The earliest token expiry among the joined channels.
+    fn next_expiry(&self) -> Option<u64> {
+        self.channels.values().filter_map(|c| c.principal.exp).min()
     }
 
     async fn expire(&mut self, sink: &mut Sink) -> Result<(), Fatal> {

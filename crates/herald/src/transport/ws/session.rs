@@ -5,7 +5,9 @@ use super::frames::{self, ClientFrame, CloseReason, KNOWN_OPS};
 use crate::auth::{AuthError, Principal};
 use crate::hub::{outbox, ConnectionGuard, Delivery, Inbox, Outbox, Payload, TopicKey};
 use crate::model::Topic;
-use crate::transport::conn::{self, Batch, Frame, Heartbeat, RateLimit, Read, Sink, Stream, Verdict, Written};
+use crate::transport::conn::{
+    self, expiry_instant, Batch, Deadline, Frame, Heartbeat, RateLimit, Read, Sink, Stream, Verdict, Written,
+};
 use crate::transport::http::broadcast::{inbox_topic, TENANT_TOPIC};
 use crate::transport::http::AppState;
 use crate::transport::topics::{authorize, head, replay_page, snapshot, ReplayPage};
@@ -93,8 +95,15 @@ impl Session {
         let mut shutdown = self.s.shutdown.clone();
         let mut batch = Batch::default();
         let overflow = inbox.overflow_signal();
+        let mut deadline = Deadline::default();
         loop {
-            let expiry = self.expiry_deadline();
+            // Before authentication the deadline is the auth timeout (key 0: no
+            // unexpired token has exp 0); after it, the token's expiry, if any.
+            let key = match &self.principal {
+                None => Some(0),
+                Some(p) => p.exp,
+            };
+            deadline.set(key, |exp| if exp == 0 { auth_deadline } else { expiry_instant(exp) });
             tokio::select! {
                 biased;
                 _ = crate::transport::http::shutting_down(&mut shutdown) => {
@@ -103,7 +112,7 @@ impl Session {
                 _ = overflow.overflowed() => {
                     return Some((CloseReason::SlowConsumer, "send queue overflowed; reconnect and resume with since".into()));
                 }
-                _ = tokio::time::sleep_until(expiry.unwrap_or(auth_deadline)), if expiry.is_some() || self.principal.is_none() => {
+                _ = deadline.passed(), if deadline.is_armed() => {
                     return Some(match self.principal {
                         None => (CloseReason::AuthFailed, "no auth frame within 10 seconds".into()),
                         Some(_) => (CloseReason::TokenExpired, "token expired; reconnect with a fresh token".into()),
@@ -148,13 +157,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    fn expiry_deadline(&self) -> Option<tokio::time::Instant> {
-        let exp = self.principal.as_ref()?.exp?;
-        let now_s = crate::model::time::now_ms() as f64 / 1000.0;
-        let left = (exp as f64 - now_s).max(0.0);
-        Some(tokio::time::Instant::now() + Duration::from_secs_f64(left))
     }
 
     /// Turns queued deliveries into frames, dropping duplicates and own broadcasts.
