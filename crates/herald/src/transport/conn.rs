@@ -172,12 +172,16 @@ impl Deadline {
         self.sleep.is_some()
     }
 
-    /// Resolves when the armed deadline passes; never, when disarmed.
+    /// Resolves when the armed deadline passes; never, when disarmed. Once it
+    /// has passed, the next `set` re-arms even for the same key, so a deadline
+    /// that fired early by the wall clock is recomputed instead of firing again
+    /// at once forever.
     pub async fn passed(&mut self) {
         match self.sleep.as_mut() {
             Some(sleep) => sleep.as_mut().await,
             None => std::future::pending().await,
         }
+        self.key = None;
     }
 }
 
@@ -189,20 +193,15 @@ pub fn expiry_instant(exp: u64) -> tokio::time::Instant {
 
 /// The deliveries taken from the outbox in one go, written with one flush.
 ///
-/// `recv_many` fills only a buffer's spare capacity, so the buffer starts empty:
-/// an idle watcher never pays for a full batch. Once a batch fills the buffer,
-/// the connection is busy and gets the full batch size.
+/// The buffer starts empty and `recv_many` grows it as needed (up to a batch):
+/// an idle watcher never pays for one, a busy connection keeps what it grew to.
 #[derive(Default)]
 pub struct Batch(Vec<Arc<Delivery>>);
 
 impl Batch {
     /// Waits for deliveries and takes those queued, up to a batch; 0 when the outbox closed.
     pub async fn recv(&mut self, inbox: &mut Inbox) -> usize {
-        let n = inbox.recv_many(&mut self.0, WRITE_BATCH).await;
-        if n == self.0.capacity() && n < WRITE_BATCH {
-            self.0.reserve(WRITE_BATCH - n);
-        }
-        n
+        inbox.recv_many(&mut self.0, WRITE_BATCH).await
     }
 
     /// Empties the batch, recording the queueing latency of its first delivery.
@@ -219,12 +218,19 @@ pub enum Written {
     Sent,
     /// The socket failed: the client is gone.
     Failed,
-    /// The outbox overflowed while the write was waiting on a slow client.
+    /// The outbox overflowed while the write was waiting on a slow client, or
+    /// the client took nothing for [`WRITE_TIMEOUT`].
     Overflowed,
 }
 
+/// Longest a batch may wait for a client to take its bytes. While a write
+/// waits, the connection reads nothing; a client that is not reading either
+/// would otherwise hold both ends forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Writes frames with one flush. A client too slow to take them also lets its
 /// outbox overflow; racing the signal closes it then instead of waiting on it.
+/// A write not done within [`WRITE_TIMEOUT`] counts as overflowed too.
 pub async fn write(sink: &mut Sink, frames: impl IntoIterator<Item = Message>, overflow: &OverflowSignal) -> Written {
     let write = async {
         for f in frames {
@@ -232,9 +238,13 @@ pub async fn write(sink: &mut Sink, frames: impl IntoIterator<Item = Message>, o
         }
         sink.flush().await
     };
+    // Biased, write first: a write that completes on its first poll (the usual
+    // case) never registers the timeout's timer.
     tokio::select! {
+        biased;
         r = write => if r.is_ok() { Written::Sent } else { Written::Failed },
         _ = overflow.overflowed() => Written::Overflowed,
+        _ = tokio::time::sleep(WRITE_TIMEOUT) => Written::Overflowed,
     }
 }
 

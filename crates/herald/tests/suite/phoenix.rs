@@ -571,3 +571,34 @@ async fn a_dropped_socket_resumes_on_rejoin_and_since_replays_on_request() {
     }
     assert_eq!(seen, vec![5, 6]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_dropped_before_any_change_resumes_from_its_join_not_from_history() {
+    let s = Server::start("phx-quiet", &[]).await;
+    worker_job(&s, "q1", "alice").await;
+    // History from before the channel existed: never the channel's to replay.
+    progress(&s, "q1", json!({"status": "running", "succeeded": 1})).await;
+    progress(&s, "q1", json!({"succeeded": 2})).await;
+    let alice = token("alice", "acme", "authenticated");
+    let bindings = json!([{"event": "UPDATE", "schema": "public", "table": "jobs", "filter": "id=eq.q1"}]);
+    let mut c = Phx::connect(&s, &anon_key(), true).await;
+    c.join("realtime:quiet", join_with(bindings.clone(), &alice)).await;
+    assert!(
+        c.drain(Duration::from_millis(300)).await.iter().all(|f| f.event() != "postgres_changes"),
+        "a fresh join starts live"
+    );
+    // Dropped without a close frame, before any change reached it.
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    progress(&s, "q1", json!({"succeeded": 9})).await;
+    let mut c = Phx::connect(&s, &anon_key(), true).await;
+    c.join("realtime:quiet", join_with(bindings, &alice)).await;
+    let seen: Vec<u64> = c
+        .drain(Duration::from_millis(500))
+        .await
+        .iter()
+        .filter(|f| f.event() == "postgres_changes")
+        .map(|f| f.payload()["data"]["record"]["succeeded"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seen, vec![9], "only what happened while it was away");
+}

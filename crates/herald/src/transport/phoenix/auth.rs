@@ -77,6 +77,13 @@ pub async fn topics_for(s: &AppState, p: &Principal, spec: &BindingSpec) -> Resu
             },
         }
     }
+    // Each id is a hub subscription and an access check: bound them like channels.
+    if topics.len() > s.limits.max_subscriptions {
+        return Err(Refused(format!(
+            "too_many_subscriptions: a binding may name at most {} ids",
+            s.limits.max_subscriptions
+        )));
+    }
     topics.sort();
     topics.dedup();
     for t in &topics {

@@ -135,13 +135,20 @@ impl Session {
                         return None;
                     }
                     let mut frames = Vec::new();
+                    let mut undo = Vec::new();
                     for d in batch.drain() {
-                        self.frames_for(&d, &mut frames);
+                        self.frames_for(&d, &mut frames, &mut undo);
                     }
                     match conn::write(sink, frames.into_iter().map(out_message), &overflow).await {
                         Written::Sent => {}
-                        Written::Failed => return None,
-                        Written::Overflowed => return Some((CloseReason::SlowConsumer, "send queue overflowed".into())),
+                        Written::Failed => {
+                            self.rewind(undo);
+                            return None;
+                        }
+                        Written::Overflowed => {
+                            self.rewind(undo);
+                            return Some((CloseReason::SlowConsumer, "send queue overflowed".into()));
+                        }
                     }
                 }
                 alive = heartbeat.beat() => {
@@ -258,6 +265,12 @@ impl Session {
                 let tenant = tenant.or_else(|| self.base.tenant().map(str::to_string)).ok_or(
                     "unauthorized: this anon key names no tenant; pass a signed-in user's access_token".to_string(),
                 )?;
+                // Guests too stay in the socket's tenant: its rooms and its connection count.
+                if self.base.tenant().is_some_and(|t| t != tenant)
+                    || self.guard.as_ref().is_some_and(|g| *g.tenant != *tenant)
+                {
+                    return Err("unauthorized: access_token and apikey name different tenants".into());
+                }
                 let guest = Principal {
                     sub: Arc::from(format!("anon-{}", self.conn_id)),
                     tenant: Arc::from(tenant.as_str()),
@@ -340,6 +353,7 @@ impl Session {
             tracked: false,
             anon,
         };
+        let resume = self.resume_points(&ch, rejoin);
         for t in ch.hub_topics() {
             let entry = self.by_hub.entry(t.clone()).or_default();
             if entry.is_empty() {
@@ -356,13 +370,32 @@ impl Session {
                 Value::Object(e)
             })
             .collect();
-        self.reply(sink, &m, "ok", json!({ "postgres_changes": echo })).await?;
         let topic = ch.topic.clone();
+        let tenant = Arc::clone(&ch.principal.tenant);
         let presence = ch.request.presence_enabled;
         let has_changes = !ch.bindings.is_empty();
-        let resume = self.resume_points(&ch, rejoin);
+        let has_feeds = !ch.feeds.is_empty();
+        // From here the channel owns its hub subscriptions: whatever fails below,
+        // `remove_channel` or the socket's cleanup takes them back.
         self.channels.insert(topic.clone(), ch);
         self.ended.remove(&topic);
+        if has_feeds {
+            // Subscribed first, then the head: a fresh feed starts live at the head
+            // (nothing older is replayed); a resumed one at its resume point.
+            let head = match head(&self.s, &tenant).await {
+                Ok(h) => h,
+                Err(e) => {
+                    self.remove_channel(&topic);
+                    return self.refuse(sink, &m, format!("unavailable: {}", e.message)).await;
+                }
+            };
+            if let Some(ch) = self.channels.get_mut(&topic) {
+                for (t, cursor) in ch.feeds.iter_mut() {
+                    *cursor = resume.iter().find(|(r, _)| r == t).map_or(head, |(_, since)| *since);
+                }
+            }
+        }
+        self.reply(sink, &m, "ok", json!({ "postgres_changes": echo })).await?;
         if presence {
             self.send_presence_state(sink, &topic).await?;
         }
@@ -436,15 +469,28 @@ impl Session {
                 ReplayPage::Events(events) => events,
             };
             let n = events.len();
-            for e in &events {
-                after = e.position;
-                let Some(ch) = self.channels.get_mut(topic) else { return Ok(()) };
-                let data = change_json(e);
-                if let Some(frame) = change_frame(self.vsn, ch, hub_topic, e, &data) {
-                    sink.feed(Message::Text(Utf8Bytes::from(frame))).await.map_err(io_err)?;
+            let page_start = self.channels.get(topic).and_then(|c| c.feeds.get(hub_topic).copied());
+            let written = async {
+                for e in &events {
+                    after = e.position;
+                    let Some(ch) = self.channels.get_mut(topic) else { return Ok(()) };
+                    let data = change_json(e);
+                    if let Some(frame) = change_frame(self.vsn, ch, hub_topic, e, &data) {
+                        sink.feed(Message::Text(Utf8Bytes::from(frame))).await?;
+                    }
                 }
+                sink.flush().await
             }
-            sink.flush().await.map_err(io_err)?;
+            .await;
+            if let Err(e) = written {
+                // Not written, not delivered: the rejoin resumes from this page again.
+                if let (Some(start), Some(cursor)) =
+                    (page_start, self.channels.get_mut(topic).and_then(|c| c.feeds.get_mut(hub_topic)))
+                {
+                    *cursor = start;
+                }
+                return Err(io_err(e));
+            }
             if n < REPLAY_PAGE {
                 return Ok(());
             }
@@ -641,16 +687,33 @@ impl Session {
         Some(ch)
     }
 
+    /// Puts feed cursors back to where they were before a batch that was not written.
+    fn rewind(&mut self, undo: Vec<(String, Arc<str>, u64)>) {
+        for (channel, hub_topic, before) in undo {
+            if let Some(cursor) = self.channels.get_mut(&channel).and_then(|c| c.feeds.get_mut(&*hub_topic)) {
+                *cursor = before;
+            }
+        }
+    }
+
     /// Frames of one delivery for every channel of this socket it concerns.
-    fn frames_for(&mut self, d: &Arc<Delivery>, out: &mut Vec<Out>) {
+    /// `undo` collects each feed's cursor before this batch first moved it, so a
+    /// batch that never reaches the client does not count as delivered.
+    fn frames_for(&mut self, d: &Arc<Delivery>, out: &mut Vec<Out>, undo: &mut Vec<(String, Arc<str>, u64)>) {
         let Some(targets) = self.by_hub.get(&*d.topic) else { return };
         match &d.payload {
             Payload::Event(e) => {
                 let Some(data) = change_data(d) else { return };
                 for t in targets {
                     let Some(ch) = self.channels.get_mut(t) else { continue };
+                    let before = ch.feeds.get(&*d.topic).copied();
                     if let Some(f) = change_frame(self.vsn, ch, &d.topic, e, &data) {
                         out.push(Out::Text(Utf8Bytes::from(f)));
+                    }
+                    if let Some(before) = before.filter(|b| ch.feeds.get(&*d.topic) != Some(b)) {
+                        if !undo.iter().any(|(c, h, _)| c == t && *h == d.topic) {
+                            undo.push((t.clone(), Arc::clone(&d.topic), before));
+                        }
                     }
                 }
             }
