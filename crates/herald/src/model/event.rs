@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Event types Herald writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,6 +106,16 @@ pub struct Event {
     pub data: Arc<RawValue>,
     /// Commit time, epoch milliseconds.
     pub time: i64,
+    /// `data` parsed, on first use: row filters (Supabase bindings) read fields,
+    /// and parsing once per event beats once per subscriber.
+    pub row: OnceLock<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Event {
+    /// The row as a JSON object (empty if `data` is not one).
+    pub fn row(&self) -> &serde_json::Map<String, serde_json::Value> {
+        self.row.get_or_init(|| serde_json::from_str(self.data.get()).unwrap_or_default())
+    }
 }
 
 /// The topics an event about a job goes to.

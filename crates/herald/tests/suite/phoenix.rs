@@ -602,3 +602,18 @@ async fn a_channel_dropped_before_any_change_resumes_from_its_join_not_from_hist
         .collect();
     assert_eq!(seen, vec![9], "only what happened while it was away");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_list_longer_than_the_subscription_limit_is_refused() {
+    let s = Server::start("phx-idlist", &["--max-subscriptions", "3"]).await;
+    let staff = token("sam", "acme", "staff");
+    let mut c = Phx::connect(&s, &anon_key(), true).await;
+    let within = json!([{"event": "*", "schema": "public", "table": "jobs", "filter": "id=in.(a,b,c)"}]);
+    let (_, ok) = c.join("realtime:three", join_with(within, &staff)).await;
+    assert_eq!(ok.payload()["status"], "ok", "{ok:?}");
+    let over = json!([{"event": "*", "schema": "public", "table": "jobs", "filter": "id=in.(a,b,c,d)"}]);
+    let (_, refused) = c.join("realtime:four", join_with(over, &staff)).await;
+    assert_eq!(refused.payload()["status"], "error", "{refused:?}");
+    let reason = refused.payload()["response"]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.starts_with("too_many_subscriptions"), "{reason}");
+}

@@ -121,6 +121,7 @@ impl Tx<'_> {
             owner: owner.map(str::to_string),
             data: Arc::from(data),
             time: self.now,
+            row: Default::default(),
         });
         Ok(())
     }

@@ -161,6 +161,7 @@ pub fn events(
             owner: r.get(3)?,
             data: Arc::from(RawValue::from_string(data).map_err(|e| StoreError::Internal(e.to_string()))?),
             time: r.get(5)?,
+            row: Default::default(),
         });
     }
     Ok(EventPage { events, head: head as u64, floor: floor as u64 })

@@ -289,27 +289,21 @@ impl Condition {
     }
 }
 
-/// One event as a change of one table, and its row (parsed lazily, once per
-/// delivery per connection, only when a binding has conditions).
+/// One event as a change of one table; its row is parsed once per event
+/// ([`Event::row`]), whichever subscribers' bindings read it.
 pub struct Change<'a> {
     pub table: Table,
     pub insert: bool,
     event: &'a Event,
-    row: Option<Map<String, Value>>,
 }
 
 impl<'a> Change<'a> {
     pub fn of(event: &'a Event) -> Change<'a> {
-        Change { table: Table::of(event.kind), insert: event.kind.is_insert(), event, row: None }
-    }
-
-    fn row(&mut self) -> &Map<String, Value> {
-        let event = self.event;
-        self.row.get_or_insert_with(|| serde_json::from_str(event.data.get()).unwrap_or_default())
+        Change { table: Table::of(event.kind), insert: event.kind.is_insert(), event }
     }
 
     /// Whether `spec` wants this change.
-    pub fn matches(&mut self, spec: &BindingSpec) -> bool {
+    pub fn matches(&self, spec: &BindingSpec) -> bool {
         let kind_ok = match spec.kind {
             ChangeKind::All => true,
             ChangeKind::Insert => self.insert,
@@ -322,7 +316,7 @@ impl<'a> Change<'a> {
         if spec.conditions.is_empty() {
             return true;
         }
-        let row = self.row();
+        let row = self.event.row();
         spec.conditions.iter().all(|c| c.holds(row))
     }
 }
@@ -346,10 +340,7 @@ pub fn change_json(e: &Event) -> String {
     let old = if insert {
         Value::Object(Map::new())
     } else {
-        let id = serde_json::from_str::<Map<String, Value>>(e.data.get())
-            .ok()
-            .and_then(|m| m.get("id").cloned())
-            .unwrap_or(Value::Null);
+        let id = e.row().get("id").cloned().unwrap_or(Value::Null);
         json!({ "id": id })
     };
     #[derive(serde::Serialize)]

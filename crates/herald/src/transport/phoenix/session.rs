@@ -788,7 +788,7 @@ fn change_frame(vsn: Vsn, ch: &mut Channel, hub_topic: &str, e: &Event, data: &s
         return None;
     }
     *last = e.position;
-    let mut change = Change::of(e);
+    let change = Change::of(e);
     let ids: Vec<u32> = ch
         .bindings
         .iter()
