@@ -4,7 +4,6 @@
 use crate::model::Event;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::value::RawValue;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Wire formats that cache their encoding of a delivery.
@@ -70,17 +69,13 @@ impl Delivery {
         }
     }
 
-    /// Samples publish-to-write latency into `herald_delivery_seconds`. One
-    /// write batch in 16 is enough for quantiles and keeps the metric's cost
-    /// off the per-subscriber path.
+    /// Records publish-to-write latency into `herald_delivery_seconds` (callers
+    /// sample: see `transport::conn::Batch`).
     pub fn record_latency(&self) {
-        static BATCHES: AtomicU64 = AtomicU64::new(0);
         static HISTOGRAM: OnceLock<metrics::Histogram> = OnceLock::new();
-        if BATCHES.fetch_add(1, Ordering::Relaxed) % 16 == 0 {
-            HISTOGRAM
-                .get_or_init(|| metrics::histogram!("herald_delivery_seconds"))
-                .record(self.published_at.elapsed().as_secs_f64());
-        }
+        HISTOGRAM
+            .get_or_init(|| metrics::histogram!("herald_delivery_seconds"))
+            .record(self.published_at.elapsed().as_secs_f64());
     }
 
     /// This delivery encoded in `format`: built by the first subscriber that

@@ -196,20 +196,28 @@ pub fn expiry_instant(exp: u64) -> tokio::time::Instant {
 /// The buffer starts empty and `recv_many` grows it as needed (up to a batch):
 /// an idle watcher never pays for one, a busy connection keeps what it grew to.
 #[derive(Default)]
-pub struct Batch(Vec<Arc<Delivery>>);
+pub struct Batch {
+    buf: Vec<Arc<Delivery>>,
+    /// Batches taken so far: one in 16 records its latency. A per-connection
+    /// count keeps the sampling off any counter shared between cores.
+    taken: u32,
+}
 
 impl Batch {
     /// Waits for deliveries and takes those queued, up to a batch; 0 when the outbox closed.
     pub async fn recv(&mut self, inbox: &mut Inbox) -> usize {
-        inbox.recv_many(&mut self.0, WRITE_BATCH).await
+        inbox.recv_many(&mut self.buf, WRITE_BATCH).await
     }
 
-    /// Empties the batch, recording the queueing latency of its first delivery.
+    /// Empties the batch, sampling the queueing latency of its first delivery.
     pub fn drain(&mut self) -> std::vec::Drain<'_, Arc<Delivery>> {
-        if let Some(first) = self.0.first() {
-            first.record_latency();
+        self.taken = self.taken.wrapping_add(1);
+        if self.taken % 16 == 1 {
+            if let Some(first) = self.buf.first() {
+                first.record_latency();
+            }
         }
-        self.0.drain(..)
+        self.buf.drain(..)
     }
 }
 
