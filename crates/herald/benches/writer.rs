@@ -3,23 +3,21 @@
 //! `cargo bench -p herald --bench writer`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald::model::Event;
+use herald::feed::ChangeFeed;
 use herald::store::sqlite::{Durability, SqliteStore};
-use herald::store::{Command, EventSink, Store};
+use herald::store::{Command, Store};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Discard;
-impl EventSink for Discard {
-    fn publish(&self, _events: Vec<Event>) {}
-}
-
-fn open(durability: Durability, tag: &str) -> SqliteStore {
+/// Opens a store whose committed events are taken and dropped (no hub here).
+fn open(rt: &tokio::runtime::Runtime, durability: Durability, tag: &str) -> SqliteStore {
     let dir = std::env::temp_dir().join(format!("herald-bench-writer-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    SqliteStore::open(&dir.join("bench.db"), durability, Arc::new(Discard)).expect("open store")
+    let (store, mut feed) = SqliteStore::open(&dir.join("bench.db"), durability).expect("open store");
+    rt.spawn(async move { while feed.next_batch().await.is_some() {} });
+    store
 }
 
 fn report(n: u64) -> Command {
@@ -34,7 +32,7 @@ fn writer(c: &mut Criterion) {
     let mut group = c.benchmark_group("writer");
     group.measurement_time(Duration::from_secs(5));
     for (durability, tag) in [(Durability::Full, "fsync"), (Durability::Normal, "normal")] {
-        let store = Arc::new(open(durability, tag));
+        let store = Arc::new(open(&rt, durability, tag));
         rt.block_on(async {
             let job = serde_json::from_value(
                 json!({"id": "bench-job", "total": 1_000_000_000u64, "status": "running", "tasks": []}),

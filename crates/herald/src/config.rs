@@ -1,8 +1,8 @@
 //! Configuration of `herald serve`. Precedence, highest first: command-line
 //! flags, `HERALD_*` environment variables, the `herald.toml` file, defaults.
 
+use crate::app::Limits;
 use crate::store::sqlite::Durability;
-use crate::transport::http::Limits;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

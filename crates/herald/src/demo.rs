@@ -2,11 +2,11 @@
 //! dashboard moves from the first minute — jobs of tens of tasks, random
 //! failures, and now and then one that stalls.
 
+use crate::app::AppState;
 use crate::model::job::ProgressReport;
 use crate::model::task::TaskUpsert;
 use crate::model::{JobStatus, TaskStatus};
 use crate::store::{Command, NewJob};
-use crate::transport::http::AppState;
 use rand::Rng;
 use std::time::Duration;
 

@@ -7,13 +7,16 @@
 //! [`transport`] (WebSocket, SSE, long-poll). [`model`] holds the domain rules
 //! and [`auth`] who may do what.
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod feed;
 pub mod hub;
 pub mod maintenance;
 pub mod model;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod tail;
 pub mod transport;

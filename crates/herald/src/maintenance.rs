@@ -1,8 +1,8 @@
 //! Background upkeep: stall detection and log retention.
 
+use crate::app::AppState;
 use crate::config::Config;
 use crate::store::Command;
-use crate::transport::http::AppState;
 use std::time::Duration;
 
 /// Starts the maintenance loop; abort the handle to stop it.

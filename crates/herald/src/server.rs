@@ -1,12 +1,13 @@
 //! Wires the pieces together and runs them: store → hub → transports, plus
 //! the maintenance loops, with graceful shutdown.
 
+use crate::app::AppState;
 use crate::auth::{Authenticator, JwtConfig, JwtVerifier};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{DynStore, EventSink};
-use crate::transport::http::{router, AppState};
+use crate::store::DynStore;
+use crate::transport::http::router;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
@@ -52,8 +53,10 @@ pub fn build(config: &Config, shutdown: tokio::sync::watch::Receiver<bool>) -> R
     // The recorder first, so the hub can register its series at zero.
     let metrics = metrics_handle();
     let hub = Hub::new(config.max_connections_per_tenant);
-    let sink: Arc<dyn EventSink> = Arc::clone(&hub) as Arc<dyn EventSink>;
-    let store: DynStore = Arc::new(SqliteStore::open(&config.db, config.durability, sink)?);
+    let (store, feed) = SqliteStore::open(&config.db, config.durability)?;
+    let store: DynStore = Arc::new(store);
+    // Runs until the store's writer stops (the feed ends with it).
+    crate::feed::spawn(feed, Arc::clone(&hub));
     let jwt = JwtVerifier::new(&JwtConfig {
         secret: config.jwt_secret.clone(),
         jwks_file: config.jwks_file.clone(),

@@ -3,31 +3,6 @@
 use super::{Principal, Role};
 use crate::model::Topic;
 
-/// How much of a tenant's jobs a principal sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobVisibility {
-    /// Every job of the tenant.
-    All,
-    /// Only jobs whose owner is this sub.
-    OwnedBy(String),
-}
-
-impl JobVisibility {
-    pub fn of(p: &Principal) -> JobVisibility {
-        match p.role {
-            Role::Customer => JobVisibility::OwnedBy(p.sub.to_string()),
-            Role::Admin | Role::Staff | Role::Worker | Role::Service => JobVisibility::All,
-        }
-    }
-
-    pub fn allows(&self, owner: Option<&str>) -> bool {
-        match self {
-            JobVisibility::All => true,
-            JobVisibility::OwnedBy(sub) => owner == Some(sub.as_str()),
-        }
-    }
-}
-
 /// Whether `p` may write jobs, tasks and artifacts.
 pub fn can_write_jobs(p: &Principal) -> bool {
     matches!(p.role, Role::Worker | Role::Service | Role::Admin)

@@ -2,24 +2,26 @@
 //! with a cache so each wire format serializes it once for every subscriber.
 
 use crate::model::Event;
-use axum::extract::ws::Utf8Bytes;
 use serde_json::value::RawValue;
+use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// Wire formats that cache their encoding of a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WireFormat {
-    /// Herald's own WebSocket protocol (docs/PROTOCOL.md).
-    Native = 0,
-    /// Server-sent events.
-    Sse = 1,
-    /// Phoenix serializer 1.0.0 (Supabase Realtime).
-    PhoenixV1 = 2,
-    /// Phoenix serializer 2.0.0 (Supabase Realtime).
-    PhoenixV2 = 3,
-}
+/// Most wire formats that can cache their encoding in a delivery.
+const MAX_FORMATS: usize = 8;
 
-const FORMATS: usize = 4;
+/// A wire format that caches its encoding of deliveries. Each codec registers
+/// its own once (`WireFormat::register`), so a new protocol needs no edit here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireFormat(usize);
+
+impl WireFormat {
+    /// A new cache slot; past [`MAX_FORMATS`] the format still works, uncached.
+    pub fn register() -> WireFormat {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        WireFormat(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
 
 /// What is being delivered.
 #[derive(Debug)]
@@ -47,7 +49,7 @@ pub struct Delivery {
     pub payload: Payload,
     /// Publish time in epoch milliseconds, for delivery-latency metrics.
     pub published_at: std::time::Instant,
-    frames: [OnceLock<Utf8Bytes>; FORMATS],
+    frames: [OnceLock<Box<dyn Any + Send + Sync>>; MAX_FORMATS],
 }
 
 impl Delivery {
@@ -80,7 +82,18 @@ impl Delivery {
 
     /// This delivery encoded in `format`: built by the first subscriber that
     /// needs it, then shared (a reference-count increment) with all the others.
-    pub fn frame(&self, format: WireFormat, encode: impl FnOnce(&Delivery) -> String) -> Utf8Bytes {
-        self.frames[format as usize].get_or_init(|| Utf8Bytes::from(encode(self))).clone()
+    /// `T` is the codec's frame type (text frame, SSE bytes, ...).
+    pub fn frame<T>(&self, format: WireFormat, encode: impl FnOnce(&Delivery) -> T) -> T
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let Some(slot) = self.frames.get(format.0) else { return encode(self) };
+        if let Some(frame) = slot.get().and_then(|cached| cached.downcast_ref::<T>()) {
+            return frame.clone();
+        }
+        // Two subscribers racing here both encode; the frames are equal and one is kept.
+        let frame = encode(self);
+        let _ = slot.set(Box::new(frame.clone()));
+        frame
     }
 }

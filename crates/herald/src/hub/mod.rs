@@ -10,7 +10,6 @@ pub use delivery::{Delivery, Payload, WireFormat};
 pub use outbox::{outbox, Inbox, Outbox, OverflowSignal};
 
 use crate::model::Event;
-use crate::store::EventSink;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -189,8 +188,10 @@ fn register_metrics() {
     metrics::counter!("herald_queue_overflows_total").increment(0);
 }
 
-impl EventSink for Hub {
-    fn publish(&self, events: Vec<Event>) {
+impl Hub {
+    /// Hands committed events, in position order, to the subscribers of their
+    /// topics: called by the change feed only.
+    pub fn publish_events(&self, events: Vec<Event>) {
         let mut delivered = 0u64;
         for event in events {
             let event = Arc::new(event);

@@ -117,20 +117,3 @@ impl Event {
         self.row.get_or_init(|| serde_json::from_str(self.data.get()).unwrap_or_default())
     }
 }
-
-/// The topics an event about a job goes to.
-pub fn job_topics(job_id: &str, owner: Option<&str>, whole_tenant: bool) -> Vec<String> {
-    let mut t = vec![format!("job:{job_id}")];
-    if whole_tenant {
-        t.push("jobs".to_string());
-        if let Some(o) = owner {
-            t.push(format!("jobs:owner:{o}"));
-        }
-    }
-    t
-}
-
-/// The topic of one user's notifications.
-pub fn user_topic(sub: &str) -> String {
-    format!("user:{sub}")
-}

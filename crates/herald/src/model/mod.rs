@@ -5,6 +5,7 @@ pub mod event;
 pub mod ids;
 pub mod job;
 pub mod notification;
+pub mod role;
 pub mod task;
 pub mod time;
 pub mod topic;
@@ -12,6 +13,7 @@ pub mod topic;
 pub use event::{Event, EventType};
 pub use job::{Job, JobStatus};
 pub use notification::Notification;
+pub use role::{JobVisibility, Role};
 pub use task::{Task, TaskStatus};
 pub use topic::Topic;
 

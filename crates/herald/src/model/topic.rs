@@ -1,4 +1,4 @@
-//! Topics: what a client subscribes to.
+//! Topics: what a client subscribes to, and where changes are routed.
 
 /// A parsed topic name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -56,6 +56,34 @@ impl std::fmt::Display for Topic {
             Topic::Room(n) => write!(f, "room:{n}"),
         }
     }
+}
+
+// Routing: which topics a change or a broadcast goes to. Written once here,
+// used by the rules that append events and by the transports that join them.
+
+/// The topics an event about a job goes to.
+pub fn job_topics(job_id: &str, owner: Option<&str>, whole_tenant: bool) -> Vec<String> {
+    let mut t = vec![format!("job:{job_id}")];
+    if whole_tenant {
+        t.push("jobs".to_string());
+        if let Some(o) = owner {
+            t.push(format!("jobs:owner:{o}"));
+        }
+    }
+    t
+}
+
+/// The topic of one user's notifications.
+pub fn user_topic(sub: &str) -> String {
+    format!("user:{sub}")
+}
+
+/// The topic every native connection joins for tenant-wide broadcasts.
+pub const TENANT_TOPIC: &str = "tenant";
+
+/// The topic every native connection of a user joins for broadcasts to that user.
+pub fn inbox_topic(sub: &str) -> String {
+    format!("inbox:{sub}")
 }
 
 #[cfg(test)]

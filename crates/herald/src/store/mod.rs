@@ -3,9 +3,9 @@
 
 pub mod sqlite;
 
-use crate::auth::{JobVisibility, Role};
 use crate::model::{job::ProgressReport, Artifact};
 use crate::model::{notification::Level, task::TaskUpsert, Event, Job, JobStatus, Notification, Task};
+use crate::model::{JobVisibility, Role};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -167,11 +167,6 @@ impl From<crate::model::job::JobRuleError> for StoreError {
             }
         }
     }
-}
-
-/// Receives committed events in position order, right after their commit.
-pub trait EventSink: Send + Sync + 'static {
-    fn publish(&self, events: Vec<Event>);
 }
 
 /// Durable rows and the event log.

@@ -6,8 +6,8 @@
 //! Everything here lives inside the connection's one task: an idle connection
 //! costs only what this state and its session hold, so it is kept small.
 
-use super::ws::frames::CloseReason;
 use crate::hub::{Delivery, Inbox, OverflowSignal};
+use crate::session::CloseReason;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};

@@ -1,12 +1,14 @@
 //! The built-in dashboard: static files compiled into the binary, so `cargo
 //! run` serves it with no separate build step, and the demo sign-in endpoint.
 //!
-//! The dashboard imports the JS client from `/assets/herald-client.js`, which
-//! is the package's own source file (`clients/js/src/index.js`) embedded here:
-//! one source of truth for the npm package and the dashboard.
+//! The dashboard imports the JS client from `/assets/herald-client.js`. The
+//! client is the npm package's own ES modules (`clients/js/src/**/*.js`),
+//! embedded here and served at `/assets/herald-client/<path>`, where their
+//! relative imports resolve to each other as in the package: one source of
+//! truth for the npm package and the dashboard.
 
 use super::http::error::ApiError;
-use super::http::AppState;
+use crate::app::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +20,36 @@ const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
 const APP_CSS: &str = include_str!("../../assets/app.css");
 const FAVICON_SVG: &str = include_str!("../../assets/favicon.svg");
-const CLIENT_JS: &str = include_str!("../../../../clients/js/src/index.js");
+
+/// Embeds the JS client's modules, by path relative to `clients/js/src`.
+macro_rules! client_modules {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../../../../clients/js/src/", $path)))),*]
+    };
+}
+
+/// Every module of the JS client: the only files `/assets/herald-client/`
+/// serves. A module added to `clients/js/src` must be listed here (the test
+/// below checks that none is missing).
+const CLIENT_MODULES: &[(&str, &str)] = client_modules![
+    "index.js",
+    "client.js",
+    "connection.js",
+    "emitter.js",
+    "errors.js",
+    "reporter.js",
+    "util.js",
+    "transports/index.js",
+    "transports/stream.js",
+    "transports/websocket.js",
+    "views/job.js",
+    "views/jobs.js",
+    "views/notifications.js",
+    "views/presence.js",
+    "views/view.js",
+];
+
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
 /// How long a demo sign-in token lives. Short on purpose: the dashboard
 /// fetches a new one before it expires, which exercises token refresh.
@@ -34,8 +65,12 @@ const CSP: &str =
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     let mut resp = body.into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    with_asset_headers(resp)
+}
+
+fn with_asset_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     // Assets change only with the binary; revalidating is cheap and avoids a
     // stale dashboard after an upgrade.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -53,11 +88,24 @@ pub async fn index() -> Response {
 /// `GET /assets/{file}`: the dashboard's scripts, styles and the JS client.
 pub async fn asset_file(Path(file): Path<String>) -> Response {
     match file.as_str() {
-        "app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
+        "app.js" => asset(APP_JS, JAVASCRIPT),
         "app.css" => asset(APP_CSS, "text/css; charset=utf-8"),
         "favicon.svg" => asset(FAVICON_SVG, "image/svg+xml"),
-        "herald-client.js" => asset(CLIENT_JS, "text/javascript; charset=utf-8"),
+        // The client's entry point, where its relative imports resolve: a
+        // module's base URL is the one it was redirected to.
+        "herald-client.js" => with_asset_headers(
+            (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, "herald-client/index.js")]).into_response(),
+        ),
         _ => ApiError::not_found(format_args!("asset {file:?}")).into_response(),
+    }
+}
+
+/// `GET /assets/herald-client/{*path}`: one module of the JS client, only
+/// from the embedded table (no file system, so no path traversal).
+pub async fn client_module(Path(path): Path<String>) -> Response {
+    match CLIENT_MODULES.iter().find(|(p, _)| path.ends_with(".js") && *p == path) {
+        Some((_, body)) => asset(body, JAVASCRIPT),
+        None => ApiError::not_found(format_args!("asset {:?}", format!("herald-client/{path}"))).into_response(),
     }
 }
 
@@ -107,4 +155,69 @@ pub async fn demo_tokens(State(s): State<AppState>) -> Result<Response, ApiError
     // Credentials: never cached by the browser or a proxy.
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CLIENT_MODULES;
+    use std::path::{Path, PathBuf};
+
+    fn js_files(dir: &Path, rel: &str, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            let rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            if entry.file_type().unwrap().is_dir() {
+                js_files(&entry.path(), &rel, out);
+            } else if name.ends_with(".js") {
+                out.push(rel);
+            }
+        }
+    }
+
+    /// `spec` (`./x.js`, `../y/z.js`) relative to the module at `from`.
+    fn resolve(from: &str, spec: &str) -> Option<String> {
+        let mut parts: Vec<&str> = from.split('/').collect();
+        parts.pop();
+        for seg in spec.split('/') {
+            match seg {
+                "." => {}
+                ".." => {
+                    parts.pop()?;
+                }
+                s => parts.push(s),
+            }
+        }
+        Some(parts.join("/"))
+    }
+
+    #[test]
+    fn every_client_module_is_embedded() {
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../clients/js/src");
+        let mut on_disk = Vec::new();
+        js_files(&src, "", &mut on_disk);
+        on_disk.sort();
+        let mut embedded: Vec<String> = CLIENT_MODULES.iter().map(|(p, _)| p.to_string()).collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk, "CLIENT_MODULES must list every .js file of clients/js/src");
+    }
+
+    #[test]
+    fn client_modules_import_only_embedded_modules() {
+        for (path, body) in CLIENT_MODULES {
+            assert!(path.ends_with(".js"), "{path}");
+            for (i, _) in body.match_indices(" from '").chain(body.match_indices("import '")) {
+                let rest = &body[i..];
+                let start = rest.find('\'').unwrap() + 1;
+                let spec = &rest[start..start + rest[start..].find('\'').unwrap()];
+                assert!(spec.starts_with("./") || spec.starts_with("../"), "{path} imports {spec:?}: not relative");
+                let target =
+                    resolve(path, spec).unwrap_or_else(|| panic!("{path} imports {spec:?}: outside the client"));
+                assert!(
+                    CLIENT_MODULES.iter().any(|(p, _)| *p == target),
+                    "{path} imports {spec:?}: {target} is not embedded"
+                );
+            }
+        }
+    }
 }

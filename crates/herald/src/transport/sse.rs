@@ -3,8 +3,8 @@
 
 use super::http::error::ApiError;
 use super::http::extract::bearer;
-use super::http::AppState;
 use super::topics::{authorize, replay_page, snapshot, ReplayPage};
+use crate::app::AppState;
 use crate::auth::Principal;
 use crate::hub::{outbox, Delivery, Payload, TopicKey, WireFormat};
 use crate::model::{Event, Topic};
@@ -40,19 +40,25 @@ fn event_frame(topic: &str, e: &Event) -> String {
     frame(Some(e.position), e.kind.as_str(), &super::topics::event_json(None, topic, e))
 }
 
+/// SSE's cache slot in a delivery.
+static SSE: std::sync::LazyLock<WireFormat> = std::sync::LazyLock::new(WireFormat::register);
+
 /// The SSE bytes of a delivery, built once and shared.
 fn delivery_frame(d: &Delivery) -> Bytes {
-    Bytes::from(d.frame(WireFormat::Sse, |d| match &d.payload {
-        Payload::Event(e) => event_frame(&d.topic, e),
-        Payload::Broadcast { event, data, from, .. } => {
-            let body = serde_json::json!({ "topic": &*d.topic, "event": event, "data": data, "from": from.as_deref() });
-            frame(None, "broadcast", &body.to_string())
-        }
-        Payload::PresenceDiff { joins, leaves } => {
-            let body = serde_json::json!({ "topic": &*d.topic, "joins": joins, "leaves": leaves });
-            frame(None, "presence_diff", &body.to_string())
-        }
-    }))
+    d.frame(*SSE, |d| -> Bytes {
+        Bytes::from(match &d.payload {
+            Payload::Event(e) => event_frame(&d.topic, e),
+            Payload::Broadcast { event, data, from, .. } => {
+                let body =
+                    serde_json::json!({ "topic": &*d.topic, "event": event, "data": data, "from": from.as_deref() });
+                frame(None, "broadcast", &body.to_string())
+            }
+            Payload::PresenceDiff { joins, leaves } => {
+                let body = serde_json::json!({ "topic": &*d.topic, "joins": joins, "leaves": leaves });
+                frame(None, "presence_diff", &body.to_string())
+            }
+        })
+    })
 }
 
 pub async fn stream(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
@@ -191,7 +197,7 @@ async fn feed(
     loop {
         tokio::select! {
             biased;
-            _ = crate::transport::http::shutting_down(&mut shutdown) => return Some("shutting_down"),
+            _ = crate::app::shutting_down(&mut shutdown) => return Some("shutting_down"),
             _ = overflow.overflowed() => return Some("slow_consumer"),
             _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => return Some("token_expired"),
             _ = tx.closed() => return None,

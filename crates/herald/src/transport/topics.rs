@@ -2,7 +2,7 @@
 //! gapless hand-over from log replay to live delivery.
 
 use super::http::error::ApiError;
-use super::http::AppState;
+use crate::app::AppState;
 use crate::auth::{can_read_topic, Principal};
 use crate::model::{Event, Topic};
 use axum::http::StatusCode;
@@ -80,7 +80,6 @@ pub async fn head(s: &AppState, tenant: &str) -> Result<u64, ApiError> {
 
 /// What a client that fell behind retention reloads instead of the events it missed.
 pub async fn snapshot(s: &AppState, p: &Principal, topic: &Topic) -> Result<serde_json::Value, ApiError> {
-    use crate::auth::JobVisibility;
     use crate::store::JobFilter;
     Ok(match topic {
         Topic::Job(id) => {
@@ -94,7 +93,7 @@ pub async fn snapshot(s: &AppState, p: &Principal, topic: &Topic) -> Result<serd
                 _ => None,
             };
             let filter = JobFilter { owner, limit: 100, ..Default::default() };
-            let page = s.store.jobs(&p.tenant, &JobVisibility::of(p), filter).await?;
+            let page = s.store.jobs(&p.tenant, &p.job_visibility(), filter).await?;
             serde_json::json!({ "jobs": page.items })
         }
         Topic::User(sub) => {

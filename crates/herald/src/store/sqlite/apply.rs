@@ -1,9 +1,9 @@
 //! Applies one [`Command`] inside the writer's transaction: reads the rows it
 //! needs, lets the domain rules decide, writes rows and appends events.
 
-use crate::model::event::{job_topics, user_topic};
 use crate::model::ids::new_id;
 use crate::model::notification::Level;
+use crate::model::topic::{job_topics, user_topic};
 use crate::model::{Artifact, Event, EventType, Job, JobStatus, Notification, Task, TaskStatus};
 use crate::store::{Command, NewJob, NewNotification, Reply, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};

@@ -6,8 +6,9 @@ mod read;
 mod schema;
 pub mod writer;
 
-use super::{ApiKeyRecord, Command, EventPage, EventSink, IdempotencyKey, JobFilter, Page, Reply, Store, StoreError};
-use crate::auth::JobVisibility;
+use super::{ApiKeyRecord, Command, EventPage, IdempotencyKey, JobFilter, Page, Reply, Store, StoreError};
+use crate::feed::CommitFeed;
+use crate::model::JobVisibility;
 use crate::model::{Artifact, Job, Notification, Task};
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -74,8 +75,9 @@ impl ReadPool {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies migrations and
-    /// starts the writer thread, which hands every committed event to `sink`.
-    pub fn open(path: &Path, durability: Durability, sink: Arc<dyn EventSink>) -> Result<Self, StoreError> {
+    /// starts the writer thread. The [`CommitFeed`] yields every committed event,
+    /// in position order, right after its commit: SQLite's change feed.
+    pub fn open(path: &Path, durability: Durability) -> Result<(Self, CommitFeed), StoreError> {
         let mut conn =
             Connection::open(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -93,14 +95,16 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel(8192);
+        let (commits, feed) = CommitFeed::channel();
         std::thread::Builder::new()
             .name("herald-writer".into())
-            .spawn(move || writer::run(conn, rx, sink))
+            .spawn(move || writer::run(conn, rx, commits))
             .map_err(|e| StoreError::Internal(e.to_string()))?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             writer: tx,
             readers: Arc::new(ReadPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }),
-        })
+        };
+        Ok((store, feed))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Read queries, run on reader connections.
 
-use crate::auth::{JobVisibility, Role};
 use crate::model::{Artifact, Event, EventType, Job, Notification, Task};
+use crate::model::{JobVisibility, Role};
 use crate::store::{ApiKeyRecord, EventPage, JobFilter, Page, StoreError};
 use rusqlite::{params, types::Value as SqlValue, Connection, OptionalExtension};
 use serde_json::value::RawValue;

@@ -1,12 +1,13 @@
 //! The single writer: one thread owns the write connection and commits requests
 //! in groups — many requests, one transaction, one fsync — and answers each only
 //! after the commit is on disk. One writer is also what makes event positions
-//! follow commit order.
+//! follow commit order. It publishes nothing: committed events go to the
+//! change feed's channel, and the feed hands them to the hub.
 
 use super::apply::{apply, Applied};
-use crate::store::{Command, EventSink, IdempotencyKey, Reply, StoreError};
+use crate::model::Event;
+use crate::store::{Command, IdempotencyKey, Reply, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,7 +28,7 @@ pub enum WriterMsg {
 }
 
 /// Runs the writer loop until every sender is gone or `Close` arrives.
-pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>, sink: Arc<dyn EventSink>) {
+pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>, commits: mpsc::Sender<Vec<Event>>) {
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
     let mut close: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -43,7 +44,7 @@ pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>, sink: Arc<dy
             }
         }
         if !batch.is_empty() {
-            commit_batch(&mut conn, &mut batch, sink.as_ref());
+            commit_batch(&mut conn, &mut batch, &commits);
         }
         if let Some(done) = close.take() {
             // Anything still queued behind the close is answered, not dropped.
@@ -54,7 +55,7 @@ pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>, sink: Arc<dy
                 }
             }
             if !batch.is_empty() {
-                commit_batch(&mut conn, &mut batch, sink.as_ref());
+                commit_batch(&mut conn, &mut batch, &commits);
             }
             let _ = done.send(());
             break;
@@ -63,7 +64,7 @@ pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>, sink: Arc<dy
     tracing::info!("store writer stopped");
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteRequest>, sink: &dyn EventSink) {
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteRequest>, commits: &mpsc::Sender<Vec<Event>>) {
     let started = Instant::now();
     let size = batch.len();
     let now = crate::model::time::now_ms();
@@ -116,8 +117,11 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteRequest>, sink: &dyn
     for (req, result) in batch.drain(..).zip(results) {
         let _ = req.reply.send(result);
     }
+    // The change feed takes committed events from here, in position order. A
+    // full feed holds the writer back rather than letting memory grow; a feed
+    // that is gone (a CLI command with no hub) is not the writer's concern.
     if !events.is_empty() {
-        sink.publish(events);
+        let _ = commits.blocking_send(events);
     }
 }
 

@@ -3,23 +3,15 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, JsonBody};
-use super::AppState;
+use crate::app::AppState;
 use crate::auth::Role;
 use crate::hub::Payload;
-use crate::model::Topic;
+use crate::model::topic::{inbox_topic, Topic, TENANT_TOPIC};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-
-/// The topic every native connection joins for tenant-wide broadcasts.
-pub const TENANT_TOPIC: &str = "tenant";
-
-/// The topic every native connection of a user joins for broadcasts to that user.
-pub fn inbox_topic(sub: &str) -> String {
-    format!("inbox:{sub}")
-}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

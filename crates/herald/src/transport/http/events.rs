@@ -2,7 +2,7 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, Query};
-use super::AppState;
+use crate::app::AppState;
 use crate::hub::{outbox, TopicKey};
 use crate::transport::topics::{authorize, event_json};
 use axum::extract::State;
@@ -101,7 +101,7 @@ pub async fn poll_events(
             tokio::select! {
                 _ = rx.recv_many(&mut buf, 16) => {}
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = crate::transport::http::shutting_down(&mut shutdown) => { deadline = tokio::time::Instant::now(); }
+                _ = crate::app::shutting_down(&mut shutdown) => { deadline = tokio::time::Instant::now(); }
             }
         }
     }

@@ -2,7 +2,7 @@
 //! offending field.
 
 use super::error::ApiError;
-use super::AppState;
+use crate::app::AppState;
 use crate::auth::Principal;
 use crate::store::IdempotencyKey;
 use axum::extract::{FromRequest, FromRequestParts, Request};

@@ -2,8 +2,8 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{check_id, idempotency_key, Auth, JsonBody, Path, Query};
-use super::AppState;
-use crate::auth::{can_write_jobs, JobVisibility, Principal};
+use crate::app::AppState;
+use crate::auth::{can_write_jobs, Principal};
 use crate::model::job::ProgressReport;
 use crate::model::task::TaskUpsert;
 use crate::model::{Artifact, Job, JobStatus, Task};
@@ -102,7 +102,7 @@ fn require_writer(p: &Principal) -> Result<(), ApiError> {
 pub async fn visible_job(s: &AppState, p: &Principal, id: &str) -> Result<Job, ApiError> {
     check_id("job id", id)?;
     match s.store.job(&p.tenant, id).await? {
-        Some(job) if JobVisibility::of(p).allows(job.owner.as_deref()) => Ok(job),
+        Some(job) if p.job_visibility().allows(job.owner.as_deref()) => Ok(job),
         _ => Err(ApiError::not_found(format!("job {id}"))),
     }
 }
@@ -270,7 +270,7 @@ pub async fn list_jobs(
         return Err(ApiError::bad_request("invalid_query", "limit: must be 1 to 500"));
     }
     let filter = JobFilter { status, kind: q.kind, owner: q.owner, updated_after, before, limit };
-    let page = s.store.jobs(&p.tenant, &JobVisibility::of(&p), filter).await?;
+    let page = s.store.jobs(&p.tenant, &p.job_visibility(), filter).await?;
     Ok(Json(JobList { jobs: page.items, next_cursor: page.next_cursor.map(|c| c.to_string()) }))
 }
 

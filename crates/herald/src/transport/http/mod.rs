@@ -9,69 +9,13 @@ pub mod notifications;
 pub mod openapi;
 pub mod ops;
 
-use crate::auth::Authenticator;
-use crate::hub::Hub;
-use crate::store::DynStore;
+use crate::app::AppState;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::Router;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// Limits and timings the transports enforce.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest request body, bytes.
-    pub body_limit: usize,
-    /// Largest WebSocket message, bytes.
-    pub ws_max_message: usize,
-    /// Most subscriptions one connection may hold.
-    pub max_subscriptions: usize,
-    /// Messages per second a connection may send (a burst of twice that is allowed).
-    pub messages_per_second: u32,
-    /// Deliveries a connection may have queued before it is cut off as a slow consumer.
-    pub outbox_capacity: usize,
-    /// How often an idle connection is pinged.
-    pub heartbeat_interval: Duration,
-    /// How long a connection may stay silent before it is dropped as dead.
-    pub heartbeat_timeout: Duration,
-    /// Longest long-poll wait.
-    pub max_poll_wait: Duration,
-    /// Interval of SSE keep-alive comments.
-    pub sse_keepalive: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            body_limit: 1024 * 1024,
-            ws_max_message: 64 * 1024,
-            max_subscriptions: 100,
-            messages_per_second: 100,
-            outbox_capacity: 4096,
-            heartbeat_interval: Duration::from_secs(20),
-            heartbeat_timeout: Duration::from_secs(60),
-            max_poll_wait: Duration::from_secs(60),
-            sse_keepalive: Duration::from_secs(15),
-        }
-    }
-}
-
-/// Everything a handler needs; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: DynStore,
-    pub hub: Arc<Hub>,
-    pub auth: Authenticator,
-    pub limits: Arc<Limits>,
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Flips to true when the server begins shutting down.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
-    /// Started with `--demo`: enables the dashboard's demo sign-in.
-    pub demo: bool,
-}
+use std::time::Instant;
 
 /// The whole HTTP surface, used by the binary and by the tests.
 pub fn router(state: AppState) -> Router {
@@ -95,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/demo/tokens", get(super::dashboard::demo_tokens))
         .route("/", get(super::dashboard::index))
         .route("/assets/{file}", get(super::dashboard::asset_file))
+        .route("/assets/herald-client/{*path}", get(super::dashboard::client_module))
         .route("/realtime/v1/websocket", get(super::phoenix::upgrade))
         .route("/socket/websocket", get(super::phoenix::upgrade))
         .route("/realtime/v1/api/broadcast", post(super::phoenix::rest::broadcast))
@@ -126,10 +71,4 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     metrics::histogram!("herald_http_request_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     resp
-}
-
-/// Resolves once the server starts shutting down.
-pub async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send; drop it here.
-    let _ = rx.wait_for(|v| *v).await.map(|_| ());
 }

@@ -3,7 +3,7 @@
 use super::error::{ApiError, ErrorBody};
 use super::extract::{check_id, idempotency_key, Auth, JsonBody, Path, Query};
 use super::jobs::reply_response;
-use super::AppState;
+use crate::app::AppState;
 use crate::auth::Role;
 use crate::model::notification::Level;
 use crate::model::Notification;

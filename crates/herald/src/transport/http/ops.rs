@@ -2,7 +2,7 @@
 
 use super::error::ApiError;
 use super::extract::Auth;
-use super::AppState;
+use crate::app::AppState;
 use crate::auth::Role;
 use crate::hub::TenantCounts;
 use axum::extract::State;

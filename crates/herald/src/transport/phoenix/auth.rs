@@ -9,8 +9,8 @@
 //! | `anon` | — | may open the socket (it is Supabase's `apikey`), may not join a channel |
 
 use super::changes::{BindingSpec, Table};
+use crate::app::AppState;
 use crate::auth::{apikey, AuthError, Principal, Role};
-use crate::transport::http::AppState;
 use crate::transport::topics::authorize;
 
 /// Who presented a token.

@@ -4,7 +4,7 @@
 //! event. Nothing here queries the database per subscriber: filters run in
 //! memory on the row each event carries.
 
-use crate::hub::{Delivery, Payload, WireFormat};
+use crate::hub::{Delivery, Payload};
 use crate::model::{Event, EventType};
 use serde_json::{json, Map, Value};
 
@@ -324,10 +324,10 @@ impl<'a> Change<'a> {
 /// The `data` of a `postgres_changes` message, built once per event and shared
 /// by every Phoenix connection (both serializers splice it in). Events have no
 /// whole-frame Phoenix form — the binding ids differ per subscriber — so the
-/// delivery's `PhoenixV1` cache slot holds this shared part.
+/// delivery's serializer-1.0.0 cache slot holds this shared part.
 pub fn change_data(d: &Delivery) -> Option<axum::extract::ws::Utf8Bytes> {
     let Payload::Event(e) = &d.payload else { return None };
-    Some(d.frame(WireFormat::PhoenixV1, |_| change_json(e)))
+    Some(d.frame(*super::codec::V1_FRAMES, |_| axum::extract::ws::Utf8Bytes::from(change_json(e))))
 }
 
 /// The change of an event in Supabase's shape. Herald keeps no old row, so an

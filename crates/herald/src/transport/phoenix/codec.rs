@@ -9,9 +9,23 @@
 //!
 //! `encoding` is 0 for raw bytes, 1 for a JSON payload.
 
+use crate::hub::WireFormat;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde_json::{json, Value};
+use std::sync::LazyLock;
+
+/// Cache slots in a delivery for frames shared by every socket on one serializer.
+pub static V1_FRAMES: LazyLock<WireFormat> = LazyLock::new(WireFormat::register);
+pub static V2_FRAMES: LazyLock<WireFormat> = LazyLock::new(WireFormat::register);
+
+/// The cache slot of serializer `vsn`.
+pub fn frames_slot(vsn: Vsn) -> WireFormat {
+    match vsn {
+        Vsn::V1 => *V1_FRAMES,
+        Vsn::V2 => *V2_FRAMES,
+    }
+}
 
 /// Binary frame kinds.
 const KIND_USER_BROADCAST_PUSH: u8 = 3;

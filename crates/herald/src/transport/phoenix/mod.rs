@@ -10,8 +10,8 @@ pub mod rest;
 pub mod resume;
 pub mod session;
 
+use crate::app::AppState;
 use crate::transport::http::error::ApiError;
-use crate::transport::http::AppState;
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

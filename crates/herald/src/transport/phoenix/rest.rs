@@ -3,10 +3,10 @@
 //! Phoenix and native clients share. Ephemeral: nothing is stored.
 
 use super::auth::{identify, Credential};
+use crate::app::AppState;
 use crate::hub::Payload;
 use crate::transport::http::error::{ApiError, ErrorBody};
 use crate::transport::http::extract::{bearer, JsonBody};
-use crate::transport::http::AppState;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;

@@ -7,15 +7,15 @@ use super::changes::{change_data, change_json, Change};
 use super::channel::{binding_id, channel_of, parse_join, room_of, Binding, Channel, JoinRequest};
 use super::codec::{self, decode_binary, decode_text, encode, encode_raw, reply, Inbound, Out, Vsn};
 use super::resume::ResumeBook;
+use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
-use crate::hub::{outbox, ConnectionGuard, Delivery, Inbox, Outbox, Payload, TopicKey, WireFormat};
+use crate::hub::{outbox, ConnectionGuard, Delivery, Inbox, Outbox, Payload, TopicKey};
 use crate::model::Event;
+use crate::session::CloseReason;
 use crate::transport::conn::{
     self, expiry_instant, Batch, Deadline, Frame, Heartbeat, RateLimit, Read, Sink, Stream, Verdict, Written,
 };
-use crate::transport::http::AppState;
 use crate::transport::topics::{authorize, head, replay_page, ReplayPage, REPLAY_PAGE};
-use crate::transport::ws::frames::CloseReason;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -103,7 +103,7 @@ impl Session {
             deadline.set(self.next_expiry(), expiry_instant);
             tokio::select! {
                 biased;
-                _ = crate::transport::http::shutting_down(&mut shutdown) => {
+                _ = crate::app::shutting_down(&mut shutdown) => {
                     return Some((CloseReason::ShuttingDown, "server is shutting down".into()));
                 }
                 _ = overflow.overflowed() => {
@@ -739,16 +739,16 @@ impl Session {
                     return;
                 }
                 let vsn = self.vsn;
-                let slot = if vsn == Vsn::V1 { WireFormat::PhoenixV1 } else { WireFormat::PhoenixV2 };
-                let frame = d.frame(slot, |_| {
-                    encode_raw(
+                let slot = codec::frames_slot(vsn);
+                let frame = d.frame(slot, |_| -> Utf8Bytes {
+                    Utf8Bytes::from(encode_raw(
                         vsn,
                         None,
                         None,
                         &topic,
                         "presence_diff",
                         &json!({ "joins": joins, "leaves": leaves }).to_string(),
-                    )
+                    ))
                 });
                 out.push(Out::Text(frame));
             }
@@ -773,10 +773,10 @@ impl Session {
 /// The text frame of a broadcast, shared by every subscriber on the same
 /// serializer (v2 uses it only when the binary form cannot hold the topic).
 fn broadcast_text(d: &Delivery, vsn: Vsn, topic: &str, event: &str, data: &str) -> Utf8Bytes {
-    let slot = if vsn == Vsn::V1 { WireFormat::PhoenixV1 } else { WireFormat::PhoenixV2 };
+    let slot = codec::frames_slot(vsn);
     d.frame(slot, |_| {
         let payload = format!(r#"{{"type":"broadcast","event":{},"payload":{data}}}"#, Value::from(event));
-        encode_raw(vsn, None, None, topic, "broadcast", &payload)
+        Utf8Bytes::from(encode_raw(vsn, None, None, topic, "broadcast", &payload))
     })
 }
 

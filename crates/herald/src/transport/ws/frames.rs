@@ -1,6 +1,7 @@
-//! Native protocol v1 frames (docs/PROTOCOL.md) and close codes.
+//! Native protocol v1 frames (docs/PROTOCOL.md).
 
 use crate::hub::{Delivery, Payload, WireFormat};
+use crate::session::CloseReason;
 use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -22,60 +23,6 @@ pub enum ClientFrame {
 
 /// Ops the server knows, to tell an unknown op from a malformed known one.
 pub const KNOWN_OPS: &[&str] = &["auth", "sub", "unsub", "pub", "presence", "ping", "refresh"];
-
-/// Why the server closes a connection; each has a WebSocket close code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// 4000: a frame broke the protocol beyond repair. Do not reconnect unchanged.
-    ProtocolError,
-    /// 4001: no valid credentials. Reconnect only with a new token.
-    AuthFailed,
-    /// 4002: the token expired. Reconnect with a fresh token.
-    TokenExpired,
-    /// 4003: nothing heard within the heartbeat timeout. Reconnect.
-    HeartbeatTimeout,
-    /// 4008: the send queue overflowed. Reconnect and resume with `since`.
-    SlowConsumer,
-    /// 4009: the tenant holds its maximum number of connections. Reconnect later, with backoff.
-    TooManyConnections,
-    /// 4029: kept sending over the rate limit. Reconnect later, with backoff.
-    RateLimited,
-    /// 1001: the server is shutting down. Reconnect (to another node) and resume.
-    ShuttingDown,
-}
-
-impl CloseReason {
-    pub fn code(self) -> u16 {
-        match self {
-            CloseReason::ProtocolError => 4000,
-            CloseReason::AuthFailed => 4001,
-            CloseReason::TokenExpired => 4002,
-            CloseReason::HeartbeatTimeout => 4003,
-            CloseReason::SlowConsumer => 4008,
-            CloseReason::TooManyConnections => 4009,
-            CloseReason::RateLimited => 4029,
-            CloseReason::ShuttingDown => 1001,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CloseReason::ProtocolError => "protocol_error",
-            CloseReason::AuthFailed => "auth_failed",
-            CloseReason::TokenExpired => "token_expired",
-            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
-            CloseReason::SlowConsumer => "slow_consumer",
-            CloseReason::TooManyConnections => "too_many_connections",
-            CloseReason::RateLimited => "rate_limited",
-            CloseReason::ShuttingDown => "shutting_down",
-        }
-    }
-
-    /// Whether a client should reconnect after this close.
-    pub fn reconnect(self) -> bool {
-        !matches!(self, CloseReason::ProtocolError | CloseReason::AuthFailed)
-    }
-}
 
 pub fn text(v: Value) -> Utf8Bytes {
     Utf8Bytes::from(v.to_string())
@@ -103,24 +50,30 @@ pub fn goodbye(reason: CloseReason, message: &str) -> Utf8Bytes {
     }))
 }
 
+/// The native protocol's cache slot in a delivery.
+static NATIVE: std::sync::LazyLock<WireFormat> = std::sync::LazyLock::new(WireFormat::register);
+
 /// The native frame of a delivery, serialized once and shared.
 pub fn delivery(d: &Delivery) -> Utf8Bytes {
-    d.frame(WireFormat::Native, |d| match &d.payload {
-        Payload::Event(e) => crate::transport::topics::event_json(Some("event"), &d.topic, e),
-        Payload::Broadcast { event, data, from, .. } => json!({
-            "op": "broadcast",
-            "topic": &*d.topic,
-            "event": event,
-            "data": data,
-            "from": from.as_deref(),
-        })
-        .to_string(),
-        Payload::PresenceDiff { joins, leaves } => json!({
-            "op": "presence_diff",
-            "topic": &*d.topic,
-            "joins": joins,
-            "leaves": leaves,
-        })
-        .to_string(),
+    d.frame(*NATIVE, |d| -> Utf8Bytes {
+        match &d.payload {
+            Payload::Event(e) => crate::transport::topics::event_json(Some("event"), &d.topic, e),
+            Payload::Broadcast { event, data, from, .. } => json!({
+                "op": "broadcast",
+                "topic": &*d.topic,
+                "event": event,
+                "data": data,
+                "from": from.as_deref(),
+            })
+            .to_string(),
+            Payload::PresenceDiff { joins, leaves } => json!({
+                "op": "presence_diff",
+                "topic": &*d.topic,
+                "joins": joins,
+                "leaves": leaves,
+            })
+            .to_string(),
+        }
+        .into()
     })
 }

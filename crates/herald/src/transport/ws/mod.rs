@@ -3,7 +3,7 @@
 pub mod frames;
 pub mod session;
 
-use crate::transport::http::AppState;
+use crate::app::AppState;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;

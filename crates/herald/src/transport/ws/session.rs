@@ -1,15 +1,16 @@
 //! One native WebSocket connection: authentication, subscriptions with gapless
 //! resume, rooms, heartbeats, limits, and the writer that drains the outbox.
 
-use super::frames::{self, ClientFrame, CloseReason, KNOWN_OPS};
+use super::frames::{self, ClientFrame, KNOWN_OPS};
+use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::hub::{outbox, ConnectionGuard, Delivery, Inbox, Outbox, Payload, TopicKey};
+use crate::model::topic::{inbox_topic, TENANT_TOPIC};
 use crate::model::Topic;
+use crate::session::CloseReason;
 use crate::transport::conn::{
     self, expiry_instant, Batch, Deadline, Frame, Heartbeat, RateLimit, Read, Sink, Stream, Verdict, Written,
 };
-use crate::transport::http::broadcast::{inbox_topic, TENANT_TOPIC};
-use crate::transport::http::AppState;
 use crate::transport::topics::{authorize, head, replay_page, snapshot, ReplayPage};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -106,7 +107,7 @@ impl Session {
             deadline.set(key, |exp| if exp == 0 { auth_deadline } else { expiry_instant(exp) });
             tokio::select! {
                 biased;
-                _ = crate::transport::http::shutting_down(&mut shutdown) => {
+                _ = crate::app::shutting_down(&mut shutdown) => {
                     return Some((CloseReason::ShuttingDown, "server is shutting down; reconnect and resume".into()));
                 }
                 _ = overflow.overflowed() => {
