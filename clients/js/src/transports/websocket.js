@@ -1,0 +1,226 @@
+// The WebSocket transport: one connection for every subscription, speaking
+// Herald's protocol (docs/PROTOCOL.md), with the client's own heartbeats.
+// The first choice; presence and `refresh` exist only here.
+
+import { HeraldError } from '../errors.js';
+import { backoffDelay } from '../util.js';
+
+function wsUrl(base) {
+  return base.replace(/^http/i, 'ws') + '/v1/ws';
+}
+
+export class WsTransport {
+  constructor(client) {
+    this.kind = 'websocket';
+    this.client = client;
+    this.ready = false;
+    this.adopted = false;
+    this.expiresAt = null;
+    this._nextId = 1;
+    this._pending = new Map();
+    this._finish = null;
+    this.onReady = null;
+  }
+
+  /** Resolves when the connection is over: { established, error?, immediate?, retryAfterMs? }. */
+  run() {
+    const c = this.client;
+    return new Promise((resolve) => {
+      let settled = false;
+      this._finish = (outcome) => {
+        if (settled) return;
+        settled = true;
+        this._teardown();
+        for (const p of this._pending.values()) p.reject(new HeraldError('disconnected', 'the connection closed'));
+        this._pending.clear();
+        resolve({ established: this.ready, ...outcome });
+      };
+      let ws;
+      try {
+        // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol.
+        ws = new c._WebSocket(wsUrl(c.url), ['herald.v1', `bearer.${c._token}`]);
+      } catch (e) {
+        this._finish({ error: e });
+        return;
+      }
+      this.ws = ws;
+      this._lastRecv = Date.now();
+      this._connectTimer = setTimeout(
+        () => this._finish({ error: new HeraldError('timeout', 'no welcome from the server in time') }),
+        c.options.connectTimeoutMs,
+      );
+      ws.onmessage = (m) => this._onMessage(m);
+      ws.onopen = () => {
+        this._opened = true;
+      };
+      ws.onerror = () => {
+        // After the handshake the close event follows with the details; a
+        // refused handshake (a proxy's 403, say) may never get one.
+        if (!this._opened) this._finish({ error: new HeraldError('refused', 'the WebSocket handshake failed') });
+      };
+      ws.onclose = (e) => this._onClose(e);
+    });
+  }
+
+  stop(opts = {}) {
+    if (this._finish) this._finish({ immediate: true, replaced: !!opts.replaced });
+  }
+
+  _teardown() {
+    clearTimeout(this._connectTimer);
+    clearInterval(this._heartbeat);
+    if (this.ws) {
+      this.ws.onopen = this.ws.onmessage = this.ws.onclose = this.ws.onerror = null;
+      try {
+        if (this.ws.readyState <= 1) this.ws.close(1000);
+      } catch {
+        // Already closing.
+      }
+    }
+  }
+
+  _send(frame) {
+    if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify(frame));
+  }
+
+  request(frame) {
+    return new Promise((resolve, reject) => {
+      if (!this.ws || this.ws.readyState !== 1) return reject(new HeraldError('disconnected', 'not connected'));
+      const id = this._nextId++;
+      this._pending.set(id, { resolve, reject });
+      this._send({ ...frame, id });
+    });
+  }
+
+  add(ts) {
+    if (!this.ready) return; // subscribed on welcome
+    this._subscribe(ts);
+  }
+
+  remove(ts, alreadyGone) {
+    if (!this.ready || alreadyGone) return;
+    this.request({ op: 'unsub', topic: ts.topic }).catch(() => {});
+  }
+
+  _subscribe(ts) {
+    const frame = ts.room && ts.meta
+      ? { op: 'presence', topic: ts.topic, meta: ts.meta }
+      : { op: 'sub', topic: ts.topic };
+    if (!ts.room && ts.position != null) frame.since = ts.position;
+    this.request(frame).then(
+      (ack) => this.client._acked(ts.topic, ack.position),
+      (err) => {
+        if (err.code === 'disconnected') return; // resubscribed on the next connection
+        if (err.code === 'unavailable' || err.code === 'too_many_subscriptions') {
+          // Transient on the server's side: try again a little later.
+          setTimeout(() => this.client._topics.get(ts.topic) === ts && this.ready && this._subscribe(ts), 2000);
+          return;
+        }
+        this.client._topicFailed(ts.topic, err);
+      },
+    );
+  }
+
+  setPresence(ts) {
+    return this.request({ op: 'presence', topic: ts.topic, meta: ts.meta || {} });
+  }
+
+  _onMessage(m) {
+    this._lastRecv = Date.now();
+    let msg;
+    try {
+      msg = JSON.parse(typeof m.data === 'string' ? m.data : String(m.data));
+    } catch {
+      return;
+    }
+    const c = this.client;
+    switch (msg.op) {
+      case 'welcome': {
+        clearTimeout(this._connectTimer);
+        this.ready = true;
+        this.expiresAt = msg.expires_at ?? null;
+        c.identity = { sub: msg.sub, role: msg.role, tenant: msg.tenant, exp: msg.expires_at ?? null };
+        const every = c.options.heartbeatMs ?? Math.min(msg.heartbeat_ms || 20000, 20000);
+        this._startHeartbeat(every);
+        for (const ts of c._topics.values()) this._subscribe(ts);
+        if (this.onReady) this.onReady();
+        if (!this.adopted) c._established(this);
+        c.emit('welcome', msg);
+        break;
+      }
+      case 'ack':
+      case 'pong': {
+        const p = this._pending.get(msg.id);
+        if (p) {
+          this._pending.delete(msg.id);
+          p.resolve(msg);
+        }
+        break;
+      }
+      case 'error': {
+        const p = msg.id != null ? this._pending.get(msg.id) : null;
+        const err = new HeraldError(msg.code, msg.message);
+        if (p) {
+          this._pending.delete(msg.id);
+          p.reject(err);
+        } else {
+          c.emit('error', err);
+        }
+        break;
+      }
+      case 'event':
+        c._deliver(msg.topic, msg);
+        break;
+      case 'resync':
+        c._resync(msg.topic, msg.position, msg.snapshot);
+        break;
+      case 'broadcast':
+        c._broadcastIn(msg);
+        break;
+      case 'presence_state':
+        c._presenceIn(msg.topic, msg.state, null);
+        break;
+      case 'presence_diff':
+        c._presenceIn(msg.topic, null, msg);
+        break;
+      case 'goodbye':
+        this._goodbye = msg;
+        break;
+      default:
+        break;
+    }
+  }
+
+  _startHeartbeat(every) {
+    clearInterval(this._heartbeat);
+    // Browsers never see the server's ping frames, so the client pings in
+    // its own protocol and calls the connection dead after two silent rounds.
+    this._heartbeat = setInterval(() => {
+      if (Date.now() - this._lastRecv > every * 2 + 1000) {
+        this._finish({ error: new HeraldError('heartbeat_timeout', 'no answer from the server') });
+        return;
+      }
+      this._send({ op: 'ping', id: this._nextId++ });
+    }, every);
+  }
+
+  _onClose(e) {
+    const code = e && e.code;
+    const g = this._goodbye;
+    const reason = (g && g.reason) || (e && e.reason) || '';
+    const map = {
+      4001: 'auth_failed',
+      4002: 'token_expired',
+      4003: 'heartbeat_timeout',
+      4008: 'slow_consumer',
+      4009: 'too_many_connections',
+      4029: 'rate_limited',
+      1001: 'shutting_down',
+    };
+    const err = new HeraldError(map[code] || 'disconnected', `connection closed (${code}${reason ? ' ' + reason : ''})`);
+    const outcome = { error: err };
+    if (code === 1001 || code === 4008 || code === 4003) outcome.immediate = true;
+    if (code === 4009 || code === 4029) outcome.retryAfterMs = backoffDelay(4, 2000, 60000);
+    this._finish(outcome);
+  }
+}
