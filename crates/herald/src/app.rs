@@ -2,6 +2,7 @@
 //! sessions, the limits they enforce, and the shutdown signal.
 
 use crate::auth::Authenticator;
+use crate::broker::Broker;
 use crate::hub::Hub;
 use crate::store::DynStore;
 use std::sync::Arc;
@@ -51,6 +52,8 @@ impl Default for Limits {
 pub struct AppState {
     pub store: DynStore,
     pub hub: Arc<Hub>,
+    /// Every ephemeral publish (broadcast, presence) goes through here.
+    pub broker: Arc<dyn Broker>,
     pub auth: Authenticator,
     pub limits: Arc<Limits>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,

@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod demo;
 pub mod feed;

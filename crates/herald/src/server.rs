@@ -67,6 +67,7 @@ pub fn build(config: &Config, shutdown: tokio::sync::watch::Receiver<bool>) -> R
     Ok(AppState {
         auth: Authenticator::new(jwt, Arc::clone(&store)),
         store,
+        broker: crate::broker::LocalBroker::new(Arc::clone(&hub)),
         hub,
         limits: Arc::new(config.limits.clone()),
         metrics,

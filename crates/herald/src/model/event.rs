@@ -112,6 +112,31 @@ pub struct Event {
 }
 
 impl Event {
+    /// The JSON of an event as every transport shows it:
+    /// `{op?, topic, position, type, data, time}`.
+    pub fn wire_json(&self, op: Option<&str>, topic: &str) -> String {
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            op: Option<&'a str>,
+            topic: &'a str,
+            position: u64,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            data: &'a serde_json::value::RawValue,
+            time: String,
+        }
+        serde_json::to_string(&Wire {
+            op,
+            topic,
+            position: self.position,
+            kind: self.kind.as_str(),
+            data: &self.data,
+            time: crate::model::time::format_ms(self.time),
+        })
+        .unwrap_or_default()
+    }
+
     /// The row as a JSON object (empty if `data` is not one).
     pub fn row(&self) -> &serde_json::Map<String, serde_json::Value> {
         self.row.get_or_init(|| serde_json::from_str(self.data.get()).unwrap_or_default())

@@ -20,6 +20,8 @@ pub enum CloseReason {
     RateLimited,
     /// 1001: the server is shutting down. Reconnect (to another node) and resume.
     ShuttingDown,
+    /// 1013: the store did not answer. Reconnect later, with backoff, and resume.
+    Unavailable,
 }
 
 impl CloseReason {
@@ -33,6 +35,7 @@ impl CloseReason {
             CloseReason::TooManyConnections => 4009,
             CloseReason::RateLimited => 4029,
             CloseReason::ShuttingDown => 1001,
+            CloseReason::Unavailable => 1013,
         }
     }
 
@@ -46,6 +49,7 @@ impl CloseReason {
             CloseReason::TooManyConnections => "too_many_connections",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::ShuttingDown => "shutting_down",
+            CloseReason::Unavailable => "unavailable",
         }
     }
 

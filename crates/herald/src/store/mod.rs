@@ -175,6 +175,9 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a command in a transaction and returns once it is durable.
     async fn write(&self, tenant: &str, cmd: Command, idem: Option<IdempotencyKey>) -> Result<Reply, StoreError>;
     async fn job(&self, tenant: &str, id: &str) -> Result<Option<Job>, StoreError>;
+    /// Whether a job exists, and its owner: an indexed read, for access checks
+    /// that must not load (or be timed by) the whole document.
+    async fn job_owner(&self, tenant: &str, id: &str) -> Result<Option<Option<String>>, StoreError>;
     async fn jobs(&self, tenant: &str, vis: &JobVisibility, filter: JobFilter) -> Result<Page<Job>, StoreError>;
     async fn tasks(&self, tenant: &str, job_id: &str) -> Result<Vec<Task>, StoreError>;
     async fn artifacts(&self, tenant: &str, job_id: &str) -> Result<Vec<Artifact>, StoreError>;
@@ -188,6 +191,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<Notification>, u64), StoreError>;
     /// Events of any of `topics` after `since`, oldest first.
     async fn events(&self, tenant: &str, topics: &[String], since: u64, limit: usize) -> Result<EventPage, StoreError>;
+    /// The newest position in the log.
+    async fn head(&self) -> Result<u64, StoreError>;
     async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

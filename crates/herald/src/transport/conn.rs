@@ -15,8 +15,17 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The halves of a real WebSocket.
 pub type Sink = SplitSink<WebSocket, Message>;
 pub type Stream = SplitStream<WebSocket>;
+
+/// Where a session writes its frames: a WebSocket, or a channel in a unit test.
+pub trait WsSink: futures_util::Sink<Message, Error = axum::Error> + Unpin + Send {}
+impl<T: futures_util::Sink<Message, Error = axum::Error> + Unpin + Send> WsSink for T {}
+
+/// Where a session reads the client's frames from.
+pub trait WsStream: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin + Send {}
+impl<T: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin + Send> WsStream for T {}
 
 /// Deliveries written per flush.
 pub const WRITE_BATCH: usize = 256;
@@ -143,54 +152,6 @@ impl Heartbeat {
     }
 }
 
-/// A token's expiry (or the deadline to authenticate) as one timer that is
-/// re-armed only when the deadline's key changes. A fresh `sleep_until` on
-/// every turn of a connection's loop would register and drop a timer for every
-/// delivery batch, on every subscriber.
-#[derive(Default)]
-pub struct Deadline {
-    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    key: Option<u64>,
-}
-
-impl Deadline {
-    /// Arms the timer for `key` (e.g. a token's `exp`) at `at(key)`; keeps it as
-    /// it is when already armed for `key`; disarms it for `None`.
-    pub fn set(&mut self, key: Option<u64>, at: impl FnOnce(u64) -> tokio::time::Instant) {
-        if key == self.key {
-            return;
-        }
-        self.key = key;
-        match (key, self.sleep.as_mut()) {
-            (None, _) => self.sleep = None,
-            (Some(k), Some(sleep)) => sleep.as_mut().reset(at(k)),
-            (Some(k), None) => self.sleep = Some(Box::pin(tokio::time::sleep_until(at(k)))),
-        }
-    }
-
-    pub fn is_armed(&self) -> bool {
-        self.sleep.is_some()
-    }
-
-    /// Resolves when the armed deadline passes; never, when disarmed. Once it
-    /// has passed, the next `set` re-arms even for the same key, so a deadline
-    /// that fired early by the wall clock is recomputed instead of firing again
-    /// at once forever.
-    pub async fn passed(&mut self) {
-        match self.sleep.as_mut() {
-            Some(sleep) => sleep.as_mut().await,
-            None => std::future::pending().await,
-        }
-        self.key = None;
-    }
-}
-
-/// When a token with `exp` (seconds since the epoch) expires, on tokio's clock.
-pub fn expiry_instant(exp: u64) -> tokio::time::Instant {
-    let now_s = crate::model::time::now_ms() as f64 / 1000.0;
-    tokio::time::Instant::now() + Duration::from_secs_f64((exp as f64 - now_s).max(0.0))
-}
-
 /// The deliveries taken from the outbox in one go, written with one flush.
 ///
 /// The buffer starts empty and `recv_many` grows it as needed (up to a batch):
@@ -239,7 +200,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Writes frames with one flush. A client too slow to take them also lets its
 /// outbox overflow; racing the signal closes it then instead of waiting on it.
 /// A write not done within [`WRITE_TIMEOUT`] counts as overflowed too.
-pub async fn write(sink: &mut Sink, frames: impl IntoIterator<Item = Message>, overflow: &OverflowSignal) -> Written {
+pub async fn write(
+    sink: &mut impl WsSink,
+    frames: impl IntoIterator<Item = Message>,
+    overflow: &OverflowSignal,
+) -> Written {
     let write = async {
         for f in frames {
             sink.feed(f).await?;
@@ -260,7 +225,7 @@ pub async fn write(sink: &mut Sink, frames: impl IntoIterator<Item = Message>, o
 /// the close frame, then the closing handshake. Reading on until the client's
 /// close frame matters: dropping the socket while the client still sends would
 /// reset it, and the client could lose the last frames and the close code.
-pub async fn close(sink: &mut Sink, stream: &mut Stream, last: Option<Utf8Bytes>, reason: CloseReason) {
+pub async fn close(sink: &mut impl WsSink, stream: &mut impl WsStream, last: Option<Utf8Bytes>, reason: CloseReason) {
     let frames = async {
         if let Some(text) = last {
             sink.send(Message::Text(text)).await?;

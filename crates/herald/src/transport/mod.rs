@@ -6,5 +6,4 @@ pub mod dashboard;
 pub mod http;
 pub mod phoenix;
 pub mod sse;
-pub mod topics;
 pub mod ws;

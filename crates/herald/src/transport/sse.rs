@@ -3,11 +3,13 @@
 
 use super::http::error::ApiError;
 use super::http::extract::bearer;
-use super::topics::{authorize, replay_page, snapshot, ReplayPage};
 use crate::app::AppState;
 use crate::auth::Principal;
-use crate::hub::{outbox, Delivery, Payload, TopicKey, WireFormat};
+use crate::hub::{ConnectionGuard, Delivery, Payload, WireFormat};
 use crate::model::{Event, Topic};
+use crate::session::{
+    authorize, expiry_instant, snapshot, CloseReason, Cursor, Deadline, Membership, Replay, ReplayPage, SessionError,
+};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -37,7 +39,7 @@ fn frame(id: Option<u64>, event: &str, data: &str) -> String {
 }
 
 fn event_frame(topic: &str, e: &Event) -> String {
-    frame(Some(e.position), e.kind.as_str(), &super::topics::event_json(None, topic, e))
+    frame(Some(e.position), e.kind.as_str(), &e.wire_json(None, topic))
 }
 
 /// SSE's cache slot in a delivery.
@@ -90,12 +92,9 @@ pub async fn stream(State(s): State<AppState>, req: Request) -> Result<Response,
     let guard = s
         .hub
         .connect(&p.tenant)
-        .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", e.to_string()))?;
+        .map_err(|e| ApiError::from(SessionError::limit("too_many_connections", e.to_string())))?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(async move {
-        let _guard = guard;
-        run(s, p, topics, since, tx).await;
-    });
+    tokio::spawn(run(s, p, topics, since, tx, guard));
     let body = Body::from_stream(futures_util::StreamExt::map(
         tokio_stream::wrappers::ReceiverStream::new(rx),
         Ok::<Bytes, std::convert::Infallible>,
@@ -118,23 +117,26 @@ fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(q: &str) -> Result<T, 
 
 /// Feeds one SSE stream until the client goes away, the token expires, the
 /// queue overflows or the server shuts down.
-async fn run(s: AppState, p: Principal, topics: Vec<(Topic, String)>, since: Option<u64>, tx: mpsc::Sender<Bytes>) {
-    let conn_id = s.hub.next_id();
-    let (out, mut inbox) = outbox(conn_id, s.limits.outbox_capacity);
-    let keys: Vec<TopicKey> = topics.iter().map(|(_, raw)| TopicKey::new(&p.tenant, raw)).collect();
-    for k in &keys {
-        s.hub.subscribe(k, out.clone());
+async fn run(
+    s: AppState,
+    p: Principal,
+    topics: Vec<(Topic, String)>,
+    since: Option<u64>,
+    tx: mpsc::Sender<Bytes>,
+    guard: ConnectionGuard,
+) {
+    // Dropped at the end of this task, whatever ends it: the hub lets go then.
+    let (mut member, mut inbox) = Membership::new(&s, s.limits.outbox_capacity);
+    member.adopt(Some(guard));
+    for (_, raw) in &topics {
+        member.join(&p.tenant, raw);
     }
-    let names: Vec<String> = topics.iter().map(|(_, raw)| raw.clone()).collect();
-    let end = feed(&s, &p, &topics, &names, since, &tx, &mut inbox).await;
+    let end = feed(&s, &p, &topics, since, &tx, &mut inbox).await;
     if let Some(reason) = end {
-        let body = serde_json::json!({ "reason": reason, "reconnect": true });
+        let body = serde_json::json!({ "reason": reason.name(), "reconnect": true });
         // Bounded: a client that stopped reading must not hold the stream open.
         let goodbye = tx.send(Bytes::from(frame(None, "goodbye", &body.to_string())));
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
-    }
-    for k in &keys {
-        s.hub.unsubscribe(k, conn_id);
     }
 }
 
@@ -142,22 +144,26 @@ async fn feed(
     s: &AppState,
     p: &Principal,
     topics: &[(Topic, String)],
-    names: &[String],
     since: Option<u64>,
     tx: &mpsc::Sender<Bytes>,
     inbox: &mut crate::hub::Inbox,
-) -> Option<&'static str> {
+) -> Option<CloseReason> {
     // One stream, one cursor: positions are global, so the highest sent is the resume point.
-    let mut last = 0u64;
+    let mut cursor = Cursor::default();
     if tx.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
         return None;
     }
     if let Some(since) = since {
-        let mut after = since;
+        let names = topics.iter().map(|(_, raw)| raw.clone()).collect();
+        let mut replay = Replay::new(Arc::clone(&p.tenant), names, since);
         loop {
-            match replay_page(s, &p.tenant, names, after).await {
-                Err(e) => return Some(if e.code == "unavailable" { "unavailable" } else { "internal" }),
-                Ok(ReplayPage::Behind { head }) => {
+            match replay.next_page(s).await {
+                Err(e) => {
+                    tracing::warn!(error = %e, "SSE replay failed");
+                    return Some(CloseReason::Unavailable);
+                }
+                Ok(None) => break,
+                Ok(Some(ReplayPage::Behind { head })) => {
                     let mut snaps = serde_json::Map::new();
                     for (t, raw) in topics {
                         snaps.insert(raw.clone(), snapshot(s, p, t).await.unwrap_or_default());
@@ -166,20 +172,16 @@ async fn feed(
                     if tx.send(Bytes::from(frame(Some(head), "resync", &body.to_string()))).await.is_err() {
                         return None;
                     }
-                    last = head;
+                    cursor.advance(head);
                     break;
                 }
-                Ok(ReplayPage::Events(events)) => {
+                Ok(Some(ReplayPage::Events(events))) => {
                     for e in &events {
                         let topic = e.topics.first().map(String::as_str).unwrap_or("");
                         if tx.send(Bytes::from(event_frame(topic, e))).await.is_err() {
                             return None;
                         }
-                        after = e.position;
-                    }
-                    last = after;
-                    if events.len() < super::topics::REPLAY_PAGE {
-                        break;
+                        cursor.advance(e.position);
                     }
                 }
             }
@@ -188,36 +190,33 @@ async fn feed(
     let mut keepalive = tokio::time::interval(s.limits.sse_keepalive);
     keepalive.tick().await;
     let mut shutdown = s.shutdown.clone();
-    let expiry = p.exp.map(|exp| {
-        let left = (exp as f64 - crate::model::time::now_ms() as f64 / 1000.0).max(0.0);
-        tokio::time::Instant::now() + std::time::Duration::from_secs_f64(left)
-    });
+    let mut expiry = Deadline::default();
+    expiry.set(p.exp, expiry_instant);
     let mut buf: Vec<Arc<Delivery>> = Vec::with_capacity(256);
     let overflow = inbox.overflow_signal();
     loop {
         tokio::select! {
             biased;
-            _ = crate::app::shutting_down(&mut shutdown) => return Some("shutting_down"),
-            _ = overflow.overflowed() => return Some("slow_consumer"),
-            _ = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => return Some("token_expired"),
+            _ = crate::app::shutting_down(&mut shutdown) => return Some(CloseReason::ShuttingDown),
+            _ = overflow.overflowed() => return Some(CloseReason::SlowConsumer),
+            _ = expiry.passed(), if expiry.is_armed() => return Some(CloseReason::TokenExpired),
             _ = tx.closed() => return None,
             n = inbox.recv_many(&mut buf, 256) => {
                 if n == 0 {
                     return None;
                 }
                 for d in buf.drain(..) {
+                    // The same event on two of this stream's topics is sent once.
                     if let Some(pos) = d.position() {
-                        // The same event on two of this stream's topics is sent once.
-                        if pos <= last {
+                        if !cursor.admit(pos) {
                             continue;
                         }
-                        last = pos;
                     }
                     // A client that stops reading blocks this send; its queue
                     // overflowing must still end the stream.
                     tokio::select! {
                         r = tx.send(delivery_frame(&d)) => if r.is_err() { return None },
-                        _ = overflow.overflowed() => return Some("slow_consumer"),
+                        _ = overflow.overflowed() => return Some(CloseReason::SlowConsumer),
                     }
                 }
             }

@@ -125,6 +125,15 @@ impl Store for SqliteStore {
         self.readers.with(move |c| read::job(c, &tenant, &id)).await
     }
 
+    async fn job_owner(&self, tenant: &str, id: &str) -> Result<Option<Option<String>>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.readers.with(move |c| read::job_owner(c, &tenant, &id)).await
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        self.readers.with(|c| read::head_and_floor(c).map(|(head, _)| head)).await
+    }
+
     async fn jobs(&self, tenant: &str, vis: &JobVisibility, filter: JobFilter) -> Result<Page<Job>, StoreError> {
         let (tenant, vis) = (tenant.to_string(), vis.clone());
         self.readers.with(move |c| read::jobs(c, &tenant, &vis, &filter)).await

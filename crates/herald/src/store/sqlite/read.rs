@@ -19,6 +19,25 @@ pub fn job(c: &Connection, tenant: &str, id: &str) -> Result<Option<Job>, StoreE
     doc.map(|d| from_json(&d)).transpose()
 }
 
+pub fn job_owner(c: &Connection, tenant: &str, id: &str) -> Result<Option<Option<String>>, StoreError> {
+    Ok(c.prepare_cached("SELECT owner FROM jobs WHERE tenant = ?1 AND id = ?2")?
+        .query_row(params![tenant, id], |r| r.get::<_, Option<String>>(0))
+        .optional()?)
+}
+
+/// The newest position in the log and the pruned floor below which nothing is left.
+pub fn head_and_floor(c: &Connection) -> Result<(u64, u64), StoreError> {
+    let head: i64 = c.prepare_cached("SELECT coalesce(max(position), 0) FROM events")?.query_row([], |r| r.get(0))?;
+    let floor: i64 = c
+        .prepare_cached("SELECT value FROM meta WHERE key = 'floor'")?
+        .query_row([], |r| r.get::<_, String>(0))
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // A log pruned to nothing still has its head where the floor is.
+    Ok((head.max(floor) as u64, floor as u64))
+}
+
 pub fn jobs(c: &Connection, tenant: &str, vis: &JobVisibility, f: &JobFilter) -> Result<Page<Job>, StoreError> {
     let mut sql = String::from("SELECT rowid, doc FROM jobs WHERE tenant = ?");
     let mut args: Vec<SqlValue> = vec![tenant.to_string().into()];
@@ -104,12 +123,8 @@ pub fn events(
     limit: usize,
 ) -> Result<EventPage, StoreError> {
     // Head and floor first: an event committed after this read is still ahead of `head`.
-    let head: i64 = c.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get(0))?;
-    let floor: i64 = c
-        .query_row("SELECT value FROM meta WHERE key = 'floor'", [], |r| r.get::<_, String>(0))
-        .optional()?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let (head, floor) = head_and_floor(c)?;
+    let (head, floor) = (head as i64, floor as i64);
     if topics.is_empty() || limit == 0 {
         return Ok(EventPage { events: Vec::new(), head: head as u64, floor: floor as u64 });
     }

@@ -5,8 +5,8 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, JsonBody};
 use crate::app::AppState;
 use crate::auth::Role;
-use crate::hub::Payload;
 use crate::model::topic::{inbox_topic, Topic, TENANT_TOPIC};
+use crate::session::rooms::{self, check_event_name, Broadcast};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -47,9 +47,7 @@ pub async fn broadcast(
         return Err(ApiError::forbidden("customers broadcast over the WebSocket, to rooms"));
     }
     let b = body.value;
-    if b.event.is_empty() || b.event.len() > 256 {
-        return Err(ApiError::invalid_field("event", "must be 1 to 256 bytes"));
-    }
+    check_event_name(&b.event).map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", m))?;
     let topic = match (&b.topic, &b.user, b.tenant) {
         (Some(t), None, false) => match Topic::parse(t) {
             Ok(Topic::Room(_)) => t.clone(),
@@ -62,10 +60,9 @@ pub async fn broadcast(
         (None, None, true) => TENANT_TOPIC.to_string(),
         _ => return Err(ApiError::invalid_field("topic", "give exactly one of topic, user or tenant: true")),
     };
-    let delivered = s.hub.publish(
-        &p.tenant,
-        &topic,
-        Payload::Broadcast { event: b.event, data: b.payload, sender: None, from: Some(std::sync::Arc::clone(&p.sub)) },
-    );
+    let delivered = rooms::publish(
+        &s,
+        Broadcast { tenant: p.tenant, topic, event: b.event, data: b.payload, sender: None, from: p.sub },
+    )?;
     Ok((StatusCode::ACCEPTED, Json(BroadcastAccepted { delivered })))
 }

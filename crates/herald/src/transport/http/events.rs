@@ -3,12 +3,12 @@
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, Query};
 use crate::app::AppState;
-use crate::hub::{outbox, TopicKey};
-use crate::transport::topics::{authorize, event_json};
+use crate::session::{authorize, Membership};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::time::Duration;
 use utoipa::IntoParams;
 
@@ -28,9 +28,10 @@ pub struct PollEvents {
 /// Response of `GET /v1/events`.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct EventsPage {
-    /// Events, oldest first: `{topic, position, type, data, time}`.
+    /// Events, oldest first: `{topic, position, type, data, time}`, as stored
+    /// (never re-parsed to be served).
     #[schema(value_type = Vec<Object>)]
-    pub events: Vec<serde_json::Value>,
+    pub events: Vec<Box<RawValue>>,
     /// Pass as `since` next time.
     pub next: u64,
     /// True when `since` is older than retention: reload a snapshot, then continue from `next`.
@@ -69,46 +70,41 @@ pub async fn poll_events(
     }
     let since = q.since.unwrap_or(0);
 
-    // Listen before reading, so an event committed between the read and the wait still wakes us.
-    let (tx, mut rx) = outbox(s.hub.next_id(), 16);
-    let keys: Vec<TopicKey> = topics.iter().map(|t| TopicKey::new(&p.tenant, t)).collect();
+    // Listen before reading, so an event committed between the read and the
+    // wait still wakes us. The membership lets go of the hub when dropped.
+    let (mut member, mut inbox) = Membership::new(&s, 16);
     if wait > 0.0 {
-        for k in &keys {
-            s.hub.subscribe(k, tx.clone());
+        for t in &topics {
+            member.join(&p.tenant, t);
         }
     }
-    let result = async {
-        let mut deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-        let mut shutdown = s.shutdown.clone();
-        loop {
-            let page = s.store.events(&p.tenant, &topics, since, limit).await?;
-            if since < page.floor {
-                return Ok(EventsPage { events: vec![], next: page.head, resync: true });
-            }
-            if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
-                let next = page.events.last().map(|e| e.position).unwrap_or(since);
-                let events = page
-                    .events
-                    .iter()
-                    .map(|e| {
-                        let topic = e.topics.first().map(String::as_str).unwrap_or("");
-                        serde_json::from_str(&event_json(None, topic, e)).unwrap_or_default()
-                    })
-                    .collect();
-                return Ok::<_, ApiError>(EventsPage { events, next, resync: false });
-            }
-            let mut buf = Vec::new();
-            tokio::select! {
-                _ = rx.recv_many(&mut buf, 16) => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = crate::app::shutting_down(&mut shutdown) => { deadline = tokio::time::Instant::now(); }
-            }
+    let mut deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+    let mut shutdown = s.shutdown.clone();
+    let page = loop {
+        let page = s.store.events(&p.tenant, &topics, since, limit).await?;
+        if since < page.floor {
+            break EventsPage { events: vec![], next: page.head, resync: true };
         }
-    }
-    .await;
-    for k in &keys {
-        s.hub.unsubscribe(k, tx.conn_id);
-    }
-    let page = result?;
+        if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
+            let next = page.events.last().map(|e| e.position).unwrap_or(since);
+            let events = page
+                .events
+                .iter()
+                .map(|e| {
+                    let topic = e.topics.first().map(String::as_str).unwrap_or("");
+                    RawValue::from_string(e.wire_json(None, topic))
+                        .map_err(|e| ApiError::from(crate::store::StoreError::Internal(e.to_string())))
+                })
+                .collect::<Result<_, _>>()?;
+            break EventsPage { events, next, resync: false };
+        }
+        let mut buf = Vec::new();
+        tokio::select! {
+            _ = inbox.recv_many(&mut buf, 16) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = crate::app::shutting_down(&mut shutdown) => { deadline = tokio::time::Instant::now(); }
+        }
+    };
+    drop(member);
     Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(page)).into_response())
 }

@@ -11,7 +11,7 @@
 use super::changes::{BindingSpec, Table};
 use crate::app::AppState;
 use crate::auth::{apikey, AuthError, Principal, Role};
-use crate::transport::topics::authorize;
+use crate::session::authorize;
 
 /// Who presented a token.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 
 use super::auth::{identify, Credential};
 use crate::app::AppState;
-use crate::hub::Payload;
+use crate::session::rooms::{self, check_event_name, Broadcast};
 use crate::transport::http::error::{ApiError, ErrorBody};
 use crate::transport::http::extract::{bearer, JsonBody};
 use axum::extract::{FromRequestParts, State};
@@ -68,19 +68,15 @@ pub async fn broadcast(
         if m.topic.is_empty() || m.topic.len() > 255 {
             return Err(ApiError::invalid_field(&format!("messages[{i}].topic"), "must be 1 to 255 bytes"));
         }
-        if m.event.is_empty() || m.event.len() > 256 {
-            return Err(ApiError::invalid_field(&format!("messages[{i}].event"), "must be 1 to 256 bytes"));
+        if let Err(m) = check_event_name(&m.event) {
+            return Err(ApiError::invalid_field(&format!("messages[{i}]"), m));
         }
     }
     for m in messages {
         let room = format!("room:{}", m.topic.strip_prefix(super::channel::PREFIX).unwrap_or(&m.topic));
-        let payload = Payload::Broadcast {
-            event: m.event,
-            data: m.payload,
-            sender: None,
-            from: Some(std::sync::Arc::clone(&p.sub)),
-        };
-        s.hub.publish(&p.tenant, &room, payload);
+        let from = std::sync::Arc::clone(&p.sub);
+        let tenant = std::sync::Arc::clone(&p.tenant);
+        rooms::publish(&s, Broadcast { tenant, topic: room, event: m.event, data: m.payload, sender: None, from })?;
     }
     Ok(StatusCode::ACCEPTED)
 }

@@ -9,13 +9,13 @@ use super::codec::{self, decode_binary, decode_text, encode, encode_raw, reply, 
 use super::resume::ResumeBook;
 use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
-use crate::hub::{outbox, ConnectionGuard, Delivery, Inbox, Outbox, Payload, TopicKey};
+use crate::hub::{ConnectionGuard, Delivery, Inbox, Payload, TopicKey};
 use crate::model::Event;
+use crate::session::rooms::{self, Broadcast};
 use crate::session::CloseReason;
-use crate::transport::conn::{
-    self, expiry_instant, Batch, Deadline, Frame, Heartbeat, RateLimit, Read, Sink, Stream, Verdict, Written,
-};
-use crate::transport::topics::{authorize, head, replay_page, ReplayPage, REPLAY_PAGE};
+use crate::session::{authorize, head, Membership, Replay, ReplayPage};
+use crate::session::{expiry_instant, Deadline};
+use crate::transport::conn::{self, Batch, Frame, Heartbeat, RateLimit, Read, Sink, Stream, Verdict, Written};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -42,8 +42,8 @@ struct Session {
     vsn: Vsn,
     conn_id: u64,
     base: Credential,
-    guard: Option<ConnectionGuard>,
-    outbox: Outbox,
+    /// Hub topics, presence and the connection count; given back on drop.
+    member: Membership,
     channels: HashMap<String, Channel>,
     /// Hub topic → channels it feeds.
     by_hub: HashMap<String, Vec<String>>,
@@ -58,8 +58,9 @@ struct Session {
 }
 
 pub async fn run(socket: WebSocket, s: AppState, book: Arc<ResumeBook>, opening: Opening) {
-    let conn_id = s.hub.next_id();
-    let (out, mut inbox) = outbox(conn_id, s.limits.outbox_capacity);
+    let (mut member, mut inbox) = Membership::new(&s, s.limits.outbox_capacity);
+    member.adopt(opening.guard);
+    let conn_id = member.conn_id();
     let (mut sink, mut stream) = socket.split();
     let young = book.is_young();
     let mut session = Session {
@@ -68,8 +69,7 @@ pub async fn run(socket: WebSocket, s: AppState, book: Arc<ResumeBook>, opening:
         vsn: opening.vsn,
         conn_id,
         base: opening.credential,
-        guard: opening.guard,
-        outbox: out,
+        member,
         channels: HashMap::new(),
         by_hub: HashMap::new(),
         after_restart: young,
@@ -266,8 +266,7 @@ impl Session {
                     "unauthorized: this anon key names no tenant; pass a signed-in user's access_token".to_string(),
                 )?;
                 // Guests too stay in the socket's tenant: its rooms and its connection count.
-                if self.base.tenant().is_some_and(|t| t != tenant)
-                    || self.guard.as_ref().is_some_and(|g| *g.tenant != *tenant)
+                if self.base.tenant().is_some_and(|t| t != tenant) || self.member.tenant().is_some_and(|t| t != tenant)
                 {
                     return Err("unauthorized: access_token and apikey name different tenants".into());
                 }
@@ -285,10 +284,8 @@ impl Session {
                         return Err("unauthorized: access_token and apikey name different tenants".into());
                     }
                 }
-                if let Some(g) = &self.guard {
-                    if g.tenant != p.tenant {
-                        return Err("unauthorized: this socket belongs to another tenant".into());
-                    }
+                if self.member.tenant().is_some_and(|t| t != &*p.tenant) {
+                    return Err("unauthorized: this socket belongs to another tenant".into());
                 }
                 Ok((p, false))
             }
@@ -323,11 +320,8 @@ impl Session {
             };
             bindings.push(Binding { id: binding_id(i, spec), spec: spec.clone(), topics });
         }
-        if self.guard.is_none() {
-            match self.s.hub.connect(&p.tenant) {
-                Ok(g) => self.guard = Some(g),
-                Err(e) => return self.refuse(sink, &m, format!("too_many_connections: {e}")).await,
-            }
+        if let Err(e) = self.member.connect(&p.tenant) {
+            return self.refuse(sink, &m, format!("too_many_connections: {}", e.message)).await;
         }
         // A second join of a topic replaces the first, as in Phoenix.
         let previous = self.remove_channel(&m.topic);
@@ -355,11 +349,8 @@ impl Session {
         };
         let resume = self.resume_points(&ch, rejoin);
         for t in ch.hub_topics() {
-            let entry = self.by_hub.entry(t.clone()).or_default();
-            if entry.is_empty() {
-                self.s.hub.subscribe(&TopicKey::new(&ch.principal.tenant, &t), self.outbox.clone());
-            }
-            entry.push(ch.topic.clone());
+            self.member.join(&ch.principal.tenant, &t);
+            self.by_hub.entry(t).or_default().push(ch.topic.clone());
         }
         let echo: Vec<Value> = ch
             .bindings
@@ -371,7 +362,6 @@ impl Session {
             })
             .collect();
         let topic = ch.topic.clone();
-        let tenant = Arc::clone(&ch.principal.tenant);
         let presence = ch.request.presence_enabled;
         let has_changes = !ch.bindings.is_empty();
         let has_feeds = !ch.feeds.is_empty();
@@ -382,7 +372,7 @@ impl Session {
         if has_feeds {
             // Subscribed first, then the head: a fresh feed starts live at the head
             // (nothing older is replayed); a resumed one at its resume point.
-            let head = match head(&self.s, &tenant).await {
+            let head = match head(&self.s).await {
                 Ok(h) => h,
                 Err(e) => {
                     self.remove_channel(&topic);
@@ -446,11 +436,11 @@ impl Session {
     /// position afterwards.
     async fn replay(&mut self, sink: &mut Sink, topic: &str, hub_topic: &str, since: u64) -> Result<(), Fatal> {
         let Some(tenant) = self.channels.get(topic).map(|c| Arc::clone(&c.principal.tenant)) else { return Ok(()) };
-        let topics = [hub_topic.to_string()];
-        let mut after = since;
+        let mut replay = Replay::new(tenant, vec![hub_topic.to_string()], since);
         loop {
-            let page = match replay_page(&self.s, &tenant, &topics, after).await {
-                Ok(p) => p,
+            let page = match replay.next_page(&self.s).await {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
                 Err(e) => {
                     let msg = json!({ "status": "error", "extension": "postgres_changes",
                         "message": format!("resume from {since} failed: {}", e.message) });
@@ -468,11 +458,9 @@ impl Session {
                 }
                 ReplayPage::Events(events) => events,
             };
-            let n = events.len();
             let page_start = self.channels.get(topic).and_then(|c| c.feeds.get(hub_topic).copied());
             let written = async {
                 for e in &events {
-                    after = e.position;
                     let Some(ch) = self.channels.get_mut(topic) else { return Ok(()) };
                     let data = change_json(e);
                     if let Some(frame) = change_frame(self.vsn, ch, hub_topic, e, &data) {
@@ -490,9 +478,6 @@ impl Session {
                     *cursor = start;
                 }
                 return Err(io_err(e));
-            }
-            if n < REPLAY_PAGE {
-                return Ok(());
             }
         }
     }
@@ -513,7 +498,7 @@ impl Session {
     async fn broadcast(&mut self, sink: &mut Sink, m: Inbound) -> Result<(), Fatal> {
         let Some(ch) = self.channels.get(&m.topic) else { return Ok(()) };
         let event = match m.payload.get("event") {
-            Some(Value::String(e)) if !e.is_empty() && e.len() <= 256 => e.clone(),
+            Some(Value::String(e)) if rooms::check_event_name(e).is_ok() => e.clone(),
             _ => return self.refuse(sink, &m, "invalid_broadcast: payload.event must be 1 to 256 bytes").await,
         };
         let data = m.payload.get("payload").cloned().unwrap_or(Value::Null);
@@ -522,8 +507,17 @@ impl Session {
         };
         let sender = (!ch.request.broadcast_self).then_some(self.conn_id);
         let ack = ch.request.broadcast_ack;
-        let payload = Payload::Broadcast { event, data, sender, from: Some(Arc::clone(&ch.principal.sub)) };
-        self.s.hub.publish(&ch.principal.tenant, &ch.room, payload);
+        let b = Broadcast {
+            tenant: Arc::clone(&ch.principal.tenant),
+            topic: ch.room.clone(),
+            event,
+            data,
+            sender,
+            from: Arc::clone(&ch.principal.sub),
+        };
+        if let Err(e) = rooms::publish(&self.s, b) {
+            return self.refuse(sink, &m, format!("invalid_broadcast: {}", e.message)).await;
+        }
         if ack {
             self.reply(sink, &m, "ok", json!({})).await?;
         }
@@ -543,19 +537,14 @@ impl Session {
                 }
                 let Some(ch) = self.channels.get_mut(&m.topic) else { return Ok(()) };
                 ch.tracked = true;
-                let diff =
-                    self.s.hub.presence.track(&ch.principal.tenant, &ch.room, self.conn_id, ch.presence_key(), meta);
-                self.s.hub.publish(
-                    &ch.principal.tenant,
-                    &ch.room,
-                    Payload::PresenceDiff { joins: diff.joins, leaves: diff.leaves },
-                );
+                let room = TopicKey::new(&ch.principal.tenant, &ch.room);
+                self.member.track(&room, ch.presence_key(), meta);
                 self.reply(sink, &m, "ok", json!({})).await
             }
             "untrack" => {
                 if let Some(ch) = self.channels.get_mut(&m.topic) {
                     ch.tracked = false;
-                    untrack(&self.s, ch, self.conn_id);
+                    self.member.untrack(&TopicKey::new(&ch.principal.tenant, &ch.room));
                 }
                 self.reply(sink, &m, "ok", json!({})).await
             }
@@ -625,11 +614,8 @@ impl Session {
             for t in &topics {
                 if !ch.feeds.contains_key(t) {
                     ch.feeds.insert(t.clone(), 0);
-                    let entry = self.by_hub.entry(t.clone()).or_default();
-                    if entry.is_empty() {
-                        self.s.hub.subscribe(&TopicKey::new(&ch.principal.tenant, t), self.outbox.clone());
-                    }
-                    entry.push(ch.topic.clone());
+                    self.member.join(&ch.principal.tenant, t);
+                    self.by_hub.entry(t.clone()).or_default().push(ch.topic.clone());
                 }
             }
             b.topics = topics;
@@ -673,16 +659,16 @@ impl Session {
     fn remove_channel(&mut self, topic: &str) -> Option<Channel> {
         let ch = self.channels.remove(topic)?;
         if ch.tracked {
-            untrack(&self.s, &ch, self.conn_id);
+            self.member.untrack(&TopicKey::new(&ch.principal.tenant, &ch.room));
         }
         for t in ch.hub_topics() {
             if let Some(list) = self.by_hub.get_mut(&t) {
                 list.retain(|c| c != topic);
                 if list.is_empty() {
                     self.by_hub.remove(&t);
-                    self.s.hub.unsubscribe(&TopicKey::new(&ch.principal.tenant, &t), self.conn_id);
                 }
             }
+            self.member.leave(&TopicKey::new(&ch.principal.tenant, &t));
         }
         Some(ch)
     }
@@ -766,7 +752,7 @@ impl Session {
                 }
             }
         }
-        self.guard = None;
+        self.member.clear();
     }
 }
 
@@ -802,12 +788,6 @@ fn change_frame(vsn: Vsn, ch: &mut Channel, hub_topic: &str, e: &Event, data: &s
     Some(encode_raw(vsn, ch.join_ref.as_deref(), None, &ch.topic, "postgres_changes", &payload))
 }
 
-fn untrack(s: &AppState, ch: &Channel, conn_id: u64) {
-    if let Some(diff) = s.hub.presence.untrack(&ch.principal.tenant, &ch.room, conn_id) {
-        s.hub.publish(&ch.principal.tenant, &ch.room, Payload::PresenceDiff { joins: diff.joins, leaves: diff.leaves });
-    }
-}
-
 fn out_message(o: Out) -> Message {
     match o {
         Out::Text(t) => Message::Text(t),
@@ -819,7 +799,7 @@ fn out_message(o: Out) -> Message {
 /// that reconnect after a restart. An empty log has no returning clients.
 pub async fn record_startup_head(s: AppState, book: Arc<ResumeBook>) {
     for _ in 0..50 {
-        if let Ok(h) = head(&s, "").await {
+        if let Ok(h) = head(&s).await {
             if h > 0 {
                 let _ = book.startup_head.set(h);
             }

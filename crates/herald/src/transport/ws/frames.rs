@@ -57,7 +57,7 @@ static NATIVE: std::sync::LazyLock<WireFormat> = std::sync::LazyLock::new(WireFo
 pub fn delivery(d: &Delivery) -> Utf8Bytes {
     d.frame(*NATIVE, |d| -> Utf8Bytes {
         match &d.payload {
-            Payload::Event(e) => crate::transport::topics::event_json(Some("event"), &d.topic, e),
+            Payload::Event(e) => e.wire_json(Some("event"), &d.topic),
             Payload::Broadcast { event, data, from, .. } => json!({
                 "op": "broadcast",
                 "topic": &*d.topic,

@@ -1,21 +1,23 @@
-//! One native WebSocket connection: authentication, subscriptions with gapless
-//! resume, rooms, heartbeats, limits, and the writer that drains the outbox.
+//! One native WebSocket connection: the protocol v1 driver over the session
+//! core. The core decides what a subscription, a refresh or a room means; this
+//! file reads frames, answers in v1's frames and writes the outbox.
 
 use super::frames::{self, ClientFrame, KNOWN_OPS};
 use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
-use crate::hub::{outbox, ConnectionGuard, Delivery, Inbox, Outbox, Payload, TopicKey};
+use crate::hub::{Delivery, Inbox, Payload, TopicKey};
 use crate::model::topic::{inbox_topic, TENANT_TOPIC};
 use crate::model::Topic;
-use crate::session::CloseReason;
-use crate::transport::conn::{
-    self, expiry_instant, Batch, Deadline, Frame, Heartbeat, RateLimit, Read, Sink, Stream, Verdict, Written,
+use crate::session::rooms::{self, Broadcast};
+use crate::session::{
+    authorize, expiry_instant, head, snapshot, token, CloseReason, Cursor, Deadline, Membership, Replay, ReplayPage,
+    SessionError,
 };
-use crate::transport::topics::{authorize, head, replay_page, snapshot, ReplayPage};
+use crate::transport::conn::{self, Batch, Frame, Heartbeat, RateLimit, Read, Verdict, Written, WsSink, WsStream};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,49 +26,54 @@ const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may exceed the message rate without pause before it is closed.
 const FLOOD_TOLERANCE: Duration = Duration::from_secs(10);
 
+/// Why the server ends the connection, with a message for the goodbye frame.
+type Fatal = (CloseReason, String);
+
 /// A subscription of this connection.
 struct Sub {
     key: TopicKey,
     topic: Topic,
-    /// Position of the last event sent; anything at or below it is a duplicate.
-    last: u64,
+    /// The last event position sent; anything at or below it is a duplicate.
+    cursor: Cursor,
 }
 
 struct Session {
     s: AppState,
-    conn_id: u64,
     principal: Option<Principal>,
-    guard: Option<ConnectionGuard>,
-    outbox: Outbox,
+    /// Hub topics, presence and the connection count; given back on drop.
+    member: Membership,
     subs: HashMap<Arc<str>, Sub>,
-    /// Topics joined implicitly (tenant-wide and per-user broadcasts).
-    internal: Vec<TopicKey>,
-    /// Rooms where this connection has set presence.
-    rooms: HashSet<String>,
     rate: RateLimit,
 }
 
 /// Runs a connection to its end. `initial` is the principal from `?token=` or
 /// `Sec-WebSocket-Protocol`, if the client sent one.
 pub async fn run(socket: WebSocket, s: AppState, initial: Option<Result<Principal, AuthError>>) {
-    let conn_id = s.hub.next_id();
-    let (out, mut inbox) = outbox(conn_id, s.limits.outbox_capacity);
-    let (mut sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
+    serve(sink, stream, s, initial).await;
+}
+
+/// The session over any pair of frame sink and stream (a socket, or channels in tests).
+pub async fn serve(
+    mut sink: impl WsSink,
+    mut stream: impl WsStream,
+    s: AppState,
+    initial: Option<Result<Principal, AuthError>>,
+) {
+    let (member, mut inbox) = Membership::new(&s, s.limits.outbox_capacity);
     let mut session = Session {
         s: s.clone(),
-        conn_id,
         principal: None,
-        guard: None,
-        outbox: out,
+        member,
         subs: HashMap::new(),
-        internal: Vec::new(),
-        rooms: HashSet::new(),
         rate: RateLimit::new(s.limits.messages_per_second, Some(FLOOD_TOLERANCE)),
     };
     let reason = session.drive(&mut sink, &mut stream, &mut inbox, initial).await;
     // Leave topics and rooms first: presence leaves go out at once, and nothing
-    // more is queued for a connection that is going away.
-    session.cleanup();
+    // more is queued for a connection that is going away. (Dropping the
+    // session does the same should this task end any other way.)
+    session.subs.clear();
+    session.member.clear();
     if let Some((reason, message)) = reason {
         conn::close(&mut sink, &mut stream, Some(frames::goodbye(reason, &message)), reason).await;
     }
@@ -76,11 +83,11 @@ impl Session {
     /// The main loop; returns why the server closes, or `None` if the client left.
     async fn drive(
         &mut self,
-        sink: &mut Sink,
-        stream: &mut Stream,
+        sink: &mut impl WsSink,
+        stream: &mut impl WsStream,
         inbox: &mut Inbox,
         initial: Option<Result<Principal, AuthError>>,
-    ) -> Option<(CloseReason, String)> {
+    ) -> Option<Fatal> {
         if let Some(result) = initial {
             match result {
                 Ok(p) => {
@@ -160,31 +167,22 @@ impl Session {
         }
     }
 
-    /// Turns queued deliveries into frames, dropping duplicates and own broadcasts.
+    /// Turns queued deliveries into frames, dropping duplicates by position.
     fn frames_for(&mut self, batch: std::vec::Drain<'_, Arc<Delivery>>) -> Vec<Utf8Bytes> {
         let mut out = Vec::with_capacity(batch.len());
         for d in batch {
-            match &d.payload {
-                Payload::Event(e) => {
-                    let Some(sub) = self.subs.get_mut(&*d.topic) else { continue };
-                    if e.position <= sub.last {
-                        continue;
-                    }
-                    sub.last = e.position;
+            if let Payload::Event(e) = &d.payload {
+                let Some(sub) = self.subs.get_mut(&*d.topic) else { continue };
+                if !sub.cursor.admit(e.position) {
+                    continue;
                 }
-                Payload::Broadcast { sender, .. } => {
-                    if *sender == Some(self.conn_id) {
-                        continue;
-                    }
-                }
-                Payload::PresenceDiff { .. } => {}
             }
             out.push(frames::delivery(&d));
         }
         out
     }
 
-    async fn on_inbound(&mut self, sink: &mut Sink, frame: Frame) -> Result<(), (CloseReason, String)> {
+    async fn on_inbound(&mut self, sink: &mut impl WsSink, frame: Frame) -> Result<(), Fatal> {
         match self.rate.check() {
             Verdict::Allow => {}
             Verdict::Drop => return Ok(()),
@@ -193,16 +191,8 @@ impl Session {
             }
             Verdict::Warn => {
                 let limit = self.s.limits.messages_per_second;
-                return self
-                    .send(
-                        sink,
-                        frames::error(
-                            &None,
-                            "rate_limited",
-                            format!("over {limit} messages per second; messages are being dropped"),
-                        ),
-                    )
-                    .await;
+                let message = format!("over {limit} messages per second; messages are being dropped");
+                return self.send(sink, frames::error(&None, "rate_limited", message)).await;
             }
         }
         let text = match frame {
@@ -213,16 +203,8 @@ impl Session {
         };
         if text.len() > self.s.limits.ws_max_message {
             let max = self.s.limits.ws_max_message;
-            return self
-                .send(
-                    sink,
-                    frames::error(
-                        &None,
-                        "frame_too_large",
-                        format!("frame is {} bytes; the limit is {max}", text.len()),
-                    ),
-                )
-                .await;
+            let message = format!("frame is {} bytes; the limit is {max}", text.len());
+            return self.send(sink, frames::error(&None, "frame_too_large", message)).await;
         }
         let frame = match parse_frame(&text) {
             Ok(f) => f,
@@ -231,11 +213,15 @@ impl Session {
         self.on_frame(sink, frame).await
     }
 
-    async fn send(&self, sink: &mut Sink, frame: Utf8Bytes) -> Result<(), (CloseReason, String)> {
+    async fn send(&self, sink: &mut impl WsSink, frame: Utf8Bytes) -> Result<(), Fatal> {
         sink.send(Message::Text(frame)).await.map_err(|_| (CloseReason::ProtocolError, String::new()))
     }
 
-    async fn on_frame(&mut self, sink: &mut Sink, frame: ClientFrame) -> Result<(), (CloseReason, String)> {
+    async fn refuse(&self, sink: &mut impl WsSink, id: &Option<Value>, e: SessionError) -> Result<(), Fatal> {
+        self.send(sink, frames::error(id, e.code, e.message)).await
+    }
+
+    async fn on_frame(&mut self, sink: &mut impl WsSink, frame: ClientFrame) -> Result<(), Fatal> {
         let Some(p) = self.principal.clone() else {
             return match frame {
                 ClientFrame::Auth { token, id } => match self.s.auth.authenticate(&token).await {
@@ -255,8 +241,7 @@ impl Session {
             ClientFrame::Ping { id } => self.send(sink, frames::text(json!({ "op": "pong", "id": id }))).await,
             ClientFrame::Sub { topic, since, id } => self.subscribe(sink, &p, &topic, since, &id).await,
             ClientFrame::Unsub { topic, id } => {
-                let removed = self.unsubscribe(&topic);
-                let frame = if removed {
+                let frame = if self.unsubscribe(&topic) {
                     frames::ack(&id, json!({ "topic": topic }))
                 } else {
                     frames::error(&id, "not_subscribed", format!("not subscribed to {topic}"))
@@ -264,70 +249,59 @@ impl Session {
                 self.send(sink, frame).await
             }
             ClientFrame::Pub { topic, event, data, id } => {
-                let frame = match room_of(&topic) {
-                    Err(m) => frames::error(&id, "invalid_topic", m),
-                    Ok(_) if event.is_empty() || event.len() > 256 => {
-                        frames::error(&id, "invalid_frame", "event: must be 1 to 256 bytes")
-                    }
-                    Ok(_) => {
-                        let data = serde_json::value::to_raw_value(&data.unwrap_or(Value::Null)).unwrap_or_default();
-                        let payload = Payload::Broadcast {
-                            event,
-                            data,
-                            sender: Some(self.conn_id),
-                            from: Some(Arc::clone(&p.sub)),
-                        };
-                        let n = self.s.hub.publish(&p.tenant, &topic, payload);
-                        frames::ack(&id, json!({ "topic": topic, "delivered": n }))
-                    }
+                if let Err(m) = room_of(&topic) {
+                    return self.send(sink, frames::error(&id, "invalid_topic", m)).await;
+                }
+                let data = serde_json::value::to_raw_value(&data.unwrap_or(Value::Null)).unwrap_or_default();
+                let b = Broadcast {
+                    tenant: Arc::clone(&p.tenant),
+                    topic: topic.clone(),
+                    event,
+                    data,
+                    sender: Some(self.member.conn_id()),
+                    from: Arc::clone(&p.sub),
                 };
-                self.send(sink, frame).await
+                match rooms::publish(&self.s, b) {
+                    Ok(n) => self.send(sink, frames::ack(&id, json!({ "topic": topic, "delivered": n }))).await,
+                    Err(e) => self.refuse(sink, &id, e).await,
+                }
             }
             ClientFrame::Presence { topic, meta, id } => {
                 let meta = meta.unwrap_or_else(|| json!({}));
-                let frame = match room_of(&topic) {
-                    Err(m) => frames::error(&id, "invalid_topic", m),
-                    Ok(_) if !meta.is_object() => frames::error(&id, "invalid_frame", "meta: must be a JSON object"),
-                    Ok(_) => {
-                        if !self.subs.contains_key(topic.as_str()) {
-                            if let Err(f) = self.subscribe_room(sink, &p, &topic, &id).await? {
-                                return self.send(sink, f).await;
-                            }
-                        }
-                        let diff = self.s.hub.presence.track(&p.tenant, &topic, self.conn_id, &p.sub, meta);
-                        self.rooms.insert(topic.clone());
-                        self.s.hub.publish(
-                            &p.tenant,
-                            &topic,
-                            Payload::PresenceDiff { joins: diff.joins, leaves: diff.leaves },
-                        );
-                        frames::ack(&id, json!({ "topic": topic }))
+                if let Err(m) = room_of(&topic) {
+                    return self.send(sink, frames::error(&id, "invalid_topic", m)).await;
+                }
+                if !meta.is_object() {
+                    return self.send(sink, frames::error(&id, "invalid_frame", "meta: must be a JSON object")).await;
+                }
+                if !self.subs.contains_key(topic.as_str()) {
+                    // Presence joins the room, with the room's read rules.
+                    let room = match authorize(&self.s, &p, &topic).await {
+                        Ok(room) => room,
+                        Err(e) => return self.refuse(sink, &id, e).await,
+                    };
+                    if let Err(e) = self.subscribe_room(sink, &p, &topic, room).await? {
+                        return self.refuse(sink, &id, e).await;
                     }
-                };
-                self.send(sink, frame).await
+                }
+                // The entry is keyed by the verified identity, never by the client's word.
+                let key = TopicKey::new(&p.tenant, &topic);
+                self.member.track(&key, &p.sub, meta);
+                self.send(sink, frames::ack(&id, json!({ "topic": topic }))).await
             }
             ClientFrame::Refresh { token, id } => self.refresh(sink, &p, &token, &id).await,
         }
     }
 
     /// Completes authentication: counts the connection and joins the implicit topics.
-    async fn authenticated(
-        &mut self,
-        sink: &mut Sink,
-        p: Principal,
-        id: &Option<Value>,
-    ) -> Result<(), (CloseReason, String)> {
-        let guard = self.s.hub.connect(&p.tenant).map_err(|e| (CloseReason::TooManyConnections, e.to_string()))?;
-        for topic in [TENANT_TOPIC.to_string(), inbox_topic(&p.sub)] {
-            let key = TopicKey::new(&p.tenant, &topic);
-            self.s.hub.subscribe(&key, self.outbox.clone());
-            self.internal.push(key);
-        }
-        self.guard = Some(guard);
+    async fn authenticated(&mut self, sink: &mut impl WsSink, p: Principal, id: &Option<Value>) -> Result<(), Fatal> {
+        self.member.connect(&p.tenant).map_err(|e| (CloseReason::TooManyConnections, e.message))?;
+        self.member.join(&p.tenant, TENANT_TOPIC);
+        self.member.join(&p.tenant, &inbox_topic(&p.sub));
         let welcome = json!({
             "op": "welcome",
             "id": id,
-            "conn": self.conn_id,
+            "conn": self.member.conn_id(),
             "sub": &*p.sub,
             "tenant": &*p.tenant,
             "role": p.role.as_str(),
@@ -338,116 +312,103 @@ impl Session {
         self.send(sink, frames::text(welcome)).await
     }
 
-    /// Joins a room's delivery list and sends its presence state. The outer error
-    /// closes the connection; the inner one is an error frame for the client.
-    async fn subscribe_room(
-        &mut self,
-        sink: &mut Sink,
-        p: &Principal,
-        topic: &str,
-        id: &Option<Value>,
-    ) -> Result<Result<(), Utf8Bytes>, (CloseReason, String)> {
-        if self.subs.len() >= self.s.limits.max_subscriptions {
-            let max = self.s.limits.max_subscriptions;
-            return Ok(Err(frames::error(
-                id,
+    fn check_room_for_one_more(&self) -> Result<(), SessionError> {
+        let max = self.s.limits.max_subscriptions;
+        if self.subs.len() >= max {
+            return Err(SessionError::limit(
                 "too_many_subscriptions",
                 format!("at most {max} subscriptions per connection"),
-            )));
+            ));
         }
-        let key = TopicKey::new(&p.tenant, topic);
-        self.s.hub.subscribe(&key, self.outbox.clone());
-        self.subs.insert(Arc::clone(&key.topic), Sub { key, topic: Topic::Room(topic[5..].to_string()), last: 0 });
-        let state = self.s.hub.presence.state(&p.tenant, topic);
-        self.send(sink, frames::text(json!({ "op": "presence_state", "topic": topic, "state": state }))).await?;
+        Ok(())
+    }
+
+    /// Joins a room's delivery list and sends its presence state. The outer error
+    /// closes the connection; the inner one is a refusal for the client.
+    async fn subscribe_room(
+        &mut self,
+        sink: &mut impl WsSink,
+        p: &Principal,
+        raw: &str,
+        room: Topic,
+    ) -> Result<Result<(), SessionError>, Fatal> {
+        if let Err(e) = self.check_room_for_one_more() {
+            return Ok(Err(e));
+        }
+        let key = self.member.join(&p.tenant, raw);
+        self.subs.insert(Arc::clone(&key.topic), Sub { key, topic: room, cursor: Cursor::default() });
+        let state = self.s.hub.presence.state(&p.tenant, raw);
+        self.send(sink, frames::text(json!({ "op": "presence_state", "topic": raw, "state": state }))).await?;
         Ok(Ok(()))
     }
 
     async fn subscribe(
         &mut self,
-        sink: &mut Sink,
+        sink: &mut impl WsSink,
         p: &Principal,
         raw: &str,
         since: Option<u64>,
         id: &Option<Value>,
-    ) -> Result<(), (CloseReason, String)> {
+    ) -> Result<(), Fatal> {
         if self.subs.contains_key(raw) {
             return self.send(sink, frames::ack(id, json!({ "topic": raw, "already": true }))).await;
         }
-        if self.subs.len() >= self.s.limits.max_subscriptions {
-            let max = self.s.limits.max_subscriptions;
-            return self
-                .send(
-                    sink,
-                    frames::error(id, "too_many_subscriptions", format!("at most {max} subscriptions per connection")),
-                )
-                .await;
+        if let Err(e) = self.check_room_for_one_more() {
+            return self.refuse(sink, id, e).await;
         }
         let topic = match authorize(&self.s, p, raw).await {
             Ok(t) => t,
-            Err(e) => return self.send(sink, frames::error(id, e.code, e.message)).await,
+            Err(e) => return self.refuse(sink, id, e).await,
         };
         if topic.is_room() {
             self.send(sink, frames::ack(id, json!({ "topic": raw }))).await?;
-            if let Err(f) = self.subscribe_room(sink, p, raw, id).await? {
-                self.send(sink, f).await?;
+            if let Err(e) = self.subscribe_room(sink, p, raw, topic).await? {
+                self.refuse(sink, id, e).await?;
             }
             return Ok(());
         }
         // Live first, then the log: anything committed meanwhile arrives twice at
-        // most, and the position check drops the second copy.
-        let key = TopicKey::new(&p.tenant, raw);
-        self.s.hub.subscribe(&key, self.outbox.clone());
-        let topic_name = Arc::clone(&key.topic);
-        self.subs.insert(Arc::clone(&topic_name), Sub { key, topic, last: 0 });
-        let position = match head(&self.s, &p.tenant).await {
+        // most, and the cursor drops the second copy.
+        let key = self.member.join(&p.tenant, raw);
+        self.subs.insert(Arc::clone(&key.topic), Sub { key, topic, cursor: Cursor::default() });
+        let position = match head(&self.s).await {
             Ok(h) => h,
             Err(e) => {
                 self.unsubscribe(raw);
-                return self.send(sink, frames::error(id, e.code, e.message)).await;
+                return self.refuse(sink, id, e).await;
             }
         };
         self.send(sink, frames::ack(id, json!({ "topic": raw, "position": position }))).await?;
         let Some(since) = since else { return Ok(()) };
-        let topics = [raw.to_string()];
-        let mut after = since;
+        let mut replay = Replay::new(Arc::clone(&p.tenant), vec![raw.to_string()], since);
         loop {
-            let page = match replay_page(&self.s, &p.tenant, &topics, after).await {
-                Ok(page) => page,
-                Err(e) => return self.send(sink, frames::error(id, e.code, e.message)).await,
+            let page = match replay.next_page(&self.s).await {
+                Ok(Some(page)) => page,
+                Ok(None) => return Ok(()),
+                Err(e) => return self.refuse(sink, id, e).await,
             };
             match page {
                 ReplayPage::Behind { head } => {
                     let topic = self.subs.get(raw).map(|s| s.topic.clone()).unwrap_or(Topic::Jobs);
                     let snap = snapshot(&self.s, p, &topic).await.unwrap_or(Value::Null);
                     if let Some(sub) = self.subs.get_mut(raw) {
-                        sub.last = head;
+                        sub.cursor.advance(head);
                     }
-                    return self
-                        .send(
-                            sink,
-                            frames::text(json!({ "op": "resync", "topic": raw, "position": head, "snapshot": snap })),
-                        )
-                        .await;
+                    let resync = json!({ "op": "resync", "topic": raw, "position": head, "snapshot": snap });
+                    return self.send(sink, frames::text(resync)).await;
                 }
                 ReplayPage::Events(events) => {
-                    let n = events.len();
+                    let mut last = since;
                     for e in &events {
-                        sink.feed(Message::Text(Utf8Bytes::from(crate::transport::topics::event_json(
-                            Some("event"),
-                            raw,
-                            e,
-                        ))))
-                        .await
-                        .map_err(|_| (CloseReason::ProtocolError, String::new()))?;
-                        after = e.position;
+                        let frame = Utf8Bytes::from(e.wire_json(Some("event"), raw));
+                        sink.feed(Message::Text(frame))
+                            .await
+                            .map_err(|_| (CloseReason::ProtocolError, String::new()))?;
+                        last = e.position;
                     }
                     sink.flush().await.map_err(|_| (CloseReason::ProtocolError, String::new()))?;
                     if let Some(sub) = self.subs.get_mut(raw) {
-                        sub.last = sub.last.max(after);
-                    }
-                    if n < crate::transport::topics::REPLAY_PAGE {
-                        return Ok(());
+                        sub.cursor.advance(last);
                     }
                 }
             }
@@ -456,36 +417,22 @@ impl Session {
 
     fn unsubscribe(&mut self, topic: &str) -> bool {
         let Some(sub) = self.subs.remove(topic) else { return false };
-        self.s.hub.unsubscribe(&sub.key, self.conn_id);
-        if self.rooms.remove(topic) {
-            self.leave_room(&sub.key.tenant, topic);
-        }
+        self.member.leave(&sub.key);
         true
-    }
-
-    fn leave_room(&self, tenant: &str, room: &str) {
-        if let Some(diff) = self.s.hub.presence.untrack(tenant, room, self.conn_id) {
-            self.s.hub.publish(tenant, room, Payload::PresenceDiff { joins: diff.joins, leaves: diff.leaves });
-        }
     }
 
     /// A new token: same tenant and subject, and every subscription is checked again.
     async fn refresh(
         &mut self,
-        sink: &mut Sink,
+        sink: &mut impl WsSink,
         p: &Principal,
         token: &str,
         id: &Option<Value>,
-    ) -> Result<(), (CloseReason, String)> {
-        let new = match self.s.auth.authenticate(token).await {
+    ) -> Result<(), Fatal> {
+        let new = match token::refresh(&self.s, p, token).await {
             Ok(n) => n,
-            Err(e) => return self.send(sink, frames::error(id, e.code(), e.to_string())).await,
+            Err(e) => return self.refuse(sink, id, e).await,
         };
-        if new.tenant != p.tenant || new.sub != p.sub {
-            return self
-                .send(sink, frames::error(id, "invalid_token", "a refreshed token must keep the tenant and sub"))
-                .await;
-        }
         let topics: Vec<String> = self.subs.keys().map(|k| k.to_string()).collect();
         let mut dropped = Vec::new();
         for t in topics {
@@ -499,17 +446,6 @@ impl Session {
         let exp = new.exp;
         self.principal = Some(new);
         self.send(sink, frames::ack(id, json!({ "expires_at": exp, "dropped": dropped }))).await
-    }
-
-    fn cleanup(&mut self) {
-        let topics: Vec<String> = self.subs.keys().map(|k| k.to_string()).collect();
-        for t in topics {
-            self.unsubscribe(&t);
-        }
-        for key in self.internal.drain(..) {
-            self.s.hub.unsubscribe(&key, self.conn_id);
-        }
-        self.guard = None;
     }
 }
 

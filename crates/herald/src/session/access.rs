@@ -1,0 +1,59 @@
+//! Who may subscribe to what: one authorization path for every transport,
+//! and the snapshot a client reloads when it fell behind retention.
+
+use super::error::SessionError;
+use crate::app::AppState;
+use crate::auth::{can_read_topic, Principal};
+use crate::model::Topic;
+
+/// Parses `raw` and checks that `p` may read it. A topic the caller may not see
+/// is refused as `forbidden`; for a job of another customer it is `not_found`,
+/// so existence does not leak. A room named after a job (`room:job:<id>`, where
+/// the dashboard keeps a job's viewers) follows that job's read rules.
+pub async fn authorize(s: &AppState, p: &Principal, raw: &str) -> Result<Topic, SessionError> {
+    let topic = Topic::parse(raw).map_err(|m| SessionError::invalid("invalid_topic", m))?;
+    let job = match &topic {
+        Topic::Job(id) => Some(id.as_str()),
+        Topic::Room(name) => name.strip_prefix("job:"),
+        _ => None,
+    };
+    if let Some(id) = job {
+        // The owner column only: deciding access never loads (or times) the whole document.
+        let owner = s.store.job_owner(&p.tenant, id).await?;
+        let owner_ref = owner.as_ref().map(|o| o.as_deref());
+        if can_read_topic(p, &Topic::Job(id.to_string()), owner_ref) {
+            return Ok(topic);
+        }
+        return Err(SessionError::not_found(raw));
+    }
+    if can_read_topic(p, &topic, None) {
+        return Ok(topic);
+    }
+    Err(SessionError::forbidden(format!("role {} may not read {raw}", p.role.as_str())))
+}
+
+/// What a client that fell behind retention reloads instead of the events it missed.
+pub async fn snapshot(s: &AppState, p: &Principal, topic: &Topic) -> Result<serde_json::Value, SessionError> {
+    use crate::store::JobFilter;
+    Ok(match topic {
+        Topic::Job(id) => {
+            let job = s.store.job(&p.tenant, id).await?;
+            let tasks = s.store.tasks(&p.tenant, id).await?;
+            serde_json::json!({ "job": job, "tasks": tasks })
+        }
+        Topic::Jobs | Topic::JobsOwner(_) => {
+            let owner = match topic {
+                Topic::JobsOwner(o) => Some(o.clone()),
+                _ => None,
+            };
+            let filter = JobFilter { owner, limit: 100, ..Default::default() };
+            let page = s.store.jobs(&p.tenant, &p.job_visibility(), filter).await?;
+            serde_json::json!({ "jobs": page.items })
+        }
+        Topic::User(sub) => {
+            let (items, unread) = s.store.notifications(&p.tenant, sub, false, 50).await?;
+            serde_json::json!({ "notifications": items, "unread_count": unread })
+        }
+        Topic::Room(_) => serde_json::json!({}),
+    })
+}

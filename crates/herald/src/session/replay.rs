@@ -1,0 +1,88 @@
+//! The hand-over from the log to live delivery. A subscription joins the hub
+//! first (live deliveries queue up), then replays the log page by page from
+//! its cursor; the cursor drops anything at or below the last position sent,
+//! so nothing falls between the two and nothing arrives twice.
+
+use super::error::SessionError;
+use crate::app::AppState;
+use crate::model::Event;
+
+/// Events replayed per page.
+pub const REPLAY_PAGE: usize = 1000;
+
+/// The newest position in the log.
+pub async fn head(s: &AppState) -> Result<u64, SessionError> {
+    Ok(s.store.head().await?)
+}
+
+/// The last position delivered on a feed; positions at or below it are duplicates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor(u64);
+
+impl Cursor {
+    pub fn at(position: u64) -> Cursor {
+        Cursor(position)
+    }
+
+    pub fn position(self) -> u64 {
+        self.0
+    }
+
+    /// Whether an event at `position` is new here; if so, the cursor moves to it.
+    pub fn admit(&mut self, position: u64) -> bool {
+        if position <= self.0 {
+            return false;
+        }
+        self.0 = position;
+        true
+    }
+
+    /// Moves forward to `position` (a resync), never back.
+    pub fn advance(&mut self, position: u64) {
+        self.0 = self.0.max(position);
+    }
+}
+
+/// One step of a replay.
+pub enum ReplayPage {
+    /// Events after the cursor, oldest first.
+    Events(Vec<Event>),
+    /// The cursor is older than retention: the client must resync from a
+    /// snapshot and continue from `head`.
+    Behind { head: u64 },
+}
+
+/// A replay of `topics` after a position, read one page at a time.
+pub struct Replay {
+    tenant: std::sync::Arc<str>,
+    topics: Vec<String>,
+    after: u64,
+    done: bool,
+}
+
+impl Replay {
+    pub fn new(tenant: std::sync::Arc<str>, topics: Vec<String>, after: u64) -> Replay {
+        Replay { tenant, topics, after, done: false }
+    }
+
+    /// The next page, or `None` once the replay has caught up with the log.
+    pub async fn next_page(&mut self, s: &AppState) -> Result<Option<ReplayPage>, SessionError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = s.store.events(&self.tenant, &self.topics, self.after, REPLAY_PAGE).await?;
+        if self.after < page.floor {
+            self.done = true;
+            return Ok(Some(ReplayPage::Behind { head: page.head }));
+        }
+        // A short page means the replay reached the head it read.
+        self.done = page.events.len() < REPLAY_PAGE;
+        if let Some(last) = page.events.last() {
+            self.after = last.position;
+        }
+        if page.events.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(ReplayPage::Events(page.events)))
+    }
+}
