@@ -313,12 +313,13 @@ test('presence and broadcast between two connections', async () => {
   const s = await server('presence');
   const a = client({ url: s.url, token: token('alice', TENANT, 'customer') });
   const b = client({ url: s.url, token: staff });
-  const pa = a.presence('room:job:x', { name: 'Alice' });
-  const pb = b.presence('room:job:x', { name: 'Sam' });
+  // A plain room: rooms named after a job (room:job:<id>) follow that job's read rules.
+  const pa = a.presence('room:review', { name: 'Alice' });
+  const pb = b.presence('room:review', { name: 'Sam' });
   await waitFor(() => pa.members().length === 2 && pb.members().length === 2, 'both see both');
   const got = [];
   pa.on('broadcast', (m) => got.push(m));
-  await waitFor(async () => (await b.broadcast('room:job:x', 'typing', { field: 'title' })).delivered === 1, 'delivered');
+  await waitFor(async () => (await b.broadcast('room:review', 'typing', { field: 'title' })).delivered === 1, 'delivered');
   await waitFor(() => got.length >= 1, 'broadcast received');
   assert.deepEqual([got[0].event, got[0].from, got[0].data.field], ['typing', 'sam', 'title']);
   pb.close();

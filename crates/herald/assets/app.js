@@ -415,13 +415,19 @@ function renderJobPage(id) {
   main.innerHTML = `<p class="back"><a href="#/">← All jobs</a></p><div id="job"><p class="muted pad">Loading…</p></div>`;
   const view = app.client.watchJob(id, { history: true, historyLimit: 1000 });
   app.view = view;
-  // Who else is looking at this job: presence in the job's room.
-  const presence = app.client.presence(`room:job:${id}`, { name: app.me.sub, role: app.me.role });
-  app.presence = presence;
+  // Who else is looking at this job: presence in the job's room, which follows
+  // the job's read rules — so it is joined once the job has loaded.
+  let presence = null;
   let scheduled = false;
   const paint = () => {
     scheduled = false;
-    if (!view._closed) renderJob(view, presence);
+    if (view._closed) return;
+    if (!presence && view.job) {
+      presence = app.client.presence(`room:job:${id}`, { name: app.me.sub, role: app.me.role });
+      app.presence = presence;
+      presence.subscribe(later);
+    }
+    renderJob(view, presence);
   };
   const later = () => {
     if (!scheduled) {
@@ -430,7 +436,6 @@ function renderJobPage(id) {
     }
   };
   view.subscribe(later);
-  presence.subscribe(later);
   const tick = setInterval(() => (view._closed ? clearInterval(tick) : later()), 5000);
 }
 
@@ -447,7 +452,7 @@ function renderJob(view, presence) {
   const j = view.job;
   if (!j) return;
   const e = eta(j);
-  const watchers = presence.members();
+  const watchers = presence ? presence.members() : [];
   const tasks = [...view.tasks].sort((a, b) => (a.created_at < b.created_at ? -1 : a.created_at > b.created_at ? 1 : 0));
   const taskCounts = {};
   for (const t of tasks) taskCounts[t.status] = (taskCounts[t.status] || 0) + 1;
