@@ -4,8 +4,9 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use herald::feed::ChangeFeed;
+use herald::rules::{write, Command};
 use herald::store::sqlite::{Durability, SqliteStore};
-use herald::store::{Command, Store};
+use herald::store::Writer;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ fn writer(c: &mut Criterion) {
                 json!({"id": "bench-job", "total": 1_000_000_000u64, "status": "running", "tasks": []}),
             )
             .expect("job");
-            store.write("bench", Command::CreateJob(job), None).await.expect("create job");
+            write(&*store, "bench", Command::CreateJob(job), None).await.expect("create job");
         });
         for in_flight in [1u64, 100] {
             group.throughput(Throughput::Elements(in_flight));
@@ -53,7 +54,7 @@ fn writer(c: &mut Criterion) {
                                 n += 1;
                                 let store = Arc::clone(&store);
                                 let cmd = report(n);
-                                batch.push(tokio::spawn(async move { store.write("bench", cmd, None).await }));
+                                batch.push(tokio::spawn(async move { write(&*store, "bench", cmd, None).await }));
                             }
                             for h in batch {
                                 h.await.expect("join").expect("write");

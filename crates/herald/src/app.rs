@@ -63,6 +63,18 @@ pub struct AppState {
     pub demo: bool,
 }
 
+impl AppState {
+    /// Applies a write through the rules, in one durable transaction.
+    pub async fn write(
+        &self,
+        tenant: &str,
+        cmd: crate::rules::Command,
+        idem: Option<crate::rules::IdempotencyKey>,
+    ) -> Result<crate::rules::Reply, crate::rules::WriteError> {
+        crate::rules::write(&*self.store, tenant, cmd, idem).await
+    }
+}
+
 /// Resolves once the server starts shutting down.
 pub async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send; drop it here.

@@ -6,7 +6,7 @@ use crate::app::AppState;
 use crate::model::job::ProgressReport;
 use crate::model::task::TaskUpsert;
 use crate::model::{JobStatus, TaskStatus};
-use crate::store::{Command, NewJob};
+use crate::rules::{Command, NewJob};
 use rand::Rng;
 use std::time::Duration;
 
@@ -44,7 +44,7 @@ pub fn spawn(s: AppState) -> tokio::task::JoinHandle<()> {
     })
 }
 
-async fn simulate(s: &AppState, n: u64) -> Result<(), crate::store::StoreError> {
+async fn simulate(s: &AppState, n: u64) -> Result<(), crate::rules::WriteError> {
     let (kind, items, owner, tasks, stall) = {
         let mut rng = rand::thread_rng();
         let (kind, items) = KINDS[rng.gen_range(0..KINDS.len())];
@@ -52,7 +52,7 @@ async fn simulate(s: &AppState, n: u64) -> Result<(), crate::store::StoreError> 
         (kind, items, owner, rng.gen_range(12..40usize), n % 5 == 3)
     };
     let id = format!("demo-{}-{n}", crate::model::time::now_ms() / 1000);
-    let write = |cmd| s.store.write(TENANT, cmd, None);
+    let write = |cmd| s.write(TENANT, cmd, None);
     write(Command::CreateJob(NewJob {
         id: Some(id.clone()),
         owner: Some(owner.to_string()),

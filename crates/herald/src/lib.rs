@@ -16,6 +16,7 @@ pub mod feed;
 pub mod hub;
 pub mod maintenance;
 pub mod model;
+pub mod rules;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -123,8 +123,8 @@ fn main() -> Result<()> {
                 let (_tx, rx) = tokio::sync::watch::channel(false);
                 let state = herald::server::build(&config, rx)?;
                 let key = herald::auth::apikey::generate();
-                let cmd = herald::store::Command::CreateApiKey { id: key.id.clone(), name, role, hash: key.hash };
-                state.store.write(&tenant, cmd, None).await?;
+                let cmd = herald::rules::Command::CreateApiKey { id: key.id.clone(), name, role, hash: key.hash };
+                state.write(&tenant, cmd, None).await?;
                 state.store.close().await;
                 println!("{}", key.token);
                 Ok(())

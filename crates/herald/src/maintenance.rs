@@ -2,7 +2,7 @@
 
 use crate::app::AppState;
 use crate::config::Config;
-use crate::store::Command;
+use crate::rules::Command;
 use std::time::Duration;
 
 /// Starts the maintenance loop; abort the handle to stop it.
@@ -17,7 +17,7 @@ pub fn spawn(s: AppState, config: &Config) -> tokio::task::JoinHandle<()> {
         loop {
             tick.tick().await;
             let cmd = Command::DetectStalls { timeout_ms: stall.as_millis() as i64 };
-            match s.store.write("", cmd, None).await {
+            match s.write("", cmd, None).await {
                 Ok(r) => {
                     let body: serde_json::Value = serde_json::from_str(r.body.get()).unwrap_or_default();
                     if body["stalled"].as_u64().unwrap_or(0) > 0 {
@@ -29,7 +29,7 @@ pub fn spawn(s: AppState, config: &Config) -> tokio::task::JoinHandle<()> {
             if last_prune.elapsed() >= Duration::from_secs(60) {
                 last_prune = tokio::time::Instant::now();
                 let before_ms = crate::model::time::now_ms() - retention.as_millis() as i64;
-                if let Err(e) = s.store.write("", Command::Prune { before_ms }, None).await {
+                if let Err(e) = s.write("", Command::Prune { before_ms }, None).await {
                     tracing::warn!(error = %e, "pruning the event log failed");
                 }
             }

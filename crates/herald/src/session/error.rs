@@ -3,7 +3,7 @@
 //! HTTP status) but the kind and code are decided once, here.
 
 use crate::auth::AuthError;
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreErrorKind};
 
 /// What kind of refusal; transports map it to their status or close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,9 +57,9 @@ impl SessionError {
 
 impl From<StoreError> for SessionError {
     fn from(e: StoreError) -> Self {
-        let (kind, code) = match &e {
-            StoreError::NotFound(_) => (Refusal::NotFound, "not_found"),
-            StoreError::Unavailable(_) => (Refusal::Unavailable, "unavailable"),
+        let (kind, code) = match e.kind {
+            StoreErrorKind::NotFound => (Refusal::NotFound, "not_found"),
+            StoreErrorKind::Unavailable | StoreErrorKind::Retryable => (Refusal::Unavailable, "unavailable"),
             _ => (Refusal::Internal, "internal"),
         };
         if kind == Refusal::Internal {

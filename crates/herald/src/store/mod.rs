@@ -1,98 +1,17 @@
-//! Durable storage of rows and the ordered event log, behind the [`Store`] trait
-//! so the API layer does not know which database it talks to.
+//! Durable storage of rows and the ordered event log, behind traits split by
+//! role — [`Writer`] (units of work in transactions, over [`WriteTx`]),
+//! [`Reads`], [`EventLog`], [`Keys`] — so nothing above knows which database
+//! it talks to. A store holds SQL only: what a write means is decided by the
+//! rules (`crate::rules`), which run as [`Work`] inside the store's transaction.
 
+pub mod error;
 pub mod sqlite;
 
-use crate::model::{job::ProgressReport, Artifact};
-use crate::model::{notification::Level, task::TaskUpsert, Event, Job, JobStatus, Notification, Task};
-use crate::model::{JobVisibility, Role};
+pub use error::{StoreError, StoreErrorKind};
+
+use crate::model::{Artifact, Event, EventType, Job, JobStatus, JobVisibility, Notification, Role, Task};
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-
-/// A change to apply in one transaction.
-#[derive(Debug, Clone)]
-pub enum Command {
-    CreateJob(NewJob),
-    ReportProgress {
-        job_id: String,
-        report: ProgressReport,
-    },
-    UpsertTask {
-        job_id: String,
-        task_id: String,
-        upsert: TaskUpsert,
-    },
-    AddArtifact {
-        job_id: String,
-        kind: String,
-        payload: serde_json::Value,
-    },
-    CreateNotification(NewNotification),
-    MarkRead {
-        recipient: String,
-        id: String,
-    },
-    MarkAllRead {
-        recipient: String,
-    },
-    /// Marks running jobs silent for longer than `timeout_ms` as stalled (all tenants).
-    DetectStalls {
-        timeout_ms: i64,
-    },
-    /// Deletes events older than `before_ms` (all tenants).
-    Prune {
-        before_ms: i64,
-    },
-    CreateApiKey {
-        id: String,
-        name: String,
-        role: Role,
-        hash: Vec<u8>,
-    },
-}
-
-/// A job to create.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NewJob {
-    pub id: Option<String>,
-    pub owner: Option<String>,
-    pub kind: Option<String>,
-    pub title: Option<String>,
-    pub total: Option<u64>,
-    pub status: Option<JobStatus>,
-    pub metadata: Option<serde_json::Value>,
-    pub tasks: Vec<TaskUpsert>,
-}
-
-/// A notification to create.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NewNotification {
-    pub recipient: String,
-    pub level: Level,
-    pub title: String,
-    pub body: Option<String>,
-    pub link: Option<String>,
-}
-
-/// The answer to a write: what an HTTP handler returns, and what an idempotent
-/// replay returns again.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Reply {
-    /// True when a new resource was made (HTTP 201), false otherwise (200).
-    pub created: bool,
-    /// The response body, serialized once by the writer.
-    pub body: Box<serde_json::value::RawValue>,
-}
-
-/// An `Idempotency-Key` and a fingerprint of the request that carried it.
-#[derive(Debug, Clone)]
-pub struct IdempotencyKey {
-    /// The caller it belongs to (keys are scoped per tenant and caller).
-    pub sub: String,
-    pub key: String,
-    pub fingerprint: String,
-}
 
 /// Filters of `GET /v1/jobs`.
 #[derive(Debug, Clone, Default)]
@@ -133,47 +52,84 @@ pub struct ApiKeyRecord {
     pub hash: Vec<u8>,
 }
 
-/// Why a store call failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("{0} not found")]
-    NotFound(String),
-    /// The request conflicts with what is stored (same id, different body).
-    #[error("{0}")]
-    Conflict(String),
-    #[error("job is {from}; it cannot become {to}")]
-    IllegalTransition { from: JobStatus, to: JobStatus },
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
-    /// The job is finished; nothing about it may change any more.
-    #[error("job is {0}; its tasks can no longer change")]
-    JobFinished(JobStatus),
-    #[error("this Idempotency-Key was used for a different request")]
-    IdempotencyMismatch,
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    #[error("store error: {0}")]
-    Internal(String),
+/// One unit of work, run by the writer inside its own savepoint of a group
+/// transaction. The rules implement it; the store only runs it.
+pub trait Work: Send + 'static {
+    /// Runs against the open transaction; false rolls this unit back alone.
+    fn run(&mut self, tx: &mut dyn WriteTx) -> bool;
+    /// The transaction committed (durably): answer the caller.
+    fn committed(self: Box<Self>);
+    /// The transaction did not commit, or the unit could not run: nothing it did remains.
+    fn failed(self: Box<Self>, error: StoreError);
 }
 
-impl From<crate::model::job::JobRuleError> for StoreError {
-    fn from(e: crate::model::job::JobRuleError) -> Self {
-        match e {
-            crate::model::job::JobRuleError::IllegalTransition { from, to } => {
-                StoreError::IllegalTransition { from, to }
-            }
-            crate::model::job::JobRuleError::Invalid { field, message } => {
-                StoreError::Invalid { field: field.to_string(), message }
-            }
-        }
-    }
+/// What a stored event is made of before the log gives it a position.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub kind: EventType,
+    /// The job the row belongs to, and its owner: who may see the event.
+    pub job: Option<(&'a str, Option<&'a str>)>,
+    /// Topics the event is routed to.
+    pub topics: Vec<String>,
+    /// The new row as JSON, serialized once.
+    pub data: String,
 }
 
-/// Durable rows and the event log.
+/// The SQL a unit of work may run inside the writer's transaction: rows in,
+/// rows out, events appended. No rules live here; the rules call these.
+pub trait WriteTx {
+    /// Commit time of this transaction, epoch milliseconds.
+    fn now(&self) -> i64;
+    fn job(&mut self, tenant: &str, id: &str) -> Result<Option<Job>, StoreError>;
+    /// The fingerprint a job was created with, and its stored document.
+    fn job_creation(&mut self, tenant: &str, id: &str) -> Result<Option<(String, String)>, StoreError>;
+    fn insert_job(&mut self, tenant: &str, job: &Job, create_hash: &str, doc: &str) -> Result<(), StoreError>;
+    /// Stores a changed job and records that its worker reported now.
+    fn update_job(&mut self, tenant: &str, job: &Job, doc: &str) -> Result<(), StoreError>;
+    /// Records that a job's worker reported now, without changing the job.
+    fn touch_job(&mut self, tenant: &str, id: &str) -> Result<(), StoreError>;
+    /// Running jobs (every tenant) whose worker last reported before `before_ms`.
+    fn silent_jobs(&mut self, before_ms: i64) -> Result<Vec<(String, Job)>, StoreError>;
+    fn task(&mut self, tenant: &str, job_id: &str, id: &str) -> Result<Option<Task>, StoreError>;
+    fn upsert_task(&mut self, tenant: &str, task: &Task, doc: &str) -> Result<(), StoreError>;
+    /// (total, succeeded, failed) tasks of a job.
+    fn task_counts(&mut self, tenant: &str, job_id: &str) -> Result<(u64, u64, u64), StoreError>;
+    fn insert_artifact(&mut self, tenant: &str, artifact: &Artifact, doc: &str) -> Result<(), StoreError>;
+    fn insert_notification(&mut self, tenant: &str, n: &Notification, doc: &str) -> Result<(), StoreError>;
+    fn notification(&mut self, tenant: &str, recipient: &str, id: &str) -> Result<Option<Notification>, StoreError>;
+    /// A recipient's unread notifications, oldest first.
+    fn unread_notifications(&mut self, tenant: &str, recipient: &str) -> Result<Vec<Notification>, StoreError>;
+    fn update_notification(&mut self, tenant: &str, n: &Notification, doc: &str) -> Result<(), StoreError>;
+    /// Appends an event to the log (the store gives it its position).
+    fn append(&mut self, tenant: &str, event: NewEvent<'_>) -> Result<(), StoreError>;
+    /// Deletes events older than `before_ms` and idempotency records older than
+    /// `idempotency_before_ms`; returns how many events went.
+    fn prune(&mut self, before_ms: i64, idempotency_before_ms: i64) -> Result<u64, StoreError>;
+    fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// The fingerprint and stored reply of an idempotency key, if used before.
+    fn idempotent_reply(&mut self, tenant: &str, sub: &str, key: &str) -> Result<Option<(String, String)>, StoreError>;
+    fn save_idempotent_reply(
+        &mut self,
+        tenant: &str,
+        sub: &str,
+        key: &str,
+        fingerprint: &str,
+        reply: &str,
+    ) -> Result<(), StoreError>;
+}
+
+/// Runs units of work in durable transactions (group commit where it can).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Applies a command in a transaction and returns once it is durable.
-    async fn write(&self, tenant: &str, cmd: Command, idem: Option<IdempotencyKey>) -> Result<Reply, StoreError>;
+pub trait Writer: Send + Sync + 'static {
+    /// Queues `work`; it answers through its own `committed`/`failed`.
+    async fn submit(&self, work: Box<dyn Work>) -> Result<(), StoreError>;
+    /// Flushes pending writes and stops the writer.
+    async fn close(&self);
+}
+
+/// Reads of rows.
+#[async_trait]
+pub trait Reads: Send + Sync + 'static {
     async fn job(&self, tenant: &str, id: &str) -> Result<Option<Job>, StoreError>;
     /// Whether a job exists, and its owner: an indexed read, for access checks
     /// that must not load (or be timed by) the whole document.
@@ -189,15 +145,28 @@ pub trait Store: Send + Sync + 'static {
         unread_only: bool,
         limit: usize,
     ) -> Result<(Vec<Notification>, u64), StoreError>;
-    /// Events of any of `topics` after `since`, oldest first.
-    async fn events(&self, tenant: &str, topics: &[String], since: u64, limit: usize) -> Result<EventPage, StoreError>;
-    /// The newest position in the log.
-    async fn head(&self) -> Result<u64, StoreError>;
-    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
-    /// Flushes pending writes and stops the writer.
-    async fn close(&self);
 }
+
+/// The ordered event log.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// The newest position in the log.
+    async fn head(&self) -> Result<u64, StoreError>;
+    /// Events of any of `topics` after `since`, oldest first, with the head and
+    /// floor read before them.
+    async fn events(&self, tenant: &str, topics: &[String], since: u64, limit: usize) -> Result<EventPage, StoreError>;
+}
+
+/// Worker API keys.
+#[async_trait]
+pub trait Keys: Send + Sync + 'static {
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+}
+
+/// Everything a store does, by role.
+pub trait Store: Writer + Reads + EventLog + Keys {}
+impl<T: Writer + Reads + EventLog + Keys> Store for T {}
 
 pub type DynStore = Arc<dyn Store>;

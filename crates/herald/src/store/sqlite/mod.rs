@@ -1,12 +1,12 @@
 //! The embedded store: one SQLite file in WAL mode. Writes go through the
 //! group-commit [`writer`]; reads use a small pool of their own connections.
 
-mod apply;
 mod read;
 mod schema;
+mod tx;
 pub mod writer;
 
-use super::{ApiKeyRecord, Command, EventPage, IdempotencyKey, JobFilter, Page, Reply, Store, StoreError};
+use super::{ApiKeyRecord, EventLog, EventPage, JobFilter, Keys, Page, Reads, StoreError, Work, Writer};
 use crate::feed::CommitFeed;
 use crate::model::JobVisibility;
 use crate::model::{Artifact, Job, Notification, Task};
@@ -16,7 +16,7 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-use writer::{WriteRequest, WriterMsg};
+use writer::WriterMsg;
 
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -45,7 +45,7 @@ impl ReadPool {
     fn open(&self) -> Result<Connection, StoreError> {
         let conn =
             Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                .map_err(|e| StoreError::caused_by(super::StoreErrorKind::Unavailable, "opening a reader", e))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(StoreError::from)?;
         Ok(conn)
     }
@@ -69,7 +69,7 @@ impl ReadPool {
             result
         })
         .await
-        .map_err(|e| StoreError::Internal(e.to_string()))?
+        .map_err(|e| StoreError::internal(format!("a read task failed: {e}")))?
     }
 }
 
@@ -78,8 +78,8 @@ impl SqliteStore {
     /// starts the writer thread. The [`CommitFeed`] yields every committed event,
     /// in position order, right after its commit: SQLite's change feed.
     pub fn open(path: &Path, durability: Durability) -> Result<(Self, CommitFeed), StoreError> {
-        let mut conn =
-            Connection::open(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        let mut conn = Connection::open(path)
+            .map_err(|e| StoreError::caused_by(super::StoreErrorKind::Unavailable, path.display().to_string(), e))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let sync = match durability {
             Durability::Full => "FULL",
@@ -99,7 +99,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("herald-writer".into())
             .spawn(move || writer::run(conn, rx, commits))
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
+            .map_err(|e| StoreError::caused_by(super::StoreErrorKind::Internal, "starting the writer", e))?;
         let store = SqliteStore {
             writer: tx,
             readers: Arc::new(ReadPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }),
@@ -108,18 +108,27 @@ impl SqliteStore {
     }
 }
 
+/// The writer has stopped: nothing more can be written.
+fn writer_stopped() -> StoreError {
+    StoreError::unavailable("the writer has stopped")
+}
+
 #[async_trait]
-impl Store for SqliteStore {
-    async fn write(&self, tenant: &str, cmd: Command, idem: Option<IdempotencyKey>) -> Result<Reply, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let req = WriteRequest { tenant: tenant.to_string(), cmd, idem, reply };
-        self.writer
-            .send(WriterMsg::Write(Box::new(req)))
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+impl Writer for SqliteStore {
+    async fn submit(&self, work: Box<dyn Work>) -> Result<(), StoreError> {
+        self.writer.send(WriterMsg::Work(work)).await.map_err(|_| writer_stopped())
     }
 
+    async fn close(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.writer.send(WriterMsg::Close(done)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+#[async_trait]
+impl Reads for SqliteStore {
     async fn job(&self, tenant: &str, id: &str) -> Result<Option<Job>, StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.readers.with(move |c| read::job(c, &tenant, &id)).await
@@ -128,10 +137,6 @@ impl Store for SqliteStore {
     async fn job_owner(&self, tenant: &str, id: &str) -> Result<Option<Option<String>>, StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.readers.with(move |c| read::job_owner(c, &tenant, &id)).await
-    }
-
-    async fn head(&self) -> Result<u64, StoreError> {
-        self.readers.with(|c| read::head_and_floor(c).map(|(head, _)| head)).await
     }
 
     async fn jobs(&self, tenant: &str, vis: &JobVisibility, filter: JobFilter) -> Result<Page<Job>, StoreError> {
@@ -160,27 +165,30 @@ impl Store for SqliteStore {
         self.readers.with(move |c| read::notifications(c, &tenant, &recipient, unread_only, limit)).await
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer.is_closed() {
+            return Err(writer_stopped());
+        }
+        self.readers.with(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteStore {
+    async fn head(&self) -> Result<u64, StoreError> {
+        self.readers.with(|c| read::head_and_floor(c).map(|(head, _)| head)).await
+    }
+
     async fn events(&self, tenant: &str, topics: &[String], since: u64, limit: usize) -> Result<EventPage, StoreError> {
         let (tenant, topics) = (tenant.to_string(), topics.to_vec());
         self.readers.with(move |c| read::events(c, &tenant, &topics, since, limit)).await
     }
+}
 
+#[async_trait]
+impl Keys for SqliteStore {
     async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         let id = id.to_string();
         self.readers.with(move |c| read::api_key(c, &id)).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        if self.writer.is_closed() {
-            return Err(StoreError::Unavailable("the writer has stopped".into()));
-        }
-        self.readers.with(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await.map(|_| ())
-    }
-
-    async fn close(&self) {
-        let (done, rx) = oneshot::channel();
-        if self.writer.send(WriterMsg::Close(done)).await.is_ok() {
-            let _ = rx.await;
-        }
     }
 }

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(|e| StoreError::Internal(format!("corrupt row: {e}")))
+    serde_json::from_str(s).map_err(StoreError::corrupt)
 }
 
 pub fn job(c: &Connection, tenant: &str, id: &str) -> Result<Option<Job>, StoreError> {
@@ -170,11 +170,11 @@ pub fn events(
         events.push(Event {
             position,
             tenant: Arc::clone(&tenant),
-            kind: EventType::parse(&kind).ok_or_else(|| StoreError::Internal(format!("unknown event type {kind}")))?,
+            kind: EventType::parse(&kind).ok_or_else(|| StoreError::internal(format!("unknown event type {kind}")))?,
             topics: vec![topic],
             job_id: r.get(2)?,
             owner: r.get(3)?,
-            data: Arc::from(RawValue::from_string(data).map_err(|e| StoreError::Internal(e.to_string()))?),
+            data: Arc::from(RawValue::from_string(data).map_err(StoreError::corrupt)?),
             time: r.get(5)?,
             row: Default::default(),
         });

@@ -1,7 +1,8 @@
 //! One error shape for the whole API: `{"error":{"code":"...","message":"..."}}`.
 
 use crate::auth::AuthError;
-use crate::store::StoreError;
+use crate::rules::WriteError;
+use crate::store::{StoreError, StoreErrorKind};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -37,19 +38,31 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        let (status, code) = match &e {
-            StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            StoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            StoreError::IllegalTransition { .. } => (StatusCode::CONFLICT, "illegal_transition"),
-            StoreError::JobFinished(_) => (StatusCode::CONFLICT, "job_finished"),
-            StoreError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
-            StoreError::IdempotencyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
-            StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            StoreError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        let (status, code) = match e.kind {
+            StoreErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            StoreErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            StoreErrorKind::Invalid => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            StoreErrorKind::Retryable | StoreErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            StoreErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %e, "store error");
+            tracing::error!(error = %e, source = ?e.source, "store error");
         }
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        let (status, code) = match &e {
+            WriteError::Store(e) => return ApiError::from(e.clone()),
+            WriteError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            WriteError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            WriteError::IllegalTransition { .. } => (StatusCode::CONFLICT, "illegal_transition"),
+            WriteError::JobFinished(_) => (StatusCode::CONFLICT, "job_finished"),
+            WriteError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            WriteError::IdempotencyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+        };
         ApiError::new(status, code, e.to_string())
     }
 }

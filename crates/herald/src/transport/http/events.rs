@@ -93,7 +93,7 @@ pub async fn poll_events(
                 .map(|e| {
                     let topic = e.topics.first().map(String::as_str).unwrap_or("");
                     RawValue::from_string(e.wire_json(None, topic))
-                        .map_err(|e| ApiError::from(crate::store::StoreError::Internal(e.to_string())))
+                        .map_err(|e| ApiError::from(crate::store::StoreError::corrupt(e)))
                 })
                 .collect::<Result<_, _>>()?;
             break EventsPage { events, next, resync: false };

@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::auth::Principal;
-use crate::store::IdempotencyKey;
+use crate::rules::IdempotencyKey;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, StatusCode};
 use serde::de::DeserializeOwned;

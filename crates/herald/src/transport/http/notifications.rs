@@ -7,7 +7,7 @@ use crate::app::AppState;
 use crate::auth::Role;
 use crate::model::notification::Level;
 use crate::model::Notification;
-use crate::store::{Command, NewNotification};
+use crate::rules::{Command, NewNotification};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -73,7 +73,7 @@ pub async fn create(
         body: b.body,
         link: b.link,
     });
-    Ok(reply_response(s.store.write(&p.tenant, cmd, idem).await?))
+    Ok(reply_response(s.write(&p.tenant, cmd, idem).await?))
 }
 
 #[utoipa::path(get, path = "/v1/notifications", tag = "notifications", params(ListNotifications),
@@ -103,7 +103,7 @@ pub async fn read_one(
     check_id("notification id", &id)?;
     let idem = idempotency_key(&headers, &p, "POST", &format!("/v1/notifications/{id}/read"), "")?;
     let cmd = Command::MarkRead { recipient: p.sub.to_string(), id };
-    Ok(reply_response(s.store.write(&p.tenant, cmd, idem).await?))
+    Ok(reply_response(s.write(&p.tenant, cmd, idem).await?))
 }
 
 #[utoipa::path(post, path = "/v1/notifications/read-all", tag = "notifications",
@@ -111,5 +111,5 @@ pub async fn read_one(
 pub async fn read_all(State(s): State<AppState>, Auth(p): Auth, headers: HeaderMap) -> Result<Response, ApiError> {
     let idem = idempotency_key(&headers, &p, "POST", "/v1/notifications/read-all", "")?;
     let cmd = Command::MarkAllRead { recipient: p.sub.to_string() };
-    Ok(reply_response(s.store.write(&p.tenant, cmd, idem).await?))
+    Ok(reply_response(s.write(&p.tenant, cmd, idem).await?))
 }

@@ -1,0 +1,135 @@
+//! The rules of writing, above any store: the job lifecycle, which event each
+//! change is announced as and where it is routed, Herald's own notifications,
+//! stall transitions and idempotency. Written once; each store only runs them
+//! inside its transaction through [`crate::store::WriteTx`].
+
+pub mod command;
+pub mod error;
+mod jobs;
+mod notifications;
+
+pub use command::{Command, IdempotencyKey, NewJob, NewNotification, Reply};
+pub use error::WriteError;
+
+use crate::store::{StoreError, Work, WriteTx, Writer};
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+/// How long idempotency keys are remembered.
+const IDEMPOTENCY_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+/// Applies `cmd` for `tenant` in one durable transaction and returns the reply
+/// once it is committed.
+pub async fn write(
+    store: &dyn Writer,
+    tenant: &str,
+    cmd: Command,
+    idem: Option<IdempotencyKey>,
+) -> Result<Reply, WriteError> {
+    let (tx, rx) = oneshot::channel();
+    let work = Box::new(Apply { tenant: tenant.to_string(), cmd: Some(cmd), idem, outcome: None, answer: tx });
+    store.submit(work).await?;
+    rx.await.map_err(|_| WriteError::Store(StoreError::unavailable("the writer has stopped")))?
+}
+
+/// One command as a unit of the writer's work.
+struct Apply {
+    tenant: String,
+    cmd: Option<Command>,
+    idem: Option<IdempotencyKey>,
+    outcome: Option<Result<Reply, WriteError>>,
+    answer: oneshot::Sender<Result<Reply, WriteError>>,
+}
+
+impl Work for Apply {
+    fn run(&mut self, tx: &mut dyn WriteTx) -> bool {
+        let Some(cmd) = self.cmd.take() else { return false };
+        let outcome = apply_once(tx, &self.tenant, cmd, self.idem.as_ref());
+        let ok = outcome.is_ok();
+        self.outcome = Some(outcome);
+        ok
+    }
+
+    fn committed(self: Box<Self>) {
+        let outcome = self.outcome.unwrap_or_else(|| Err(StoreError::internal("the write did not run").into()));
+        let _ = self.answer.send(outcome);
+    }
+
+    fn failed(self: Box<Self>, error: StoreError) {
+        let _ = self.answer.send(Err(error.into()));
+    }
+}
+
+/// A request with an idempotency key already seen returns the stored reply
+/// and writes nothing; otherwise the command runs and its reply is stored with
+/// the key, in the same transaction.
+fn apply_once(
+    tx: &mut dyn WriteTx,
+    tenant: &str,
+    cmd: Command,
+    idem: Option<&IdempotencyKey>,
+) -> Result<Reply, WriteError> {
+    if let Some(idem) = idem {
+        if let Some((fingerprint, reply)) = tx.idempotent_reply(tenant, &idem.sub, &idem.key)? {
+            if fingerprint != idem.fingerprint {
+                return Err(WriteError::IdempotencyMismatch);
+            }
+            metrics::counter!("herald_idempotent_replays_total").increment(1);
+            return serde_json::from_str(&reply).map_err(|e| StoreError::corrupt(e).into());
+        }
+    }
+    let reply = apply(tx, tenant, cmd)?;
+    if let Some(idem) = idem {
+        let stored = serde_json::to_string(&reply).map_err(|e| StoreError::internal(e.to_string()))?;
+        tx.save_idempotent_reply(tenant, &idem.sub, &idem.key, &idem.fingerprint, &stored)?;
+    }
+    Ok(reply)
+}
+
+/// Applies one command: reads what it needs, lets the domain decide, writes
+/// rows and appends events.
+pub fn apply(tx: &mut dyn WriteTx, tenant: &str, cmd: Command) -> Result<Reply, WriteError> {
+    match cmd {
+        Command::CreateJob(new) => jobs::create(tx, tenant, new),
+        Command::ReportProgress { job_id, report } => jobs::report_progress(tx, tenant, &job_id, &report),
+        Command::UpsertTask { job_id, task_id, upsert } => jobs::upsert_task(tx, tenant, &job_id, &task_id, &upsert),
+        Command::AddArtifact { job_id, kind, payload } => jobs::add_artifact(tx, tenant, &job_id, kind, payload),
+        Command::CreateNotification(n) => {
+            let n = notifications::create(tx, tenant, n, None)?;
+            Ok(Reply { created: true, body: to_raw(&n)? })
+        }
+        Command::MarkRead { recipient, id } => notifications::mark_read(tx, tenant, &recipient, &id),
+        Command::MarkAllRead { recipient } => notifications::mark_all_read(tx, tenant, &recipient),
+        Command::DetectStalls { timeout_ms } => jobs::detect_stalls(tx, timeout_ms),
+        Command::Prune { before_ms } => {
+            let pruned = tx.prune(before_ms, tx.now() - IDEMPOTENCY_KEEP_MS)?;
+            Ok(Reply { created: false, body: to_raw(&serde_json::json!({ "pruned": pruned }))? })
+        }
+        Command::CreateApiKey { id, name, role, hash } => {
+            let key = crate::store::ApiKeyRecord {
+                id: id.clone(),
+                tenant: tenant.to_string(),
+                name: name.clone(),
+                role,
+                hash,
+            };
+            tx.insert_api_key(&key)?;
+            let body = serde_json::json!({"id": id, "tenant": tenant, "name": name, "role": role.as_str()});
+            Ok(Reply { created: true, body: to_raw(&body)? })
+        }
+    }
+}
+
+/// A reply body, serialized once here and written to the HTTP response as is.
+fn to_raw<T: serde::Serialize>(v: &T) -> Result<Box<RawValue>, WriteError> {
+    serde_json::value::to_raw_value(v).map_err(|e| StoreError::internal(e.to_string()).into())
+}
+
+/// A stored JSON document as a reply body, without a round trip through `Value`.
+fn raw(doc: String) -> Result<Box<RawValue>, WriteError> {
+    RawValue::from_string(doc).map_err(|e| StoreError::corrupt(e).into())
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, WriteError> {
+    serde_json::to_string(v).map_err(|e| StoreError::internal(e.to_string()).into())
+}
