@@ -17,7 +17,7 @@ fn event() -> Arc<Event> {
         "metadata":{"region":"eu"},"errors":[],"version":124,"created_at":"2026-11-23T10:00:00.000Z",
         "updated_at":"2026-11-23T10:04:05.123Z","started_at":"2026-11-23T10:00:01.000Z","finished_at":null}"#;
     Arc::new(Event {
-        position: 1,
+        position: herald::model::Position::from_u64(1),
         tenant: Arc::from("acme"),
         kind: EventType::JobUpdated,
         topics: vec!["job:job-1".into()],

@@ -64,7 +64,7 @@ impl Delivery {
     }
 
     /// The log position, for events.
-    pub fn position(&self) -> Option<u64> {
+    pub fn position(&self) -> Option<crate::model::Position> {
         match &self.payload {
             Payload::Event(e) => Some(e.position),
             _ => None,

@@ -1,5 +1,6 @@
 //! The unit of the log: one change, with its position and the topics it belongs to.
 
+use super::Position;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::sync::{Arc, OnceLock};
@@ -94,7 +95,7 @@ impl Serialize for EventType {
 #[derive(Debug, Clone)]
 pub struct Event {
     /// Strictly increasing in commit order.
-    pub position: u64,
+    pub position: Position,
     pub tenant: Arc<str>,
     pub kind: EventType,
     /// Topics this event is routed to (`job:<id>`, `jobs`, `jobs:owner:<sub>`, `user:<sub>`).
@@ -120,7 +121,7 @@ impl Event {
             #[serde(skip_serializing_if = "Option::is_none")]
             op: Option<&'a str>,
             topic: &'a str,
-            position: u64,
+            position: Position,
             #[serde(rename = "type")]
             kind: &'static str,
             data: &'a serde_json::value::RawValue,

@@ -5,31 +5,31 @@
 
 use super::error::SessionError;
 use crate::app::AppState;
-use crate::model::Event;
+use crate::model::{Event, Position};
 
 /// Events replayed per page.
 pub const REPLAY_PAGE: usize = 1000;
 
 /// The newest position in the log.
-pub async fn head(s: &AppState) -> Result<u64, SessionError> {
+pub async fn head(s: &AppState) -> Result<Position, SessionError> {
     Ok(s.store.head().await?)
 }
 
 /// The last position delivered on a feed; positions at or below it are duplicates.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Cursor(u64);
+pub struct Cursor(Position);
 
 impl Cursor {
-    pub fn at(position: u64) -> Cursor {
+    pub fn at(position: Position) -> Cursor {
         Cursor(position)
     }
 
-    pub fn position(self) -> u64 {
+    pub fn position(self) -> Position {
         self.0
     }
 
     /// Whether an event at `position` is new here; if so, the cursor moves to it.
-    pub fn admit(&mut self, position: u64) -> bool {
+    pub fn admit(&mut self, position: Position) -> bool {
         if position <= self.0 {
             return false;
         }
@@ -38,7 +38,7 @@ impl Cursor {
     }
 
     /// Moves forward to `position` (a resync), never back.
-    pub fn advance(&mut self, position: u64) {
+    pub fn advance(&mut self, position: Position) {
         self.0 = self.0.max(position);
     }
 }
@@ -49,19 +49,19 @@ pub enum ReplayPage {
     Events(Vec<Event>),
     /// The cursor is older than retention: the client must resync from a
     /// snapshot and continue from `head`.
-    Behind { head: u64 },
+    Behind { head: Position },
 }
 
 /// A replay of `topics` after a position, read one page at a time.
 pub struct Replay {
     tenant: std::sync::Arc<str>,
     topics: Vec<String>,
-    after: u64,
+    after: Position,
     done: bool,
 }
 
 impl Replay {
-    pub fn new(tenant: std::sync::Arc<str>, topics: Vec<String>, after: u64) -> Replay {
+    pub fn new(tenant: std::sync::Arc<str>, topics: Vec<String>, after: Position) -> Replay {
         Replay { tenant, topics, after, done: false }
     }
 
@@ -75,8 +75,9 @@ impl Replay {
             self.done = true;
             return Ok(Some(ReplayPage::Behind { head: page.head }));
         }
-        // A short page means the replay reached the head it read.
-        self.done = page.events.len() < REPLAY_PAGE;
+        // A short page means the replay reached the head it read (unless it
+        // was cut short by its byte bound).
+        self.done = page.events.len() < REPLAY_PAGE && !page.truncated;
         if let Some(last) = page.events.last() {
             self.after = last.position;
         }

@@ -9,7 +9,7 @@ pub mod sqlite;
 
 pub use error::{StoreError, StoreErrorKind};
 
-use crate::model::{Artifact, Event, EventType, Job, JobStatus, JobVisibility, Notification, Role, Task};
+use crate::model::{Artifact, Event, EventType, Job, JobStatus, JobVisibility, Notification, Position, Role, Task};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -37,9 +37,11 @@ pub struct Page<T> {
 pub struct EventPage {
     pub events: Vec<Event>,
     /// Position of the newest event in the whole log.
-    pub head: u64,
+    pub head: Position,
     /// Events at or below this position were pruned; a reader behind it must resync.
-    pub floor: u64,
+    pub floor: Position,
+    /// The page ended at its byte bound before its count: more events follow.
+    pub truncated: bool,
 }
 
 /// A stored worker API key.
@@ -153,10 +155,16 @@ pub trait Reads: Send + Sync + 'static {
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// The newest position in the log.
-    async fn head(&self) -> Result<u64, StoreError>;
+    async fn head(&self) -> Result<Position, StoreError>;
     /// Events of any of `topics` after `since`, oldest first, with the head and
     /// floor read before them.
-    async fn events(&self, tenant: &str, topics: &[String], since: u64, limit: usize) -> Result<EventPage, StoreError>;
+    async fn events(
+        &self,
+        tenant: &str,
+        topics: &[String],
+        since: Position,
+        limit: usize,
+    ) -> Result<EventPage, StoreError>;
 }
 
 /// Worker API keys.

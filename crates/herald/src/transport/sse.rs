@@ -6,7 +6,7 @@ use super::http::extract::bearer;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::hub::{ConnectionGuard, Delivery, Payload, WireFormat};
-use crate::model::{Event, Topic};
+use crate::model::{Event, Position, Topic};
 use crate::session::{
     authorize, expiry_instant, snapshot, CloseReason, Cursor, Deadline, Membership, Replay, ReplayPage, SessionError,
 };
@@ -39,7 +39,7 @@ fn frame(id: Option<u64>, event: &str, data: &str) -> String {
 }
 
 fn event_frame(topic: &str, e: &Event) -> String {
-    frame(Some(e.position), e.kind.as_str(), &e.wire_json(None, topic))
+    frame(Some(e.position.get()), e.kind.as_str(), &e.wire_json(None, topic))
 }
 
 /// SSE's cache slot in a delivery.
@@ -155,7 +155,7 @@ async fn feed(
     }
     if let Some(since) = since {
         let names = topics.iter().map(|(_, raw)| raw.clone()).collect();
-        let mut replay = Replay::new(Arc::clone(&p.tenant), names, since);
+        let mut replay = Replay::new(Arc::clone(&p.tenant), names, Position::from_u64(since));
         loop {
             match replay.next_page(s).await {
                 Err(e) => {
@@ -169,7 +169,7 @@ async fn feed(
                         snaps.insert(raw.clone(), snapshot(s, p, t).await.unwrap_or_default());
                     }
                     let body = serde_json::json!({ "position": head, "snapshot": snaps });
-                    if tx.send(Bytes::from(frame(Some(head), "resync", &body.to_string()))).await.is_err() {
+                    if tx.send(Bytes::from(frame(Some(head.get()), "resync", &body.to_string()))).await.is_err() {
                         return None;
                     }
                     cursor.advance(head);

@@ -9,7 +9,7 @@ pub mod writer;
 use super::{ApiKeyRecord, EventLog, EventPage, JobFilter, Keys, Page, Reads, StoreError, Work, Writer};
 use crate::feed::CommitFeed;
 use crate::model::JobVisibility;
-use crate::model::{Artifact, Job, Notification, Task};
+use crate::model::{Artifact, Job, Notification, Position, Task};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
@@ -175,11 +175,17 @@ impl Reads for SqliteStore {
 
 #[async_trait]
 impl EventLog for SqliteStore {
-    async fn head(&self) -> Result<u64, StoreError> {
+    async fn head(&self) -> Result<Position, StoreError> {
         self.readers.with(|c| read::head_and_floor(c).map(|(head, _)| head)).await
     }
 
-    async fn events(&self, tenant: &str, topics: &[String], since: u64, limit: usize) -> Result<EventPage, StoreError> {
+    async fn events(
+        &self,
+        tenant: &str,
+        topics: &[String],
+        since: Position,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
         let (tenant, topics) = (tenant.to_string(), topics.to_vec());
         self.readers.with(move |c| read::events(c, &tenant, &topics, since, limit)).await
     }

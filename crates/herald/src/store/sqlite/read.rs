@@ -1,6 +1,6 @@
 //! Read queries, run on reader connections.
 
-use crate::model::{Artifact, Event, EventType, Job, Notification, Task};
+use crate::model::{Artifact, Event, EventType, Job, Notification, Position, Task};
 use crate::model::{JobVisibility, Role};
 use crate::store::{ApiKeyRecord, EventPage, JobFilter, Page, StoreError};
 use rusqlite::{params, types::Value as SqlValue, Connection, OptionalExtension};
@@ -26,7 +26,7 @@ pub fn job_owner(c: &Connection, tenant: &str, id: &str) -> Result<Option<Option
 }
 
 /// The newest position in the log and the pruned floor below which nothing is left.
-pub fn head_and_floor(c: &Connection) -> Result<(u64, u64), StoreError> {
+pub fn head_and_floor(c: &Connection) -> Result<(Position, Position), StoreError> {
     let head: i64 = c.prepare_cached("SELECT coalesce(max(position), 0) FROM events")?.query_row([], |r| r.get(0))?;
     let floor: i64 = c
         .prepare_cached("SELECT value FROM meta WHERE key = 'floor'")?
@@ -35,7 +35,7 @@ pub fn head_and_floor(c: &Connection) -> Result<(u64, u64), StoreError> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     // A log pruned to nothing still has its head where the floor is.
-    Ok((head.max(floor) as u64, floor as u64))
+    Ok((Position::from_u64(head.max(floor) as u64), Position::from_u64(floor as u64)))
 }
 
 pub fn jobs(c: &Connection, tenant: &str, vis: &JobVisibility, f: &JobFilter) -> Result<Page<Job>, StoreError> {
@@ -115,20 +115,22 @@ pub fn notifications(
     Ok((items, unread as u64))
 }
 
+/// Most bytes of event data one page returns; the page ends early past it.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
 pub fn events(
     c: &Connection,
     tenant: &str,
     topics: &[String],
-    since: u64,
+    since: Position,
     limit: usize,
 ) -> Result<EventPage, StoreError> {
     // Head and floor first: an event committed after this read is still ahead of `head`.
     let (head, floor) = head_and_floor(c)?;
-    let (head, floor) = (head as i64, floor as i64);
     if topics.is_empty() || limit == 0 {
-        return Ok(EventPage { events: Vec::new(), head: head as u64, floor: floor as u64 });
+        return Ok(EventPage { events: Vec::new(), head, floor, truncated: false });
     }
-    let since = since.min(i64::MAX as u64);
+    let since = since.get().min(i64::MAX as u64);
     let placeholders = vec!["?"; topics.len()].join(", ");
     // The limit counts events, not (event, topic) rows: an event in two of the
     // asked topics is one event. (Counting rows made pages short, and a reader
@@ -148,7 +150,7 @@ pub fn events(
     args.push(tenant.to_string().into());
     args.extend(topics.iter().map(|t| SqlValue::from(t.clone())));
     args.push((since as i64).into());
-    args.push(head.into());
+    args.push((head.get() as i64).into());
     args.push((limit as i64).into());
     args.push(tenant.to_string().into());
     args.extend(topics.iter().map(|t| SqlValue::from(t.clone())));
@@ -156,8 +158,10 @@ pub fn events(
     let mut stmt = c.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut events: Vec<Event> = Vec::new();
+    let mut bytes = 0usize;
+    let mut truncated = false;
     while let Some(r) = rows.next()? {
-        let position = r.get::<_, i64>(0)? as u64;
+        let position = Position::from_u64(r.get::<_, i64>(0)? as u64);
         let topic: String = r.get(6)?;
         if let Some(last) = events.last_mut() {
             if last.position == position {
@@ -165,8 +169,14 @@ pub fn events(
                 continue;
             }
         }
+        // A page is bounded in bytes as well as in count (always one event at least).
+        if bytes >= MAX_PAGE_BYTES {
+            truncated = true;
+            break;
+        }
         let kind: String = r.get(1)?;
         let data: String = r.get(4)?;
+        bytes += data.len();
         events.push(Event {
             position,
             tenant: Arc::clone(&tenant),
@@ -179,7 +189,7 @@ pub fn events(
             row: Default::default(),
         });
     }
-    Ok(EventPage { events, head: head as u64, floor: floor as u64 })
+    Ok(EventPage { events, head, floor, truncated })
 }
 
 pub fn api_key(c: &Connection, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {

@@ -2,7 +2,7 @@
 //! get their position from `AUTOINCREMENT` (one writer, so commit order) and
 //! are kept here until the commit, when the writer hands them to the feed.
 
-use crate::model::{Artifact, Event, Job, Notification, Task};
+use crate::model::{Artifact, Event, Job, Notification, Position, Task};
 use crate::store::{ApiKeyRecord, NewEvent, StoreError, StoreErrorKind, WriteTx};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
@@ -177,15 +177,15 @@ impl WriteTx for SqliteTx<'_> {
                 "INSERT INTO events (tenant, type, job_id, owner, data, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![tenant, event.kind.as_str(), job_id, owner, event.data, self.now])?;
-        let position = self.conn.last_insert_rowid() as u64;
+        let position = self.conn.last_insert_rowid();
         let mut topic_stmt =
             self.conn.prepare_cached("INSERT INTO event_topics (tenant, topic, position) VALUES (?1, ?2, ?3)")?;
         for t in &event.topics {
-            topic_stmt.execute(params![tenant, t, position as i64])?;
+            topic_stmt.execute(params![tenant, t, position])?;
         }
         let data = RawValue::from_string(event.data).map_err(StoreError::corrupt)?;
         self.events.push(Event {
-            position,
+            position: Position::from_u64(position as u64),
             tenant: Arc::from(tenant),
             kind: event.kind,
             topics: event.topics,

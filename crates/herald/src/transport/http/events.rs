@@ -3,6 +3,7 @@
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, Query};
 use crate::app::AppState;
+use crate::model::Position;
 use crate::session::{authorize, Membership};
 use axum::extract::State;
 use axum::http::header;
@@ -68,7 +69,7 @@ pub async fn poll_events(
     if topics.is_empty() || topics.len() > 20 {
         return Err(ApiError::bad_request("invalid_query", "topic: give 1 to 20 topics"));
     }
-    let since = q.since.unwrap_or(0);
+    let since = Position::from_u64(q.since.unwrap_or(0));
 
     // Listen before reading, so an event committed between the read and the
     // wait still wakes us. The membership lets go of the hub when dropped.
@@ -83,10 +84,10 @@ pub async fn poll_events(
     let page = loop {
         let page = s.store.events(&p.tenant, &topics, since, limit).await?;
         if since < page.floor {
-            break EventsPage { events: vec![], next: page.head, resync: true };
+            break EventsPage { events: vec![], next: page.head.get(), resync: true };
         }
         if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
-            let next = page.events.last().map(|e| e.position).unwrap_or(since);
+            let next = page.events.last().map(|e| e.position).unwrap_or(since).get();
             let events = page
                 .events
                 .iter()

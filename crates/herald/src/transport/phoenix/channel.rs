@@ -4,6 +4,7 @@
 use super::changes::{parse_binding, BindingSpec};
 use super::resume::ResumeKey;
 use crate::auth::Principal;
+use crate::model::Position;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -115,7 +116,7 @@ pub struct Channel {
     pub request: JoinRequest,
     pub bindings: Vec<Binding>,
     /// Herald topic → last position sent on it to this channel.
-    pub feeds: HashMap<String, u64>,
+    pub feeds: HashMap<String, Position>,
     /// Presence state was sent, so diffs may follow.
     pub presence_synced: bool,
     pub tracked: bool,

@@ -11,6 +11,7 @@
 //! from the head of the log at startup, so nothing committed since the restart
 //! is lost (a fresh page in that window also gets those changes).
 
+use crate::model::Position;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -34,14 +35,14 @@ pub struct ResumeKey {
 }
 
 /// Positions per Herald topic.
-pub type Cursors = HashMap<String, u64>;
+pub type Cursors = HashMap<String, Position>;
 
 /// Shared by every Phoenix connection of the server.
 pub struct ResumeBook {
     entries: Mutex<HashMap<ResumeKey, (Cursors, Instant)>>,
     started: Instant,
     /// Head of the log when the server started, once known.
-    pub startup_head: OnceLock<u64>,
+    pub startup_head: OnceLock<Position>,
 }
 
 impl Default for ResumeBook {
@@ -96,8 +97,8 @@ mod tests {
         let book = ResumeBook::default();
         let key = ResumeKey { tenant: "t".into(), sub: "a".into(), topic: "realtime:x".into(), bindings: "[]".into() };
         assert!(book.lookup(&key).is_none());
-        book.save(key.clone(), HashMap::from([("jobs".to_string(), 7)]));
-        assert_eq!(book.lookup(&key).unwrap()["jobs"], 7);
+        book.save(key.clone(), HashMap::from([("jobs".to_string(), Position::from_u64(7))]));
+        assert_eq!(book.lookup(&key).unwrap()["jobs"], Position::from_u64(7));
         book.forget(&key);
         assert!(book.lookup(&key).is_none());
         assert!(book.is_young());

@@ -10,7 +10,7 @@ use super::resume::ResumeBook;
 use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::hub::{ConnectionGuard, Delivery, Inbox, Payload, TopicKey};
-use crate::model::Event;
+use crate::model::{Event, Position};
 use crate::session::rooms::{self, Broadcast};
 use crate::session::CloseReason;
 use crate::session::{authorize, head, Membership, Replay, ReplayPage};
@@ -332,7 +332,7 @@ impl Session {
         let mut feeds = HashMap::new();
         for b in &bindings {
             for t in &b.topics {
-                feeds.insert(t.clone(), 0u64);
+                feeds.insert(t.clone(), Position::ZERO);
             }
         }
         let ch = Channel {
@@ -404,10 +404,10 @@ impl Session {
     /// binding, else the position the book kept for a channel like it that was
     /// lost, else — on a socket opened just after a server start — the head at
     /// that start.
-    fn resume_points(&self, ch: &Channel, rejoin: bool) -> Vec<(String, u64)> {
-        let mut points: HashMap<String, u64> = HashMap::new();
+    fn resume_points(&self, ch: &Channel, rejoin: bool) -> Vec<(String, Position)> {
+        let mut points: HashMap<String, Position> = HashMap::new();
         for b in &ch.bindings {
-            if let Some(since) = b.spec.since {
+            if let Some(since) = b.spec.since.map(Position::from_u64) {
                 for t in &b.topics {
                     let p = points.entry(t.clone()).or_insert(since);
                     *p = (*p).min(since);
@@ -426,7 +426,7 @@ impl Session {
                 }
             }
         }
-        let mut v: Vec<(String, u64)> = points.into_iter().collect();
+        let mut v: Vec<(String, Position)> = points.into_iter().collect();
         v.sort();
         v
     }
@@ -434,7 +434,7 @@ impl Session {
     /// Sends the events after `since` on `hub_topic` that the channel's bindings
     /// want, page by page; live deliveries queued meanwhile are deduplicated by
     /// position afterwards.
-    async fn replay(&mut self, sink: &mut Sink, topic: &str, hub_topic: &str, since: u64) -> Result<(), Fatal> {
+    async fn replay(&mut self, sink: &mut Sink, topic: &str, hub_topic: &str, since: Position) -> Result<(), Fatal> {
         let Some(tenant) = self.channels.get(topic).map(|c| Arc::clone(&c.principal.tenant)) else { return Ok(()) };
         let mut replay = Replay::new(tenant, vec![hub_topic.to_string()], since);
         loop {
@@ -613,7 +613,7 @@ impl Session {
         for (b, topics) in ch.bindings.iter_mut().zip(all) {
             for t in &topics {
                 if !ch.feeds.contains_key(t) {
-                    ch.feeds.insert(t.clone(), 0);
+                    ch.feeds.insert(t.clone(), Position::ZERO);
                     self.member.join(&ch.principal.tenant, t);
                     self.by_hub.entry(t.clone()).or_default().push(ch.topic.clone());
                 }
@@ -674,7 +674,7 @@ impl Session {
     }
 
     /// Puts feed cursors back to where they were before a batch that was not written.
-    fn rewind(&mut self, undo: Vec<(String, Arc<str>, u64)>) {
+    fn rewind(&mut self, undo: Vec<(String, Arc<str>, Position)>) {
         for (channel, hub_topic, before) in undo {
             if let Some(cursor) = self.channels.get_mut(&channel).and_then(|c| c.feeds.get_mut(&*hub_topic)) {
                 *cursor = before;
@@ -685,7 +685,7 @@ impl Session {
     /// Frames of one delivery for every channel of this socket it concerns.
     /// `undo` collects each feed's cursor before this batch first moved it, so a
     /// batch that never reaches the client does not count as delivered.
-    fn frames_for(&mut self, d: &Arc<Delivery>, out: &mut Vec<Out>, undo: &mut Vec<(String, Arc<str>, u64)>) {
+    fn frames_for(&mut self, d: &Arc<Delivery>, out: &mut Vec<Out>, undo: &mut Vec<(String, Arc<str>, Position)>) {
         let Some(targets) = self.by_hub.get(&*d.topic) else { return };
         match &d.payload {
             Payload::Event(e) => {
@@ -800,7 +800,7 @@ fn out_message(o: Out) -> Message {
 pub async fn record_startup_head(s: AppState, book: Arc<ResumeBook>) {
     for _ in 0..50 {
         if let Ok(h) = head(&s).await {
-            if h > 0 {
+            if h > Position::ZERO {
                 let _ = book.startup_head.set(h);
             }
             return;

@@ -7,7 +7,7 @@ use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::hub::{Delivery, Inbox, Payload, TopicKey};
 use crate::model::topic::{inbox_topic, TENANT_TOPIC};
-use crate::model::Topic;
+use crate::model::{Position, Topic};
 use crate::session::rooms::{self, Broadcast};
 use crate::session::{
     authorize, expiry_instant, head, snapshot, token, CloseReason, Cursor, Deadline, Membership, Replay, ReplayPage,
@@ -380,6 +380,7 @@ impl Session {
         };
         self.send(sink, frames::ack(id, json!({ "topic": raw, "position": position }))).await?;
         let Some(since) = since else { return Ok(()) };
+        let since = Position::from_u64(since);
         let mut replay = Replay::new(Arc::clone(&p.tenant), vec![raw.to_string()], since);
         loop {
             let page = match replay.next_page(&self.s).await {
