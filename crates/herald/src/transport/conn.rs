@@ -186,9 +186,14 @@ impl Deadline {
 }
 
 /// When a token with `exp` (seconds since the epoch) expires, on tokio's clock.
+/// Never panics: a past `exp` is now, and anything further away than about a
+/// century is a century away (as good as never, and no timer overflows).
 pub fn expiry_instant(exp: u64) -> tokio::time::Instant {
-    let now_s = crate::model::time::now_ms() as f64 / 1000.0;
-    tokio::time::Instant::now() + Duration::from_secs_f64((exp as f64 - now_s).max(0.0))
+    const CAP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now_ms = u64::try_from(crate::model::time::now_ms()).unwrap_or(0);
+    let left = Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms)).min(CAP);
+    let now = tokio::time::Instant::now();
+    now.checked_add(left).or_else(|| now.checked_add(Duration::from_secs(86_400))).unwrap_or(now)
 }
 
 /// The deliveries taken from the outbox in one go, written with one flush.
