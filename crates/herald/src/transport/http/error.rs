@@ -42,6 +42,10 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             StoreError::IllegalTransition { .. } => (StatusCode::CONFLICT, "illegal_transition"),
             StoreError::JobFinished(_) => (StatusCode::CONFLICT, "job_finished"),
+            // A change that would make a stored document larger than its bound.
+            StoreError::Invalid { message, .. } if message.starts_with(crate::model::job::TOO_LARGE) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "job_too_large")
+            }
             StoreError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             StoreError::IdempotencyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
