@@ -176,7 +176,7 @@ fn open_files_limit() -> Option<usize> {
 /// Serves HTTP/1.1 (with upgrades, for WebSockets) on `listener` until `signal`
 /// resolves; then stops accepting, lets every connection finish its in-flight
 /// request (`shutdown` flipping tells streams and sockets to say goodbye), and
-/// returns once they have.
+/// returns once they have and the WebSockets have closed (or after 6 s).
 ///
 /// Each connection must send a complete request head within `header_timeout`
 /// of opening or of its previous response (slowloris), is closed after
@@ -194,8 +194,10 @@ pub async fn serve(
     let refusals = Arc::new(Semaphore::new(64));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    // Every connection task holds a receiver; all dropped = all finished.
-    let (done_tx, done_rx) = tokio::sync::watch::channel(());
+    // Every connection task holds a receiver of `tasks`, every socket one of
+    // `sockets` (through an upgrade too); all dropped = all finished.
+    let (tasks_tx, tasks_rx) = tokio::sync::watch::channel(());
+    let (sockets_tx, sockets_rx) = tokio::sync::watch::channel(());
     let mut signal = pin!(signal);
     loop {
         let tcp = tokio::select! {
@@ -227,13 +229,30 @@ pub async fn serve(
             app: app.clone(),
             idle_timeout: limits.idle_timeout,
             shutdown: shutdown.clone(),
-            _done: done_rx.clone(),
+            _task: tasks_rx.clone(),
         };
-        tokio::spawn(conn.run(tcp, permit));
+        tokio::spawn(conn.run(tcp, Held { _permit: permit, _socket: sockets_rx.clone() }));
     }
     drop(listener);
-    drop(done_rx);
-    done_tx.closed().await;
+    // In-flight requests finish, however long they take (streams end on `shutdown`).
+    drop(tasks_rx);
+    tasks_tx.closed().await;
+    // WebSockets were told goodbye when `shutdown` flipped; give their closing
+    // handshakes the time they take (a bounded wait: a client may never answer).
+    drop(sockets_rx);
+    let _ = tokio::time::timeout(SOCKETS_GRACE, sockets_tx.closed()).await;
+}
+
+/// Longest wait at shutdown for upgraded sockets to finish their goodbyes: a
+/// session sends its goodbye at once, then waits up to 5 s for the client's
+/// close frame; exiting earlier could reset the connection under it.
+const SOCKETS_GRACE: Duration = Duration::from_secs(6);
+
+/// What a socket holds for as long as it lives: its place under the cap, and
+/// a receiver whose drop tells shutdown it is gone.
+struct Held {
+    _permit: Option<OwnedSemaphorePermit>,
+    _socket: tokio::sync::watch::Receiver<()>,
 }
 
 /// One accepted connection and what it needs to be served.
@@ -242,13 +261,13 @@ struct Connection {
     app: Router,
     idle_timeout: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    _done: tokio::sync::watch::Receiver<()>,
+    _task: tokio::sync::watch::Receiver<()>,
 }
 
 impl Connection {
-    async fn run(mut self, tcp: TcpStream, permit: Option<OwnedSemaphorePermit>) {
+    async fn run(mut self, tcp: TcpStream, held: Held) {
         let activity = Arc::new(Activity::new());
-        let io = Tracked { inner: tcp, activity: Arc::clone(&activity), _permit: permit };
+        let io = Tracked { inner: tcp, activity: Arc::clone(&activity), _held: held };
         let service = hyper_util::service::TowerToHyperService::new(self.app);
         let mut conn = pin!(self.http.serve_connection(hyper_util::rt::TokioIo::new(io), service).with_upgrades());
         let mut idle = pin!(tokio::time::sleep(self.idle_timeout));
@@ -303,7 +322,7 @@ impl Activity {
 struct Tracked {
     inner: TcpStream,
     activity: Arc<Activity>,
-    _permit: Option<OwnedSemaphorePermit>,
+    _held: Held,
 }
 
 impl AsyncRead for Tracked {
