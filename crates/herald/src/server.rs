@@ -148,29 +148,53 @@ pub struct ConnLimits {
 /// and its readers, the listener, logs, connections being refused.
 const RESERVED_FDS: usize = 128;
 
-/// The connection cap, lowered to fit the process's open-file limit: past it,
+/// The connection cap, fitted to the process's open-files limit: past that,
 /// `accept` fails with EMFILE and every client waits, instead of the ones over
-/// the cap being told 503 at once.
+/// the cap being told 503 at once. The soft limit is first raised as far as
+/// the hard limit allows (as Go's runtime does), so the cap usually fits.
 fn effective_max_connections(configured: usize) -> usize {
-    let Some(soft) = open_files_limit() else { return configured };
+    let want = if configured == 0 { usize::MAX } else { configured.saturating_add(RESERVED_FDS) };
+    let Some(soft) = raise_open_files_limit(want) else { return configured };
     let fit = soft.saturating_sub(RESERVED_FDS).max(1);
     if configured == 0 || configured > fit {
         tracing::warn!(
             configured,
             open_files_limit = soft,
             using = fit,
-            "--max-connections lowered to fit the open-files limit (raise it with ulimit -n)"
+            "--max-connections lowered to fit the open-files limit (raise the hard limit, ulimit -Hn)"
         );
         return fit;
     }
     configured
 }
 
-/// The soft limit on open files, where the platform says (Linux: /proc/self/limits).
-fn open_files_limit() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+/// Raises the soft limit on open files towards `want` (at most to the hard
+/// limit) and returns it; `None` when it is unlimited or unknown.
+#[cfg(unix)]
+fn raise_open_files_limit(want: usize) -> Option<usize> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into `lim`, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    let want = libc::rlim_t::try_from(want).unwrap_or(libc::RLIM_INFINITY);
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < want {
+        let raised = libc::rlimit { rlim_cur: want.min(lim.rlim_max), rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads `raised`, which lives across the call. It may
+        // refuse (e.g. macOS above OPEN_MAX); the limit then stays as it was.
+        if raised.rlim_cur > lim.rlim_cur && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = raised.rlim_cur;
+        }
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    usize::try_from(lim.rlim_cur).ok()
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit(_want: usize) -> Option<usize> {
+    None
 }
 
 /// Serves HTTP/1.1 (with upgrades, for WebSockets) on `listener` until `signal`
