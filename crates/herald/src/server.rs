@@ -156,7 +156,15 @@ fn effective_max_connections(configured: usize) -> usize {
     let want = if configured == 0 { usize::MAX } else { configured.saturating_add(RESERVED_FDS) };
     let Some(soft) = raise_open_files_limit(want) else { return configured };
     let fit = soft.saturating_sub(RESERVED_FDS).max(1);
-    if configured == 0 || configured > fit {
+    if configured == 0 {
+        tracing::info!(
+            open_files_limit = soft,
+            using = fit,
+            "no --max-connections: the open-files limit caps connections"
+        );
+        return fit;
+    }
+    if configured > fit {
         tracing::warn!(
             configured,
             open_files_limit = soft,
