@@ -65,6 +65,15 @@ pub struct ServeArgs {
     /// Silence after which a connection is dropped as dead [default: 60s].
     #[arg(long, env = "HERALD_HEARTBEAT_TIMEOUT", value_parser = parse_duration)]
     pub heartbeat_timeout: Option<Duration>,
+    /// Open TCP connections (HTTP, WebSocket, SSE) on this node, 0 for no limit [default: 10000].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Time a connection has to send a complete request head, from opening or from its previous response [default: 10s].
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// An HTTP connection on which no byte moves either way for this long is closed [default: 120s].
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
     /// text or json [default: text].
     #[arg(long, env = "HERALD_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -101,6 +110,9 @@ struct FileConfig {
     outbox_capacity: Option<usize>,
     heartbeat_interval: Option<String>,
     heartbeat_timeout: Option<String>,
+    max_connections: Option<usize>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
     log_format: Option<LogFormat>,
     demo: Option<bool>,
 }
@@ -118,6 +130,12 @@ pub struct Config {
     pub stall_timeout: Duration,
     pub retention: Duration,
     pub max_connections_per_tenant: u64,
+    /// Open TCP connections on this node; 0 for no limit.
+    pub max_connections: usize,
+    /// Time to send a complete request head (from opening, or from the previous response).
+    pub header_timeout: Duration,
+    /// An HTTP connection with no byte moving either way for this long is closed.
+    pub idle_timeout: Duration,
     pub log_format: LogFormat,
     pub demo: bool,
     pub limits: Limits,
@@ -129,7 +147,15 @@ pub enum ConfigError {
     Read(String, std::io::Error),
     #[error("{0}: {1}")]
     Parse(String, String),
+    /// A setting that parses but cannot work, e.g. a heartbeat interval of 0.
+    #[error("{0}")]
+    Invalid(String),
 }
+
+/// Defaults of the connection limits of the listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Config {
     /// Defaults only: what tests start from.
@@ -185,7 +211,7 @@ impl Config {
             max_poll_wait: d.max_poll_wait,
             sse_keepalive: d.sse_keepalive,
         };
-        Ok(Config {
+        let config = Config {
             listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4000))),
             db: args.db.or(file.db).unwrap_or_else(|| PathBuf::from("herald.db")),
             jwt_secret: args.jwt_secret.or(file.jwt_secret).filter(|s| !s.is_empty()),
@@ -205,10 +231,69 @@ impl Config {
                 .max_connections_per_tenant
                 .or(file.max_connections_per_tenant)
                 .unwrap_or(0),
+            max_connections: args.max_connections.or(file.max_connections).unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            header_timeout: dur(args.header_timeout, &file.header_timeout, "header_timeout", DEFAULT_HEADER_TIMEOUT)?,
+            idle_timeout: dur(args.idle_timeout, &file.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
             log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             demo: args.demo || file.demo.unwrap_or(false),
             limits,
-        })
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses settings that parse but cannot work: a zero interval, timeout,
+    /// size or capacity would panic a timer, drop every connection at once or
+    /// refuse everything. (0 is meaningful only where it is documented as "no
+    /// limit": `messages_per_second`, `max_connections`, `max_connections_per_tenant`.)
+    fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let invalid = |name: &str, why: String| {
+            let flag = name.replace('_', "-");
+            let env = name.to_ascii_uppercase();
+            Err(ConfigError::Invalid(format!("--{flag} (HERALD_{env}, {name} in the config file) {why}")))
+        };
+        for (name, d) in [
+            ("stall_timeout", self.stall_timeout),
+            ("retention", self.retention),
+            ("heartbeat_interval", l.heartbeat_interval),
+            ("heartbeat_timeout", l.heartbeat_timeout),
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return invalid(name, "must be longer than 0, e.g. 30s".into());
+            }
+        }
+        for (name, n) in [
+            ("body_limit", l.body_limit),
+            ("ws_max_message", l.ws_max_message),
+            ("max_subscriptions", l.max_subscriptions),
+            ("outbox_capacity", l.outbox_capacity),
+        ] {
+            if n == 0 {
+                return invalid(name, "must be at least 1".into());
+            }
+        }
+        if l.heartbeat_timeout < l.heartbeat_interval {
+            return invalid(
+                "heartbeat_timeout",
+                format!(
+                    "({:?}) must be at least --heartbeat-interval ({:?}), or every quiet connection is dropped before its first ping is answered",
+                    l.heartbeat_timeout, l.heartbeat_interval
+                ),
+            );
+        }
+        if self.idle_timeout <= l.max_poll_wait {
+            return invalid(
+                "idle_timeout",
+                format!(
+                    "({:?}) must be longer than the longest long-poll wait ({:?}), during which nothing moves",
+                    self.idle_timeout, l.max_poll_wait
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// The HS256 secret: configured, or a development secret kept beside the
@@ -251,7 +336,10 @@ fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(&text).map_err(|e| ConfigError::Parse(shown, e.to_string()))
 }
 
-/// Parses `250ms`, `30s`, `5m`, `2h`, `7d`, or plain seconds.
+/// The longest duration any setting takes: about a century.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses `250ms`, `30s`, `5m`, `2h`, `7d`, or plain seconds (at most about a century).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
@@ -265,7 +353,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => n * 86400.0,
         other => return Err(format!("unknown duration unit {other:?}; use ms, s, m, h or d")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!("{s:?} is longer than 100 years")),
+    }
 }
 
 /// Parses `512`, `64KiB`, `1MiB`, `1MB`, `2GiB` into bytes.
@@ -281,7 +372,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "g" | "gb" | "gib" => 1024 * 1024 * 1024,
         other => return Err(format!("unknown size unit {other:?}; use KiB, MiB or GiB")),
     };
-    Ok(n * mult)
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]
@@ -297,6 +388,51 @@ mod tests {
         assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
         assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
         assert!(parse_size("lots").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    /// Zero intervals, timeouts, sizes and capacities are refused with a
+    /// message naming the setting; zero where it means "no limit" is accepted.
+    #[test]
+    fn settings_that_cannot_work_are_refused() {
+        let refused = |args: ServeArgs, names: &str| {
+            let err = Config::resolve(args).unwrap_err().to_string();
+            assert!(err.contains(names), "{err}");
+        };
+        let zero = Some(Duration::ZERO);
+        refused(ServeArgs { heartbeat_interval: zero, ..Default::default() }, "--heartbeat-interval");
+        refused(ServeArgs { heartbeat_timeout: zero, ..Default::default() }, "--heartbeat-timeout");
+        refused(ServeArgs { stall_timeout: zero, ..Default::default() }, "--stall-timeout");
+        refused(ServeArgs { retention: zero, ..Default::default() }, "--retention");
+        refused(ServeArgs { header_timeout: zero, ..Default::default() }, "--header-timeout");
+        refused(ServeArgs { idle_timeout: Some(Duration::from_secs(30)), ..Default::default() }, "--idle-timeout");
+        refused(ServeArgs { outbox_capacity: Some(0), ..Default::default() }, "--outbox-capacity");
+        refused(ServeArgs { max_subscriptions: Some(0), ..Default::default() }, "--max-subscriptions");
+        refused(ServeArgs { body_limit: Some(0), ..Default::default() }, "--body-limit");
+        refused(ServeArgs { ws_max_message: Some(0), ..Default::default() }, "--ws-max-message");
+        refused(
+            ServeArgs {
+                heartbeat_interval: Some(Duration::from_secs(30)),
+                heartbeat_timeout: Some(Duration::from_secs(10)),
+                ..Default::default()
+            },
+            "--heartbeat-timeout",
+        );
+        let c = Config::resolve(ServeArgs {
+            messages_per_second: Some(0),
+            max_connections: Some(0),
+            max_connections_per_tenant: Some(0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((c.limits.messages_per_second, c.max_connections), (0, 0));
+        let d = Config::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(
+            (d.max_connections, d.header_timeout, d.idle_timeout),
+            (10_000, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT)
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub struct JwtConfig {
     pub tenant_claim: String,
     /// Claim holding the role.
     pub role_claim: String,
-    /// Seconds of clock skew tolerated on `exp`.
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
     pub leeway_secs: u64,
 }
 
@@ -89,14 +89,20 @@ impl JwtVerifier {
 
     /// Verifies a token and reads its principal.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let claims = self.verify_claims(token)?;
-        self.principal(&claims)
+        let (claims, times) = self.decode(token)?;
+        self.principal(&claims, times.exp)
     }
 
-    /// Verifies a token's signature and expiry and returns its claims, without
-    /// mapping them to a principal (for roles Herald has no principal for, such
-    /// as Supabase's `anon`).
+    /// Verifies a token's signature and time claims (`exp`, `nbf`, `iat`) and
+    /// returns its claims, without mapping them to a principal (for roles
+    /// Herald has no principal for, such as Supabase's `anon`).
     pub fn verify_claims(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
+        self.decode(token).map(|(claims, _)| claims)
+    }
+
+    /// Checks the signature, then reads and checks the time claims, once: every
+    /// transport gets its expiry from here, so none can read it another way.
+    fn decode(&self, token: &str) -> Result<(Map<String, Value>, TimeClaims), AuthError> {
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let key = match header.alg {
             Algorithm::HS256 => self.inner.hs.as_ref().map(|(d, _)| d),
@@ -109,17 +115,24 @@ impl JwtVerifier {
             other => return Err(AuthError::Invalid(format!("algorithm {other:?} is not accepted"))),
         }
         .ok_or_else(|| AuthError::Invalid(format!("no key for algorithm {:?}", header.alg)))?;
+        // The library checks the signature only. Its own time checks read
+        // `exp` leniently (a float is rounded, a string is "missing"), which is
+        // how a token could mean one expiry over HTTP and none over a socket.
         let mut validation = Validation::new(header.alg);
-        validation.leeway = self.inner.leeway;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = false;
         // `sub` is required by `principal`, not here: Supabase anon keys have none.
-        validation.set_required_spec_claims(&["exp"]);
+        validation.set_required_spec_claims::<&str>(&[]);
         let data = decode::<Map<String, Value>>(token, key, &validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing claim {c}")),
             _ => AuthError::Invalid(e.to_string()),
         })?;
-        Ok(data.claims)
+        let now = crate::model::time::now_ms().max(0) as u64 / 1000;
+        let times = TimeClaims::read(&data.claims)?;
+        times.check(now, self.inner.leeway)?;
+        Ok((data.claims, times))
     }
 
     /// The role claim of verified claims, as written in the token.
@@ -132,7 +145,7 @@ impl JwtVerifier {
         claim_path(claims, &self.inner.tenant_claim).and_then(value_as_string)
     }
 
-    fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, AuthError> {
+    fn principal(&self, claims: &Map<String, Value>, exp: u64) -> Result<Principal, AuthError> {
         let sub = claims
             .get("sub")
             .and_then(Value::as_str)
@@ -145,8 +158,7 @@ impl JwtVerifier {
             .and_then(Value::as_str)
             .ok_or_else(|| AuthError::Invalid(format!("missing role claim {}", self.inner.role_claim.join("."))))?;
         let role = Role::parse(role_name).ok_or_else(|| AuthError::Invalid(format!("unknown role {role_name:?}")))?;
-        let exp = claims.get("exp").and_then(Value::as_u64);
-        Ok(Principal { sub: Arc::from(sub), tenant: Arc::from(tenant.as_str()), role, exp })
+        Ok(Principal { sub: Arc::from(sub), tenant: Arc::from(tenant.as_str()), role, exp: Some(exp) })
     }
 
     /// Mints an HS256 token (development and tests).
@@ -160,6 +172,78 @@ impl JwtVerifier {
         claims.insert("iat".into(), now.into());
         claims.insert("exp".into(), (now + ttl_secs).into());
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, enc).ok()
+    }
+}
+
+/// The latest time a time claim may name: 9999-12-31T23:59:59Z. A larger
+/// number is not a time but a mistake or an attack, and would overflow the
+/// timers that count down to it.
+pub const MAX_TIME_CLAIM: u64 = 253_402_300_799;
+
+/// A token's registered time claims that Herald acts on, each a whole number
+/// of seconds since the epoch (`iat` is checked for its form only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TimeClaims {
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+impl TimeClaims {
+    /// Reads `exp` (required), `nbf` and `iat`; anything but an integer from 0
+    /// to [`MAX_TIME_CLAIM`] is refused: a fraction (`1.5`), a float
+    /// (`1.7e9`), a negative number, a string, `null`.
+    fn read(claims: &Map<String, Value>) -> Result<TimeClaims, AuthError> {
+        let exp = time_claim(claims, "exp")?.ok_or_else(|| AuthError::Invalid("missing claim exp".into()))?;
+        let nbf = time_claim(claims, "nbf")?;
+        time_claim(claims, "iat")?;
+        Ok(TimeClaims { exp, nbf })
+    }
+
+    /// Expired once `now` reaches `exp` (RFC 7519 §4.1.4), not valid before `nbf`,
+    /// each with `leeway` seconds of clock skew.
+    fn check(&self, now: u64, leeway: u64) -> Result<(), AuthError> {
+        if now >= self.exp.saturating_add(leeway) {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = self.nbf {
+            if now.saturating_add(leeway) < nbf {
+                return Err(AuthError::Invalid(format!(
+                    "token is not valid before {nbf} (claim nbf); it is now {now}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, AuthError> {
+    let Some(v) = claims.get(name) else { return Ok(None) };
+    match v.as_u64() {
+        // `as_u64` is None for floats, negative numbers and non-numbers.
+        Some(t) if t <= MAX_TIME_CLAIM => Ok(Some(t)),
+        _ => Err(AuthError::Invalid(format!(
+            "claim {name} must be a whole number of seconds since 1970 from 0 to {MAX_TIME_CLAIM}, got {}",
+            describe(v)
+        ))),
+    }
+}
+
+/// A short description of a claim's value for an error message.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Number(n) => {
+            let s = n.to_string();
+            if s.len() > 32 {
+                format!("{}…", &s[..32])
+            } else {
+                s
+            }
+        }
+        Value::String(_) => "a string".into(),
+        Value::Null => "null".into(),
+        Value::Bool(_) => "a boolean".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
     }
 }
 
@@ -268,5 +352,66 @@ mod tests {
         // HS256 is refused when only asymmetric keys are configured.
         let hs = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(b"x")).unwrap();
         assert_eq!(v.verify(&hs).unwrap_err().code(), "invalid_token");
+    }
+
+    fn sign(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap()
+    }
+
+    /// `exp`, `nbf` and `iat` are whole seconds in range or the token is
+    /// invalid; `nbf` is enforced with the leeway; every caller gets the same `exp`.
+    #[test]
+    fn time_claims_are_integers_in_range_and_nbf_is_enforced() {
+        let v = verifier("tenant");
+        let now = crate::model::time::now_ms() as u64 / 1000;
+        let base = serde_json::json!({"sub": "u1", "tenant": "acme", "role": "staff"});
+        let with = |pairs: &[(&str, serde_json::Value)]| {
+            let mut c = base.clone();
+            for (k, val) in pairs {
+                c[*k] = val.clone();
+            }
+            sign(c)
+        };
+        let ok = v.verify(&with(&[("exp", (now + 60).into())])).unwrap();
+        assert_eq!(ok.exp, Some(now + 60));
+        for bad in [
+            serde_json::json!((now + 60) as f64 + 0.5),
+            serde_json::json!(1.9e9),
+            serde_json::json!(10_000_000_000_000_000_000u64),
+            serde_json::json!(1e19),
+            serde_json::json!(-5),
+            serde_json::json!((now + 60).to_string()),
+            serde_json::Value::Null,
+        ] {
+            for claim in ["exp", "nbf", "iat"] {
+                let mut pairs = vec![("exp", serde_json::json!(now + 60))];
+                pairs.push((claim, bad.clone()));
+                let err = v.verify(&with(&pairs)).unwrap_err();
+                assert_eq!(err.code(), "invalid_token", "{claim} = {bad}: {err}");
+                assert!(err.to_string().contains(claim), "{err}");
+                assert!(v.verify_claims(&with(&pairs)).is_err(), "{claim} = {bad}");
+            }
+        }
+        let missing = v.verify(&sign(base.clone())).unwrap_err();
+        assert_eq!((missing.code(), missing.to_string().contains("exp")), ("invalid_token", true));
+        // Expired once the clock reaches exp.
+        assert_eq!(v.verify(&with(&[("exp", now.into())])).unwrap_err(), AuthError::Expired);
+        // Not valid before nbf; a past nbf is fine.
+        let early = v.verify(&with(&[("exp", (now + 600).into()), ("nbf", (now + 300).into())])).unwrap_err();
+        assert_eq!(early.code(), "invalid_token");
+        assert!(early.to_string().contains("nbf"), "{early}");
+        v.verify(&with(&[("exp", (now + 600).into()), ("nbf", (now - 10).into()), ("iat", (now - 10).into())]))
+            .unwrap();
+        // The leeway forgives that much skew on both ends.
+        let lenient = JwtVerifier::new(&JwtConfig {
+            secret: Some("s3cret".into()),
+            jwks_file: None,
+            tenant_claim: "tenant".into(),
+            role_claim: "role".into(),
+            leeway_secs: 30,
+        })
+        .unwrap();
+        lenient.verify(&with(&[("exp", (now - 10).into()), ("nbf", (now + 10).into())])).unwrap();
+        assert!(lenient.verify(&with(&[("exp", (now + 600).into()), ("nbf", (now + 60).into())])).is_err());
     }
 }

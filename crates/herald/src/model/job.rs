@@ -5,6 +5,15 @@ use utoipa::ToSchema;
 
 /// How many entries the bounded error log keeps (the oldest are dropped first).
 pub const ERROR_LOG_LIMIT: usize = 50;
+/// How many bytes of messages the error log keeps, all entries together (the
+/// oldest are dropped first; the newest entry always stays).
+pub const ERROR_LOG_BYTES: usize = 64 * 1024;
+/// Longest message one error log entry keeps; a longer one is cut and ends in `…`.
+pub const ERROR_MESSAGE_LIMIT: usize = 16 * 1024;
+/// Largest a job's metadata may become through merge patches, serialized as
+/// compact JSON. Every change of a job writes the whole job into an event, so
+/// an unbounded document would make every small report a large write.
+pub const METADATA_LIMIT: usize = 64 * 1024;
 
 /// Lifecycle of a job. Legal moves: queued→running→completed|failed|cancelled,
 /// running↔stalled, queued→cancelled|failed; nothing leaves a terminal state.
@@ -150,6 +159,9 @@ pub enum JobRuleError {
     IllegalTransition { from: JobStatus, to: JobStatus },
     #[error("{field}: {message}")]
     Invalid { field: &'static str, message: String },
+    /// The change would make the stored job larger than its bound.
+    #[error("{field}: {message}")]
+    TooLarge { field: &'static str, message: String },
 }
 
 impl std::fmt::Display for JobStatus {
@@ -232,6 +244,18 @@ impl Job {
         }
         if let Some(patch) = &r.metadata {
             merge_patch(&mut next.metadata, patch);
+            // A job stored larger than the limit (created so, or before it
+            // existed) may still shrink; it may not grow.
+            let size = json_size(&next.metadata);
+            if size > METADATA_LIMIT && size > json_size(&self.metadata) {
+                return Err(JobRuleError::TooLarge {
+                    field: "metadata",
+                    message: format!(
+                        "with this patch the job's metadata would be {size} bytes; \
+                         the limit is {METADATA_LIMIT} bytes (a patch can remove keys with null)"
+                    ),
+                });
+            }
         }
         if let Some(e) = &r.error {
             next.push_error(e.clone(), now);
@@ -253,12 +277,30 @@ impl Job {
         }
     }
 
-    pub fn push_error(&mut self, message: String, now: i64) {
-        self.errors.push(JobError { at: now, message });
-        if self.errors.len() > ERROR_LOG_LIMIT {
-            let excess = self.errors.len() - ERROR_LOG_LIMIT;
-            self.errors.drain(..excess);
+    /// Appends to the error log, which keeps at most [`ERROR_LOG_LIMIT`]
+    /// entries and [`ERROR_LOG_BYTES`] of messages (the oldest go first), each
+    /// message cut to [`ERROR_MESSAGE_LIMIT`].
+    pub fn push_error(&mut self, mut message: String, now: i64) {
+        if message.len() > ERROR_MESSAGE_LIMIT {
+            const MARK: &str = "…";
+            let mut cut = ERROR_MESSAGE_LIMIT - MARK.len();
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(MARK);
         }
+        self.errors.push(JobError { at: now, message });
+        let mut bytes: usize = self.errors.iter().map(|e| e.message.len()).sum();
+        let mut excess = self.errors.len().saturating_sub(ERROR_LOG_LIMIT);
+        for e in &self.errors[..excess] {
+            bytes -= e.message.len();
+        }
+        while bytes > ERROR_LOG_BYTES && excess + 1 < self.errors.len() {
+            bytes -= self.errors[excess].message.len();
+            excess += 1;
+        }
+        self.errors.drain(..excess);
     }
 
     /// Records that the job changed: a new version and update time.
@@ -279,6 +321,24 @@ impl Job {
             self.progress = self.derived_progress();
         }
     }
+}
+
+/// The length of a value serialized as compact JSON, counted without building the text.
+pub fn json_size(v: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    // Writing a Value to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut n, v);
+    n.0
 }
 
 /// RFC 7386 JSON merge patch.
@@ -385,5 +445,51 @@ mod tests {
         let mut v = serde_json::json!({"a": 1, "b": {"c": 2, "d": 3}});
         merge_patch(&mut v, &serde_json::json!({"a": null, "b": {"c": 5}, "e": [1]}));
         assert_eq!(v, serde_json::json!({"b": {"c": 5, "d": 3}, "e": [1]}));
+    }
+
+    #[test]
+    fn metadata_may_not_grow_past_the_limit_but_may_shrink() {
+        let mut j = job();
+        let chunk = "x".repeat(20 * 1024);
+        let patch = |k: &str, v: serde_json::Value| ProgressReport {
+            metadata: Some(serde_json::json!({ k: v })),
+            ..Default::default()
+        };
+        for k in ["a", "b", "c"] {
+            j.apply_report(&patch(k, chunk.clone().into()), 5).unwrap();
+        }
+        let before = j.clone();
+        let err = j.apply_report(&patch("d", chunk.clone().into()), 6).unwrap_err();
+        let JobRuleError::TooLarge { field, message } = &err else { panic!("{err}") };
+        assert_eq!(*field, "metadata");
+        assert!(message.contains("65536"), "{message}");
+        assert_eq!(j, before, "a refused patch changes nothing");
+        // A job already over the limit (stored so earlier) may shrink, and other reports still work.
+        j.metadata["big"] = "y".repeat(100 * 1024).into();
+        j.apply_report(&ProgressReport { stage: Some("s".into()), ..Default::default() }, 7).unwrap();
+        j.apply_report(&patch("a", serde_json::Value::Null), 8).unwrap();
+        assert!(j.apply_report(&patch("e", "z".into()), 9).is_err(), "still over the limit, growing");
+        j.apply_report(&patch("big", serde_json::Value::Null), 10).unwrap();
+        j.apply_report(&patch("e", "z".into()), 11).unwrap();
+        assert!(json_size(&j.metadata) <= METADATA_LIMIT);
+        assert_eq!(json_size(&j.metadata), serde_json::to_string(&j.metadata).unwrap().len());
+    }
+
+    #[test]
+    fn the_error_log_is_bounded_in_entries_and_bytes() {
+        let mut j = job();
+        for i in 0..100 {
+            j.push_error(format!("e{i}"), i);
+        }
+        assert_eq!(j.errors.len(), ERROR_LOG_LIMIT);
+        assert_eq!(j.errors[0].message, "e50");
+        for i in 0..20 {
+            j.push_error(format!("{i}{}", "é".repeat(ERROR_MESSAGE_LIMIT)), 200 + i);
+        }
+        let bytes: usize = j.errors.iter().map(|e| e.message.len()).sum();
+        assert!(bytes <= ERROR_LOG_BYTES, "{bytes}");
+        let last = j.errors.last().unwrap();
+        assert!(last.message.starts_with("19") && last.message.ends_with('…'), "the newest stays");
+        assert!(last.message.len() <= ERROR_MESSAGE_LIMIT);
     }
 }

@@ -15,6 +15,9 @@ pub enum WriteError {
     IllegalTransition { from: JobStatus, to: JobStatus },
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// The change would make a stored document larger than its bound.
+    #[error("{field}: {message}")]
+    TooLarge { field: String, message: String },
     /// The job is finished; nothing about it may change any more.
     #[error("job is {0}; its tasks can no longer change")]
     JobFinished(JobStatus),
@@ -40,6 +43,7 @@ impl From<JobRuleError> for WriteError {
         match e {
             JobRuleError::IllegalTransition { from, to } => WriteError::IllegalTransition { from, to },
             JobRuleError::Invalid { field, message } => WriteError::Invalid { field: field.to_string(), message },
+            JobRuleError::TooLarge { field, message } => WriteError::TooLarge { field: field.to_string(), message },
         }
     }
 }

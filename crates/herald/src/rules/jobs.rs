@@ -3,7 +3,7 @@
 
 use super::{notifications, raw, to_json, to_raw, NewJob, NewNotification, Reply, WriteError};
 use crate::model::ids::new_id;
-use crate::model::job::ProgressReport;
+use crate::model::job::{ProgressReport, METADATA_LIMIT};
 use crate::model::notification::Level;
 use crate::model::task::TaskUpsert;
 use crate::model::topic::job_topics;
@@ -87,8 +87,18 @@ pub fn create(tx: &mut dyn WriteTx, tenant: &str, new: NewJob) -> Result<Reply, 
     if !matches!(status, JobStatus::Queued | JobStatus::Running) {
         return Err(WriteError::invalid("status", "a new job is queued or running"));
     }
-    if new.metadata.as_ref().is_some_and(|m| !m.is_object()) {
-        return Err(WriteError::invalid("metadata", "must be a JSON object"));
+    if let Some(m) = &new.metadata {
+        if !m.is_object() {
+            return Err(WriteError::invalid("metadata", "must be a JSON object"));
+        }
+        // The same bound as for merge patches: every change writes the whole job into an event.
+        let size = crate::model::job::json_size(m);
+        if size > METADATA_LIMIT {
+            return Err(WriteError::TooLarge {
+                field: "metadata".into(),
+                message: format!("{size} bytes; the limit is {METADATA_LIMIT} bytes"),
+            });
+        }
     }
     let mut job = Job {
         id: id.clone(),

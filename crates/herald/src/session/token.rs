@@ -58,12 +58,34 @@ impl Deadline {
     }
 }
 
-/// Longest wait a deadline is armed for; later expiries are re-armed when it passes.
-const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
-
 /// When a token with `exp` (seconds since the epoch) expires, on tokio's clock.
+/// Never panics: a past `exp` is now, and anything further away than about a
+/// century is a century away (as good as never, and no timer overflows).
 pub fn expiry_instant(exp: u64) -> tokio::time::Instant {
-    let now_s = crate::model::time::now_ms() as f64 / 1000.0;
-    let left = (exp as f64 - now_s).clamp(0.0, MAX_WAIT.as_secs_f64());
-    tokio::time::Instant::now() + Duration::from_secs_f64(left)
+    const CAP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now_ms = u64::try_from(crate::model::time::now_ms()).unwrap_or(0);
+    let left = Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms)).min(CAP);
+    let now = tokio::time::Instant::now();
+    now.checked_add(left).or_else(|| now.checked_add(Duration::from_secs(86_400))).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn expiry_instants_never_overflow() {
+        let now = tokio::time::Instant::now();
+        let past = expiry_instant(0);
+        assert!(past <= tokio::time::Instant::now() && past >= now);
+        for exp in [u64::MAX, 10_000_000_000_000_000_000, 253_402_300_799] {
+            let at = expiry_instant(exp);
+            let ahead = at - now;
+            assert!(ahead > Duration::from_secs(99 * 365 * 24 * 3600), "{exp}: {ahead:?}");
+            assert!(ahead <= Duration::from_secs(101 * 365 * 24 * 3600), "{exp}: {ahead:?}");
+        }
+        let soon = crate::model::time::now_ms() as u64 / 1000 + 60;
+        let ahead = expiry_instant(soon) - now;
+        assert!(ahead > Duration::from_secs(58) && ahead <= Duration::from_secs(60), "{ahead:?}");
+    }
 }

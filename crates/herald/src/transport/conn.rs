@@ -74,22 +74,31 @@ pub enum Verdict {
 }
 
 /// Token bucket on inbound messages: `per_second` refill, bursts up to twice
-/// that. Excess messages are dropped, with a warning at most once a second so
-/// a flood does not turn into a flood of errors back.
+/// that; `per_second` 0 means no limit. Excess messages are dropped, with a
+/// warning at most once a second so a flood does not turn into a flood of
+/// errors back.
+///
+/// A flood is measured as an episode of excess, not as an unbroken run of
+/// drops: it starts with the first dropped message and lasts until the client
+/// leaves a whole second of its allowance unused. The tokens that refill during
+/// a flood let a few messages through, and those do not end it; a client that
+/// keeps sending faster than the limit stays in the episode, and once it is
+/// older than `close_after` the next dropped message closes the connection.
 pub struct RateLimit {
+    /// Refill per second; 0 for no limit.
     per_second: f64,
     tokens: f64,
     at: Instant,
     warned_at: Option<Instant>,
-    /// When the connection started exceeding the limit without pause.
+    /// When the current episode of excess began.
     flooding_since: Option<Instant>,
-    /// How long a continuous flood is tolerated; `None` never closes.
+    /// How long an episode of excess is tolerated; `None` never closes.
     close_after: Option<Duration>,
 }
 
 impl RateLimit {
     pub fn new(per_second: u32, close_after: Option<Duration>) -> Self {
-        let per_second = f64::from(per_second.max(1));
+        let per_second = f64::from(per_second);
         RateLimit {
             per_second,
             tokens: per_second * 2.0,
@@ -102,20 +111,30 @@ impl RateLimit {
 
     /// Takes a token for one inbound message.
     pub fn check(&mut self) -> Verdict {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second).min(self.per_second * 2.0);
+        if self.per_second == 0.0 {
+            return Verdict::Allow;
+        }
+        self.check_at(Instant::now())
+    }
+
+    fn check_at(&mut self, now: Instant) -> Verdict {
+        let burst = self.per_second * 2.0;
+        self.tokens = (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * self.per_second).min(burst);
         self.at = now;
+        // A second of allowance left over, besides this message's token: the
+        // client has been under the limit for a while, the excess is over.
+        if self.tokens >= (self.per_second + 1.0).min(burst) {
+            self.flooding_since = None;
+        }
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            self.flooding_since = None;
             return Verdict::Allow;
         }
         let since = *self.flooding_since.get_or_insert(now);
-        if self.close_after.is_some_and(|limit| now.duration_since(since) > limit) {
+        if self.close_after.is_some_and(|limit| now.saturating_duration_since(since) > limit) {
             return Verdict::Close;
         }
-        if self.warned_at.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+        if self.warned_at.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1)) {
             self.warned_at = Some(now);
             return Verdict::Warn;
         }
@@ -242,4 +261,65 @@ pub async fn close(sink: &mut impl WsSink, stream: &mut impl WsStream, last: Opt
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `rate` messages a second for `secs` seconds of simulated time;
+    /// returns the verdicts' counts and when the first `Close` came.
+    fn flood(limit: &mut RateLimit, start: Instant, rate: u32, secs: u32) -> (usize, usize, Option<Duration>) {
+        let (mut allowed, mut dropped) = (0, 0);
+        for i in 0..rate * secs {
+            let at = Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+            match limit.check_at(start + at) {
+                Verdict::Allow => allowed += 1,
+                Verdict::Warn | Verdict::Drop => dropped += 1,
+                Verdict::Close => return (allowed, dropped, Some(at)),
+            }
+        }
+        (allowed, dropped, None)
+    }
+
+    #[test]
+    fn a_flood_closes_even_though_refills_let_some_messages_through() {
+        let mut limit = RateLimit::new(5, Some(Duration::from_secs(10)));
+        let start = limit.at;
+        let (allowed, dropped, closed) = flood(&mut limit, start, 1000, 20);
+        let closed = closed.expect("closed");
+        assert!(closed > Duration::from_secs(10) && closed < Duration::from_secs(11), "{closed:?}");
+        assert!(allowed > 50, "refills let messages through: {allowed}");
+        assert!(dropped > 9000, "{dropped}");
+        // Just above the limit is a flood too.
+        let mut limit = RateLimit::new(5, Some(Duration::from_secs(10)));
+        let start = limit.at;
+        assert!(flood(&mut limit, start, 6, 60).2.is_some());
+    }
+
+    #[test]
+    fn bursts_and_a_steady_rate_within_the_limit_never_close() {
+        let mut limit = RateLimit::new(5, Some(Duration::from_secs(10)));
+        let mut start = limit.at;
+        for _ in 0..10 {
+            // A burst of 30 (20 dropped), then a pause of 3 s: each burst is a new episode.
+            for i in 0..30 {
+                assert_ne!(limit.check_at(start + Duration::from_millis(i)), Verdict::Close);
+            }
+            start += Duration::from_secs(3);
+        }
+        let mut limit = RateLimit::new(5, Some(Duration::from_secs(10)));
+        let start = limit.at;
+        assert_eq!(flood(&mut limit, start, 5, 60), (300, 0, None));
+        // Without a tolerance it never closes.
+        let mut limit = RateLimit::new(5, None);
+        let start = limit.at;
+        assert!(flood(&mut limit, start, 1000, 20).2.is_none());
+    }
+
+    #[test]
+    fn zero_per_second_means_no_limit() {
+        let mut limit = RateLimit::new(0, Some(Duration::from_secs(1)));
+        assert!((0..100_000).all(|_| limit.check() == Verdict::Allow));
+    }
 }

@@ -2,6 +2,7 @@ mod bad_input;
 mod core_flow;
 mod dashboard;
 mod durability;
+mod hardening;
 mod isolation;
 mod limits;
 mod live;

@@ -61,6 +61,7 @@ impl From<WriteError> for ApiError {
             WriteError::IllegalTransition { .. } => (StatusCode::CONFLICT, "illegal_transition"),
             WriteError::JobFinished(_) => (StatusCode::CONFLICT, "job_finished"),
             WriteError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            WriteError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "job_too_large"),
             WriteError::IdempotencyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
         };
         ApiError::new(status, code, e.to_string())

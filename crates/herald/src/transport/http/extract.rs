@@ -78,9 +78,26 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
+/// Deepest nesting of objects and arrays a JSON body may have; the body's own
+/// object is level 1. Deeper documents are refused at ingest: stored, they
+/// could not be read back by parsers with a recursion limit (serde_json's is
+/// 128 levels, and the event that wraps a job adds a few).
+pub const MAX_JSON_DEPTH: usize = 32;
+
 /// Parses JSON, telling malformed JSON (400 `invalid_json`) from well-formed
-/// JSON of the wrong shape (422 `invalid_field`, naming the field's path).
+/// JSON of the wrong shape (422 `invalid_field`, naming the field's path), and
+/// refusing documents nested deeper than [`MAX_JSON_DEPTH`] (422 `json_too_deep`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if let Some(at) = too_deep(bytes, MAX_JSON_DEPTH) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "json_too_deep",
+            format!(
+                "objects and arrays nest more than {MAX_JSON_DEPTH} levels deep (at byte {at}); \
+                 the limit is {MAX_JSON_DEPTH} levels, counting the body itself"
+            ),
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         // A shape error may be met before a syntax error further on, and serde_json
@@ -96,6 +113,36 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Anything after the value (`{}}`, `{} {}`) is malformed too, not ignored.
     de.end().map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?;
     Ok(value)
+}
+
+/// Where JSON text first nests objects and arrays deeper than `max`, if it
+/// does: one pass over the bytes counting brackets outside strings, before
+/// anything is parsed or allocated.
+fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Whether `bytes` are one well-formed JSON document.
@@ -177,4 +224,26 @@ pub fn hex(b: &[u8]) -> String {
 /// Checks a path id and says which one is wrong.
 pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     crate::model::ids::validate_id(id).map_err(|m| ApiError::bad_request("invalid_id", format!("{what}: {m}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(levels: usize) -> String {
+        format!("{}{}", r#"{"a":"#.repeat(levels - 1) + "{}", "}".repeat(levels - 1))
+    }
+
+    #[test]
+    fn depth_is_counted_outside_strings() {
+        assert_eq!(too_deep(nested(32).as_bytes(), 32), None);
+        assert!(too_deep(nested(33).as_bytes(), 32).is_some());
+        let quoted = format!(r#"{{"s":"{}\"{}"}}"#, "[".repeat(100), "{".repeat(100));
+        assert_eq!(too_deep(quoted.as_bytes(), 32), None, "{quoted}");
+        assert!(too_deep(format!("{}{}", "[".repeat(40), "]".repeat(40)).as_bytes(), 32).is_some());
+        assert!(parse_json::<serde_json::Value>(nested(32).as_bytes()).is_ok());
+        let err = parse_json::<serde_json::Value>(nested(126).as_bytes()).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (422, "json_too_deep"));
+        assert!(err.message.contains("32"), "{}", err.message);
+    }
 }
