@@ -17,6 +17,11 @@ pub struct Limits {
     pub ws_max_message: usize,
     /// Most subscriptions one connection may hold.
     pub max_subscriptions: usize,
+    /// Most `postgres_changes` bindings one Phoenix channel may declare.
+    pub max_bindings: usize,
+    /// Most hub topics one connection may receive, over all its subscriptions,
+    /// channels and bindings: what bounds the memory one socket can take.
+    pub max_topics_per_connection: usize,
     /// Messages per second a connection may send (a burst of twice that is allowed).
     pub messages_per_second: u32,
     /// Deliveries a connection may have queued before it is cut off as a slow consumer.
@@ -37,6 +42,8 @@ impl Default for Limits {
             body_limit: 1024 * 1024,
             ws_max_message: 64 * 1024,
             max_subscriptions: 100,
+            max_bindings: 100,
+            max_topics_per_connection: 1000,
             messages_per_second: 100,
             outbox_capacity: 4096,
             heartbeat_interval: Duration::from_secs(20),

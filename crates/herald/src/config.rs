@@ -50,6 +50,13 @@ pub struct ServeArgs {
     /// Subscriptions per connection [default: 100].
     #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS")]
     pub max_subscriptions: Option<usize>,
+    /// postgres_changes bindings per Phoenix channel [default: 100].
+    #[arg(long, env = "HERALD_MAX_BINDINGS")]
+    pub max_bindings: Option<usize>,
+    /// Hub topics one connection may receive, over all its subscriptions,
+    /// channels and bindings [default: 1000].
+    #[arg(long, env = "HERALD_MAX_TOPICS_PER_CONNECTION")]
+    pub max_topics_per_connection: Option<usize>,
     /// Messages per second per connection [default: 100].
     #[arg(long, env = "HERALD_MESSAGES_PER_SECOND")]
     pub messages_per_second: Option<u32>,
@@ -105,6 +112,8 @@ struct FileConfig {
     body_limit: Option<String>,
     ws_max_message: Option<String>,
     max_subscriptions: Option<usize>,
+    max_bindings: Option<usize>,
+    max_topics_per_connection: Option<usize>,
     messages_per_second: Option<u32>,
     max_connections_per_tenant: Option<u64>,
     outbox_capacity: Option<usize>,
@@ -194,6 +203,11 @@ impl Config {
             body_limit: size(args.body_limit, &file.body_limit, "body_limit", d.body_limit)?,
             ws_max_message: size(args.ws_max_message, &file.ws_max_message, "ws_max_message", d.ws_max_message)?,
             max_subscriptions: args.max_subscriptions.or(file.max_subscriptions).unwrap_or(d.max_subscriptions),
+            max_bindings: args.max_bindings.or(file.max_bindings).unwrap_or(d.max_bindings),
+            max_topics_per_connection: args
+                .max_topics_per_connection
+                .or(file.max_topics_per_connection)
+                .unwrap_or(d.max_topics_per_connection),
             messages_per_second: args.messages_per_second.or(file.messages_per_second).unwrap_or(d.messages_per_second),
             outbox_capacity: args.outbox_capacity.or(file.outbox_capacity).unwrap_or(d.outbox_capacity),
             heartbeat_interval: dur(
@@ -269,6 +283,8 @@ impl Config {
             ("body_limit", l.body_limit),
             ("ws_max_message", l.ws_max_message),
             ("max_subscriptions", l.max_subscriptions),
+            ("max_bindings", l.max_bindings),
+            ("max_topics_per_connection", l.max_topics_per_connection),
             ("outbox_capacity", l.outbox_capacity),
         ] {
             if n == 0 {

@@ -117,6 +117,9 @@ impl Hub {
             let removed = subs.remove(&conn_id).is_some();
             if subs.is_empty() {
                 shard.topics.remove(key);
+                shrink(&mut shard.topics);
+            } else {
+                shrink(subs);
             }
             removed
         };
@@ -169,6 +172,14 @@ impl Hub {
             .collect();
         let topics = self.shards.iter().map(|s| s.lock().topics.len()).sum();
         (tenants, topics)
+    }
+}
+
+/// Gives memory back once a map is mostly empty: a burst of subscriptions
+/// (one socket can hold many) must not leave its peak allocated for good.
+fn shrink<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
     }
 }
 

@@ -80,6 +80,29 @@ impl Membership {
         }
     }
 
+    /// Checks that receiving `topics` (of `tenant`) too stays within the
+    /// connection's bound on hub topics; topics it already receives are free.
+    pub fn check_room_for<'a>(
+        &self,
+        tenant: &str,
+        topics: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), SessionError> {
+        let max = self.s.limits.max_topics_per_connection;
+        let mut new = std::collections::HashSet::new();
+        for t in topics {
+            if !self.topics.contains_key(&TopicKey::new(tenant, t)) {
+                new.insert(t);
+            }
+        }
+        if self.topics.len() + new.len() > max {
+            return Err(SessionError::limit(
+                "too_many_subscriptions",
+                format!("a connection may receive at most {max} topics"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether this connection receives `key`.
     pub fn has(&self, key: &TopicKey) -> bool {
         self.topics.contains_key(key)

@@ -27,6 +27,14 @@ impl<T: futures_util::Sink<Message, Error = axum::Error> + Unpin + Send> WsSink 
 pub trait WsStream: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin + Send {}
 impl<T: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin + Send> WsStream for T {}
 
+/// The most a WebSocket codec reads of one message, before authentication or
+/// anything else: four times the configured limit. A message a little over the
+/// limit is still read and answered with a `frame_too_large` error; a larger
+/// one breaks the connection (1009) without ever being buffered whole.
+pub fn codec_max_message(limits: &crate::app::Limits) -> usize {
+    limits.ws_max_message.saturating_mul(4)
+}
+
 /// Deliveries written per flush.
 pub const WRITE_BATCH: usize = 256;
 /// Time the last frames and the client's close frame have to cross when closing.

@@ -9,4 +9,5 @@ mod live;
 mod phoenix;
 mod presence;
 mod resume;
+mod session_limits;
 mod sse;

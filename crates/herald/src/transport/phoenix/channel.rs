@@ -134,12 +134,11 @@ impl Channel {
         }
     }
 
+    /// The key of this channel's presence entries: always the verified `sub`.
+    /// A `config.presence.key` of the client's choosing would let anyone appear
+    /// under someone else's identity, so it is not used.
     pub fn presence_key(&self) -> &str {
-        if self.request.presence_key.is_empty() {
-            &self.principal.sub
-        } else {
-            &self.request.presence_key
-        }
+        &self.principal.sub
     }
 
     /// Every hub topic this channel listens on.

@@ -11,6 +11,7 @@ pub mod resume;
 pub mod session;
 
 use crate::app::AppState;
+use crate::transport::conn::codec_max_message;
 use crate::transport::http::error::ApiError;
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
@@ -19,9 +20,6 @@ use axum::Extension;
 use std::sync::Arc;
 
 pub use resume::ResumeBook;
-
-/// Hard cap on one message; larger ones break the socket.
-const HARD_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Shared state of the Phoenix endpoint; added to the router as an extension.
 #[derive(Clone)]
@@ -80,7 +78,7 @@ pub async fn upgrade(
     let opening = session::Opening { vsn, credential, guard };
     ws.read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
-        .max_message_size(HARD_MAX_MESSAGE)
-        .max_frame_size(HARD_MAX_MESSAGE)
+        .max_message_size(codec_max_message(&s.limits))
+        .max_frame_size(codec_max_message(&s.limits))
         .on_upgrade(move |socket| session::run(socket, s, phx.book, opening))
 }

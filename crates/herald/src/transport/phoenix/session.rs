@@ -308,6 +308,14 @@ impl Session {
             Ok(p) => p,
             Err(reason) => return self.refuse(sink, &m, reason).await,
         };
+        let max_bindings = self.s.limits.max_bindings;
+        if req.bindings.len() > max_bindings {
+            let reason =
+                format!("too_many_bindings: a channel may declare at most {max_bindings} postgres_changes bindings");
+            return self.refuse(sink, &m, reason).await;
+        }
+        let room = room_of(&m.topic);
+        let mut wanted: HashSet<String> = HashSet::from([room]);
         let mut bindings = Vec::with_capacity(req.bindings.len());
         for (i, spec) in req.bindings.iter().enumerate() {
             let topics = if anon {
@@ -318,6 +326,13 @@ impl Session {
                     Err(e) => return self.refuse(sink, &m, e.0).await,
                 }
             };
+            // Checked binding by binding: every topic costs an authorization
+            // lookup and a hub subscription, so stop as soon as the socket's
+            // bound is passed rather than after authorizing them all.
+            wanted.extend(topics.iter().cloned());
+            if let Err(e) = self.member.check_room_for(&p.tenant, wanted.iter().map(String::as_str)) {
+                return self.refuse(sink, &m, format!("{}: {}", e.code, e.message)).await;
+            }
             bindings.push(Binding { id: binding_id(i, spec), spec: spec.clone(), topics });
         }
         if let Err(e) = self.member.connect(&p.tenant) {
@@ -606,6 +621,10 @@ impl Session {
                 Ok(t) => all.push(t),
                 Err(e) => return self.end_channel(sink, &m.topic, &e.0).await,
             }
+        }
+        let tenant = Arc::clone(&p.tenant);
+        if let Err(e) = self.member.check_room_for(&tenant, all.iter().flatten().map(String::as_str)) {
+            return self.end_channel(sink, &m.topic, &format!("{}: {}", e.code, e.message)).await;
         }
         let Some(ch) = self.channels.get_mut(&m.topic) else { return Ok(()) };
         ch.principal = p;

@@ -4,16 +4,13 @@ pub mod frames;
 pub mod session;
 
 use crate::app::AppState;
+use crate::transport::conn::codec_max_message;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 
 /// The subprotocol name; a client may also offer `bearer.<token>` to authenticate.
 pub const SUBPROTOCOL: &str = "herald.v1";
-
-/// Hard cap on one WebSocket message; frames over the configured limit but
-/// under this get an error frame, larger ones break the connection (1009).
-const HARD_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 #[derive(serde::Deserialize)]
 pub struct WsQuery {
@@ -48,7 +45,7 @@ pub async fn upgrade(
     // 128 KiB default read buffer would dominate their memory.
     ws.read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
-        .max_message_size(HARD_MAX_MESSAGE)
-        .max_frame_size(HARD_MAX_MESSAGE)
+        .max_message_size(codec_max_message(&s.limits))
+        .max_frame_size(codec_max_message(&s.limits))
         .on_upgrade(move |socket| session::run(socket, s, initial))
 }

@@ -312,7 +312,8 @@ impl Session {
         self.send(sink, frames::text(welcome)).await
     }
 
-    fn check_room_for_one_more(&self) -> Result<(), SessionError> {
+    fn check_room_for_one_more(&self, tenant: &str, topic: &str) -> Result<(), SessionError> {
+        self.member.check_room_for(tenant, [topic])?;
         let max = self.s.limits.max_subscriptions;
         if self.subs.len() >= max {
             return Err(SessionError::limit(
@@ -332,7 +333,7 @@ impl Session {
         raw: &str,
         room: Topic,
     ) -> Result<Result<(), SessionError>, Fatal> {
-        if let Err(e) = self.check_room_for_one_more() {
+        if let Err(e) = self.check_room_for_one_more(&p.tenant, raw) {
             return Ok(Err(e));
         }
         let key = self.member.join(&p.tenant, raw);
@@ -353,7 +354,7 @@ impl Session {
         if self.subs.contains_key(raw) {
             return self.send(sink, frames::ack(id, json!({ "topic": raw, "already": true }))).await;
         }
-        if let Err(e) = self.check_room_for_one_more() {
+        if let Err(e) = self.check_room_for_one_more(&p.tenant, raw) {
             return self.refuse(sink, id, e).await;
         }
         let topic = match authorize(&self.s, p, raw).await {
