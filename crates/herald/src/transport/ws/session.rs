@@ -509,3 +509,134 @@ mod tests {
         assert!(parse_frame(r#"{"op":"pub","topic":"room:a","event":"e","data":{"n":[1,2]}}"#).is_ok());
     }
 }
+
+/// The session over channels instead of a socket: its behaviour, fast, with
+/// the real store, feed and hub behind it.
+#[cfg(test)]
+mod session_tests {
+    use super::serve;
+    use crate::app::AppState;
+    use crate::rules::{Command, NewJob};
+    use axum::extract::ws::Message;
+    use futures_util::StreamExt;
+    use serde_json::{json, Value};
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    struct Client {
+        to_server: Option<mpsc::UnboundedSender<Message>>,
+        from_server: mpsc::UnboundedReceiver<Message>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Client {
+        fn start(s: &AppState) -> Client {
+            let (to_server, server_in) = mpsc::unbounded_channel::<Message>();
+            let (server_out, from_server) = mpsc::unbounded_channel::<Message>();
+            let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(server_in).map(Ok::<_, axum::Error>);
+            let sink = Box::pin(futures_util::sink::unfold(server_out, |tx, m: Message| async move {
+                tx.send(m).map_err(axum::Error::new)?;
+                Ok::<_, axum::Error>(tx)
+            }));
+            let task = tokio::spawn(serve(sink, stream, s.clone(), None));
+            Client { to_server: Some(to_server), from_server, task }
+        }
+
+        fn send(&self, v: Value) {
+            if let Some(tx) = &self.to_server {
+                let _ = tx.send(Message::Text(v.to_string().into()));
+            }
+        }
+
+        /// The next frame with this `op`.
+        async fn expect(&mut self, op: &str) -> Value {
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(5), self.from_server.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("no {op} in time"))
+                    .unwrap_or_else(|| panic!("closed before {op}"));
+                let Message::Text(t) = m else { continue };
+                let v: Value = serde_json::from_str(&t).expect("JSON frame");
+                if v["op"] == op {
+                    return v;
+                }
+            }
+        }
+    }
+
+    async fn app(name: &str) -> AppState {
+        let dir = std::env::temp_dir().join(format!("herald-session-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut config = crate::config::Config::for_tests(&dir.join("h.db"));
+        config.jwt_secret = Some("session-test-secret".into());
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        std::mem::forget(_stop);
+        crate::server::build(&config, stop_rx).expect("state")
+    }
+
+    fn token(s: &AppState, sub: &str, role: &str) -> String {
+        s.auth.jwt.mint(sub, "acme", role, 3600).expect("a secret is configured")
+    }
+
+    async fn create(s: &AppState, id: &str, owner: &str) {
+        let new = NewJob {
+            id: Some(id.into()),
+            owner: Some(owner.into()),
+            kind: None,
+            title: None,
+            total: None,
+            status: None,
+            metadata: None,
+            tasks: vec![],
+        };
+        s.write("acme", Command::CreateJob(new), None).await.expect("create");
+    }
+
+    #[tokio::test]
+    async fn replay_then_live_without_gap_or_duplicate_and_release_on_close() {
+        let s = app("handover").await;
+        create(&s, "j1", "alice").await;
+        create(&s, "j2", "alice").await;
+        let mut c = Client::start(&s);
+        c.send(json!({ "op": "auth", "token": token(&s, "sam", "staff") }));
+        c.expect("welcome").await;
+        c.send(json!({ "op": "sub", "topic": "jobs", "since": 0, "id": 1 }));
+        let ack = c.expect("ack").await;
+        assert_eq!(ack["position"], 2, "{ack}");
+        create(&s, "j3", "bob").await;
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        for _ in 0..3 {
+            let e = c.expect("event").await;
+            ids.push(e["data"]["id"].as_str().unwrap_or_default().to_string());
+            positions.push(e["position"].as_u64().unwrap_or_default());
+        }
+        assert_eq!(ids, ["j1", "j2", "j3"]);
+        assert_eq!(positions, [1, 2, 3]);
+        assert_eq!(s.hub.stats().0["acme"].subscriptions, 3, "jobs, the tenant and the inbox topics");
+
+        // The client goes away: the session's membership gives everything back.
+        c.to_server = None;
+        tokio::time::timeout(Duration::from_secs(5), &mut c.task).await.expect("session ends").expect("no panic");
+        assert!(!s.hub.stats().0.contains_key("acme"), "nothing left in the hub: {:?}", s.hub.stats().0);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_error_frames_and_customers_see_only_their_own() {
+        let s = app("refusals").await;
+        create(&s, "bobs", "bob").await;
+        let mut c = Client::start(&s);
+        c.send(json!({ "op": "sub", "topic": "jobs", "id": 1 }));
+        assert_eq!(c.expect("error").await["code"], "unauthorized");
+        c.send(json!({ "op": "auth", "token": token(&s, "alice", "customer") }));
+        c.expect("welcome").await;
+        for (topic, code) in [("jobs", "forbidden"), ("job:bobs", "not_found"), ("nope", "invalid_topic")] {
+            c.send(json!({ "op": "sub", "topic": topic, "id": topic }));
+            let e = c.expect("error").await;
+            assert_eq!((e["id"].as_str(), e["code"].as_str()), (Some(topic), Some(code)), "{e}");
+        }
+        c.send(json!({ "op": "pub", "topic": "room:r", "event": "", "id": "p" }));
+        assert_eq!(c.expect("error").await["code"], "invalid_frame");
+    }
+}
