@@ -564,7 +564,7 @@ mod session_tests {
         }
     }
 
-    async fn app(name: &str) -> AppState {
+    fn app(name: &str) -> AppState {
         let dir = std::env::temp_dir().join(format!("herald-session-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -595,7 +595,7 @@ mod session_tests {
 
     #[tokio::test]
     async fn replay_then_live_without_gap_or_duplicate_and_release_on_close() {
-        let s = app("handover").await;
+        let s = app("handover");
         create(&s, "j1", "alice").await;
         create(&s, "j2", "alice").await;
         let mut c = Client::start(&s);
@@ -624,7 +624,7 @@ mod session_tests {
 
     #[tokio::test]
     async fn refusals_are_error_frames_and_customers_see_only_their_own() {
-        let s = app("refusals").await;
+        let s = app("refusals");
         create(&s, "bobs", "bob").await;
         let mut c = Client::start(&s);
         c.send(json!({ "op": "sub", "topic": "jobs", "id": 1 }));
