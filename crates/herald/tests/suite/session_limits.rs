@@ -120,6 +120,9 @@ async fn presence_is_keyed_by_the_verified_identity_and_job_rooms_follow_the_job
     assert_eq!(r["code"], "not_found", "{r}");
     let r = s.ws(&alice).await.request(json!({ "op": "sub", "topic": room })).await;
     assert_eq!(r["code"], "not_found", "{r}");
+    let r = phx.call(&format!("realtime:job:{bobs_job}"), "phx_join", json!({})).await;
+    assert_eq!(r["status"], "error", "{r}");
+    assert!(r["response"]["reason"].as_str().unwrap_or("").starts_with("not_found"), "{r}");
     // Bob, who owns it, may be there.
     let r = s.ws(&token("bob", "acme", "customer")).await.sub(&room, None).await;
     assert_eq!(r["op"], "ack", "{r}");

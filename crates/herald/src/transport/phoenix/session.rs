@@ -315,6 +315,12 @@ impl Session {
             return self.refuse(sink, &m, reason).await;
         }
         let room = room_of(&m.topic);
+        // A room named after a job follows the job's read rules, as on the native protocol.
+        if room.starts_with("room:job:") {
+            if let Err(e) = authorize(&self.s, &p, &room).await {
+                return self.refuse(sink, &m, format!("{}: {}", e.code, e.message)).await;
+            }
+        }
         let mut wanted: HashSet<String> = HashSet::from([room]);
         let mut bindings = Vec::with_capacity(req.bindings.len());
         for (i, spec) in req.bindings.iter().enumerate() {
