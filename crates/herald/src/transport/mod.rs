@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod dashboard;
 pub mod http;
+pub mod listener;
 pub mod phoenix;
 pub mod sse;
 pub mod ws;
