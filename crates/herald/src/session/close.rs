@@ -53,6 +53,21 @@ impl CloseReason {
         }
     }
 
+    /// What the client should do, in words, for goodbye messages and logs.
+    pub fn advice(self) -> &'static str {
+        match self {
+            CloseReason::ProtocolError => "a frame broke the protocol; do not reconnect unchanged",
+            CloseReason::AuthFailed => "no valid credentials; reconnect only with a new token",
+            CloseReason::TokenExpired => "token expired; reconnect with a fresh token",
+            CloseReason::HeartbeatTimeout => "nothing heard within the heartbeat timeout; reconnect",
+            CloseReason::SlowConsumer => "send queue overflowed; reconnect and resume with since",
+            CloseReason::TooManyConnections => "the tenant is at its connection limit; reconnect later",
+            CloseReason::RateLimited => "over the message rate limit for too long; reconnect later",
+            CloseReason::ShuttingDown => "server is shutting down; reconnect and resume",
+            CloseReason::Unavailable => "the store did not answer; reconnect later and resume",
+        }
+    }
+
     /// Whether a client should reconnect after this close.
     pub fn reconnect(self) -> bool {
         !matches!(self, CloseReason::ProtocolError | CloseReason::AuthFailed)

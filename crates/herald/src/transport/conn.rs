@@ -35,6 +35,16 @@ pub fn codec_max_message(limits: &crate::app::Limits) -> usize {
     limits.ws_max_message.saturating_mul(4)
 }
 
+/// Resolves when a connection must end whatever it is doing: the server is
+/// shutting down (checked first), or its send queue overflowed.
+pub async fn interrupted(shutdown: &mut tokio::sync::watch::Receiver<bool>, overflow: &OverflowSignal) -> CloseReason {
+    tokio::select! {
+        biased;
+        _ = crate::app::shutting_down(shutdown) => CloseReason::ShuttingDown,
+        _ = overflow.overflowed() => CloseReason::SlowConsumer,
+    }
+}
+
 /// Deliveries written per flush.
 pub const WRITE_BATCH: usize = 256;
 /// Time the last frames and the client's close frame have to cross when closing.
@@ -176,6 +186,15 @@ impl Heartbeat {
     pub async fn beat(&mut self) -> bool {
         self.interval.tick().await;
         self.last_seen.elapsed() <= self.timeout
+    }
+
+    /// Waits for the next beat and pings the client. `Err(Some(_))`: the client
+    /// has been silent too long; `Err(None)`: the socket is gone.
+    pub async fn ping(&mut self, sink: &mut impl WsSink) -> Result<(), Option<CloseReason>> {
+        if !self.beat().await {
+            return Err(Some(CloseReason::HeartbeatTimeout));
+        }
+        sink.send(Message::Ping(Default::default())).await.map_err(|_| None)
     }
 }
 

@@ -103,12 +103,7 @@ impl Session {
             deadline.set(self.next_expiry(), expiry_instant);
             tokio::select! {
                 biased;
-                _ = crate::app::shutting_down(&mut shutdown) => {
-                    return Some((CloseReason::ShuttingDown, "server is shutting down".into()));
-                }
-                _ = overflow.overflowed() => {
-                    return Some((CloseReason::SlowConsumer, "send queue overflowed".into()));
-                }
+                reason = conn::interrupted(&mut shutdown, &overflow) => return Some((reason, reason.advice().into())),
                 _ = deadline.passed(), if deadline.is_armed() => {
                     if let Err(f) = Box::pin(self.expire(sink)).await {
                         return Some(f);
@@ -151,12 +146,10 @@ impl Session {
                         }
                     }
                 }
-                alive = heartbeat.beat() => {
-                    if !alive {
-                        return Some((CloseReason::HeartbeatTimeout, "no message within the heartbeat timeout".into()));
-                    }
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
-                        return None;
+                // A beat that pinged loops on; an `Err` pattern here would disable the arm.
+                beat = heartbeat.ping(sink) => {
+                    if let Err(dead) = beat {
+                        return dead.map(|r| (r, "no message within the heartbeat timeout".into()));
                     }
                 }
             }

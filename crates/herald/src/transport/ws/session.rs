@@ -114,12 +114,7 @@ impl Session {
             deadline.set(key, |exp| if exp == 0 { auth_deadline } else { expiry_instant(exp) });
             tokio::select! {
                 biased;
-                _ = crate::app::shutting_down(&mut shutdown) => {
-                    return Some((CloseReason::ShuttingDown, "server is shutting down; reconnect and resume".into()));
-                }
-                _ = overflow.overflowed() => {
-                    return Some((CloseReason::SlowConsumer, "send queue overflowed; reconnect and resume with since".into()));
-                }
+                reason = conn::interrupted(&mut shutdown, &overflow) => return Some((reason, reason.advice().into())),
                 _ = deadline.passed(), if deadline.is_armed() => {
                     return Some(match self.principal {
                         None => (CloseReason::AuthFailed, "no auth frame within 10 seconds".into()),
@@ -155,12 +150,10 @@ impl Session {
                         }
                     }
                 }
-                alive = heartbeat.beat() => {
-                    if !alive {
-                        return Some((CloseReason::HeartbeatTimeout, "no frame within the heartbeat timeout".into()));
-                    }
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
-                        return None;
+                // A beat that pinged loops on; an `Err` pattern here would disable the arm.
+                beat = heartbeat.ping(sink) => {
+                    if let Err(dead) = beat {
+                        return dead.map(|r| (r, "no frame within the heartbeat timeout".into()));
                     }
                 }
             }
