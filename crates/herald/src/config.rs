@@ -72,7 +72,7 @@ pub struct ServeArgs {
     /// Silence after which a connection is dropped as dead [default: 60s].
     #[arg(long, env = "HERALD_HEARTBEAT_TIMEOUT", value_parser = parse_duration)]
     pub heartbeat_timeout: Option<Duration>,
-    /// Open TCP connections (HTTP, WebSocket, SSE) on this node, 0 for no limit [default: 10000].
+    /// Open TCP connections (HTTP, WebSocket, SSE) on this node; 0 = as many as the open-files limit allows [default: 0].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Time a connection has to send a complete request head, from opening or from its previous response [default: 10s].
@@ -161,8 +161,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Defaults of the connection limits of the listener.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Defaults of the connection limits of the listener. Connections: 0 = as
+/// many as the open-files limit allows (raised to the hard limit at start),
+/// so `accept` never fails with EMFILE and the ones over it get a 503.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 0;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -447,7 +449,7 @@ mod tests {
         let d = Config::resolve(ServeArgs::default()).unwrap();
         assert_eq!(
             (d.max_connections, d.header_timeout, d.idle_timeout),
-            (10_000, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT)
+            (DEFAULT_MAX_CONNECTIONS, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT)
         );
     }
 
