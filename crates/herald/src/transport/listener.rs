@@ -192,6 +192,9 @@ impl Connection {
                     if let Err(e) = result {
                         tracing::trace!(error = %e, "connection ended with an error");
                     }
+                    // Ended, or upgraded: a WebSocket keeps itself alive with
+                    // heartbeats, so its reads and writes need no clock reading.
+                    activity.stop();
                     break;
                 }
                 _ = crate::app::shutting_down(&mut self.shutdown), if !stopping => {
@@ -215,15 +218,23 @@ impl Connection {
 struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
+    /// Cleared once the HTTP connection is done (or upgraded): no more tracking.
+    tracking: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
     fn new() -> Self {
-        Activity { opened: Instant::now(), last_ms: AtomicU64::new(0) }
+        Activity { opened: Instant::now(), last_ms: AtomicU64::new(0), tracking: true.into() }
     }
 
     fn touch(&self) {
-        self.last_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if self.tracking.load(Ordering::Relaxed) {
+            self.last_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn stop(&self) {
+        self.tracking.store(false, Ordering::Relaxed);
     }
 
     fn quiet_for(&self) -> Duration {
