@@ -2,7 +2,8 @@
 //! bound on the hub topics (and Phoenix bindings) one socket holds, all of it
 //! given back when the socket closes; presence under the verified identity
 //! only; rooms of a job under that job's read rules; and the message limit
-//! applied by the codec before anything is buffered (issue 10: #1, #7, #8).
+//! applied by the codec before anything is buffered; a page of the log bounded
+//! in bytes (issue 10: #1, #3, #7, #8).
 
 use crate::harness::{create_job, token, Server, Ws};
 use futures_util::{SinkExt, StreamExt};
@@ -151,4 +152,38 @@ async fn an_oversized_frame_is_cut_off_by_the_codec_before_authentication() {
     ok.send(json!({ "op": "ping", "id": "p", "pad": "y".repeat(2048) })).await;
     let v = ok.expect_op("error").await;
     assert_eq!(v["code"], "frame_too_large", "{v}");
+}
+
+#[tokio::test]
+async fn one_page_of_the_log_is_bounded_in_bytes_and_paging_on_loses_nothing() {
+    let s = Server::start("page-bytes", &[]).await;
+    let worker = token("w", "acme", "worker");
+    let staff = token("sam", "acme", "staff");
+    // A job near the metadata bound: every change writes ~60 KB into the log.
+    let big = "x".repeat(60 * 1024);
+    let job = create_job(&s, &worker, json!({ "metadata": { "blob": big } })).await;
+    for i in 0..100 {
+        let (st, v) =
+            s.post(&worker, &format!("/v1/jobs/{job}/progress"), json!({ "current_item": format!("i{i}") })).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let mut since = 0u64;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (st, v) = s.get(&staff, &format!("/v1/events?topic=job:{job}&since={since}&limit=1000")).await;
+        assert_eq!(st, 200, "{v}");
+        let events = v["events"].as_array().expect("events").clone();
+        if events.is_empty() {
+            break;
+        }
+        pages += 1;
+        let bytes: usize = events.iter().map(|e| e.to_string().len()).sum();
+        assert!(bytes < 6 * 1024 * 1024, "a page of {bytes} bytes");
+        seen.extend(events.iter().map(|e| e["position"].as_u64().unwrap_or(0)));
+        since = v["next"].as_u64().expect("next");
+    }
+    assert!(pages >= 2, "101 events of ~60 KB do not fit one page");
+    assert_eq!(seen.len(), 101, "every event once, across pages");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order");
 }
