@@ -308,6 +308,13 @@ impl Session {
             Ok(p) => p,
             Err(reason) => return self.refuse(sink, &m, reason).await,
         };
+        // A room named after a job follows that job's read rules, as a native `sub` does.
+        let room = room_of(&m.topic);
+        if room.starts_with("room:job:") {
+            if let Err(e) = authorize(&self.s, &p, &room).await {
+                return self.refuse(sink, &m, format!("{}: {}", e.code, e.message)).await;
+            }
+        }
         let mut bindings = Vec::with_capacity(req.bindings.len());
         for (i, spec) in req.bindings.iter().enumerate() {
             let topics = if anon {
