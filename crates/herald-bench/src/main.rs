@@ -8,6 +8,7 @@ mod idle;
 mod ingest;
 mod report;
 mod resume;
+mod soak;
 mod target;
 
 use clap::{Parser, Subcommand};
@@ -69,6 +70,8 @@ enum Cmd {
     Resume(resume::Args),
     /// Connects + subscribes per second.
     Churn(churn::Args),
+    /// Long steady mix for leak hunting: churn over every transport plus paced ingest (bench/soak.sh).
+    Soak(soak::Args),
 }
 
 #[tokio::main]
@@ -81,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Ingest(a) => ingest::run(&cli.common, a).await?,
         Cmd::Resume(a) => resume::run(&cli.common, a).await?,
         Cmd::Churn(a) => churn::run(&cli.common, a).await?,
+        Cmd::Soak(a) => soak::run(&cli.common, a).await?,
     };
     report::emit(&cli.common, result)
 }

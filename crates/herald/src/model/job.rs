@@ -142,13 +142,17 @@ pub struct ProgressReport {
     /// Absolute count of items that failed so far.
     pub failed: Option<u64>,
     /// Explicit percent 0–100; overrides the percent derived from counts.
+    #[schema(minimum = 0, maximum = 100)]
     pub progress: Option<f64>,
+    #[schema(max_length = 4096)]
     pub stage: Option<String>,
+    #[schema(max_length = 4096)]
     pub current_item: Option<String>,
     /// JSON merge patch (RFC 7386) applied to the job's metadata.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
     /// Appended to the job's bounded error log.
+    #[schema(max_length = 16384)]
     pub error: Option<String>,
 }
 

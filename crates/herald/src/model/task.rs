@@ -58,9 +58,12 @@ pub struct Task {
 pub struct TaskUpsert {
     /// Only used when tasks are given inline at job creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
     pub id: Option<String>,
+    #[schema(max_length = 4096)]
     pub name: Option<String>,
     pub status: Option<TaskStatus>,
+    #[schema(max_length = 16384)]
     pub error: Option<String>,
 }
 

@@ -4,6 +4,7 @@ mod dashboard;
 mod durability;
 mod hardening;
 mod isolation;
+mod isolation_property;
 mod limits;
 mod live;
 mod phoenix;

@@ -17,13 +17,16 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct BroadcastRequest {
     /// `room:<name>` to reach one room.
+    #[schema(pattern = r"^room:[A-Za-z0-9_.:-]{1,128}$")]
     pub topic: Option<String>,
     /// A `sub`, to reach every connection of that user.
+    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
     pub user: Option<String>,
     /// True to reach every connection of the tenant.
     #[serde(default)]
     pub tenant: bool,
     /// Event name the receivers see.
+    #[schema(min_length = 1, max_length = 256)]
     pub event: String,
     #[schema(value_type = Object)]
     pub payload: Box<serde_json::value::RawValue>,

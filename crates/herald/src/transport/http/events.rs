@@ -16,13 +16,19 @@ use utoipa::IntoParams;
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct PollEvents {
-    /// One topic, or several separated by commas.
+    /// One topic, or up to 20 separated by commas: `job:<id>`, `jobs`,
+    /// `jobs:owner:<sub>`, `user:<sub>` (rooms have no log).
+    #[param(
+        pattern = r"^(jobs|(job|jobs:owner|user):[A-Za-z0-9_.:-]{1,128})(,(jobs|(job|jobs:owner|user):[A-Za-z0-9_.:-]{1,128})){0,19}$"
+    )]
     pub topic: String,
     /// Return events after this position (default 0).
     pub since: Option<u64>,
     /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
-    /// Seconds to wait for an event when there is none yet (default 0).
+    /// Seconds to wait for an event when there is none yet (default 0; at most 60).
+    #[param(minimum = 0, maximum = 60)]
     pub wait: Option<f64>,
 }
 
@@ -40,7 +46,8 @@ pub struct EventsPage {
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(PollEvents),
-    responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "`job:<id>` of a job a customer does not own", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn poll_events(
     State(s): State<AppState>,

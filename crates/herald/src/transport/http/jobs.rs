@@ -24,16 +24,21 @@ pub const MAX_TEXT: usize = 4096;
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
     /// Caller-chosen id; a UUIDv7 is made when absent.
+    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
     pub id: Option<String>,
+    #[schema(max_length = 256)]
     pub kind: Option<String>,
+    #[schema(max_length = 4096)]
     pub title: Option<String>,
     /// The `sub` of the customer who owns (and may watch) the job.
+    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
     pub owner: Option<String>,
     pub total: Option<u64>,
     /// `queued` (default) or `running`.
     pub status: Option<JobStatus>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    #[schema(max_items = 10000)]
     pub tasks: Option<Vec<TaskUpsert>>,
 }
 
@@ -42,6 +47,7 @@ pub struct CreateJob {
 #[serde(deny_unknown_fields)]
 pub struct NewArtifact {
     /// What it is: `screenshot`, `ocr`, `label`...
+    #[schema(min_length = 1, max_length = 256)]
     pub kind: String,
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
@@ -51,14 +57,18 @@ pub struct NewArtifact {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListJobs {
+    #[param(value_type = Option<JobStatus>)]
     pub status: Option<String>,
     pub kind: Option<String>,
     pub owner: Option<String>,
     /// RFC 3339; only jobs updated after this instant.
+    #[param(format = DateTime)]
     pub updated_after: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^-?[0-9]{1,18}$")]
     pub cursor: Option<String>,
     /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
 }
 
@@ -129,7 +139,8 @@ async fn write(
 #[utoipa::path(post, path = "/v1/jobs", request_body = CreateJob, tag = "jobs",
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the first answer")),
     responses((status = 201, description = "Created", body = Job), (status = 200, description = "Same id and body again: the existing job", body = Job),
-        (status = 409, description = "Same id, different body", body = ErrorBody), (status = 422, body = ErrorBody)),
+        (status = 409, description = "Same id, different body", body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 403, description = "Customers may not write jobs", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_job(
     State(s): State<AppState>,
@@ -174,8 +185,9 @@ pub async fn create_job(
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/progress", request_body = ProgressReport, tag = "jobs",
-    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, description = "Illegal transition", body = ErrorBody)),
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$"), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, description = "Illegal transition", body = ErrorBody),
+        (status = 403, description = "Customers may not write jobs", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn report_progress(
     State(s): State<AppState>,
@@ -195,8 +207,9 @@ pub async fn report_progress(
 }
 
 #[utoipa::path(put, path = "/v1/jobs/{id}/tasks/{task_id}", request_body = TaskUpsert, tag = "jobs",
-    params(("id" = String, Path), ("task_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 201, body = Task), (status = 200, body = Task), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$"), ("task_id" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$"), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 201, body = Task), (status = 200, body = Task), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 403, description = "Customers may not write jobs", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn upsert_task(
     State(s): State<AppState>,
@@ -219,8 +232,8 @@ pub async fn upsert_task(
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/artifacts", request_body = NewArtifact, tag = "jobs",
-    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 201, body = Artifact), (status = 404, body = ErrorBody)),
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$"), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 201, body = Artifact), (status = 404, body = ErrorBody), (status = 403, description = "Customers may not write jobs", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn add_artifact(
     State(s): State<AppState>,
@@ -279,13 +292,13 @@ pub async fn list_jobs(
     Ok(Json(JobList { jobs: page.items, next_cursor: page.next_cursor.map(|c| c.to_string()) }))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_job(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
     Ok(Json(visible_job(&s, &p, &id).await?))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}/tasks", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/jobs/{id}/tasks", tag = "jobs", params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = TaskList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_tasks(
     State(s): State<AppState>,
@@ -296,7 +309,7 @@ pub async fn list_tasks(
     Ok(Json(TaskList { tasks: s.store.tasks(&p.tenant, &id).await? }))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts", tag = "jobs", params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = ArtifactList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_artifacts(
     State(s): State<AppState>,

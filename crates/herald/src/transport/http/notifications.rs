@@ -19,11 +19,16 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct CreateNotification {
     /// The `sub` it is for.
+    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
     pub recipient: String,
     #[serde(default)]
     pub level: Level,
+    /// 1–1024 bytes.
+    #[schema(min_length = 1, max_length = 1024)]
     pub title: String,
+    #[schema(max_length = 16384)]
     pub body: Option<String>,
+    #[schema(max_length = 2048)]
     pub link: Option<String>,
 }
 
@@ -33,6 +38,7 @@ pub struct ListNotifications {
     /// Only unread ones.
     pub unread: Option<bool>,
     /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
 }
 
@@ -92,7 +98,7 @@ pub async fn list(
     Ok(Json(NotificationList { notifications, unread_count }))
 }
 
-#[utoipa::path(post, path = "/v1/notifications/{id}/read", tag = "notifications", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/notifications/{id}/read", tag = "notifications", params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Notification), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn read_one(
     State(s): State<AppState>,

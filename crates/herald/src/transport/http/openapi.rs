@@ -23,7 +23,7 @@ use utoipa::{Modify, OpenApi};
         phoenix::rest::broadcast, phoenix::rest::broadcast_alias, phoenix_socket, phoenix_socket_alias,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &CommonErrors)
 )]
 pub struct ApiDoc;
 
@@ -38,6 +38,52 @@ impl Modify for BearerAuth {
                 HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT or hk_ API key").build(),
             ),
         );
+    }
+}
+
+/// The refusals every operation of a kind can answer (docs/API.md, "Errors"),
+/// added where an operation's own annotation does not already list them:
+/// 401 where it takes a bearer token; 400 where it reads path ids (`invalid_id`),
+/// query parameters (`invalid_query`) or headers (`invalid_header`); and 400,
+/// 413, 415 and 422 where it reads a JSON body.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for op in ops.into_iter().flatten() {
+                let mut add: Vec<(&str, &str)> = Vec::new();
+                let params = op.parameters.as_deref().unwrap_or_default();
+                let reads = |at: ParameterIn| params.iter().any(|p| p.parameter_in == at);
+                if op.request_body.is_some() {
+                    add.push(("400", "`invalid_json`, `invalid_body`, or a malformed parameter"));
+                    add.push(("413", "`payload_too_large`: the body is over `--body-limit`"));
+                    add.push(("415", "`unsupported_media_type`: the body is not `application/json`"));
+                    add.push(("422", "`invalid_field`: a field is unknown, of the wrong type or out of range"));
+                }
+                if reads(ParameterIn::Path) || reads(ParameterIn::Query) || reads(ParameterIn::Header) {
+                    add.push(("400", "`invalid_id`, `invalid_query` or `invalid_header`: a parameter is malformed"));
+                }
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    add.push(("401", "`unauthorized`, `invalid_token` or `token_expired`"));
+                }
+                for (status, description) in add {
+                    op.responses.responses.entry(status.to_string()).or_insert_with(|| error(description).into());
+                }
+            }
+        }
     }
 }
 

@@ -18,13 +18,16 @@ const MAX_MESSAGES: usize = 100;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SupabaseBroadcast {
+    #[schema(min_items = 1, max_items = 100)]
     pub messages: Vec<SupabaseMessage>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SupabaseMessage {
     /// Channel name without the `realtime:` prefix; reaches `room:<topic>`.
+    #[schema(min_length = 1, max_length = 255)]
     pub topic: String,
+    #[schema(min_length = 1, max_length = 256)]
     pub event: String,
     #[schema(value_type = Object)]
     pub payload: Box<serde_json::value::RawValue>,
