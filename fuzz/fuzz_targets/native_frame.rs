@@ -1,0 +1,34 @@
+//! Native protocol client frames (`/v1/ws`, docs/PROTOCOL.md): the text of one
+//! WebSocket message through `parse_frame`, then the topic parser the session
+//! applies to the frame's topic.
+
+#![no_main]
+
+use herald::transport::ws::frames::{ClientFrame, KNOWN_OPS};
+use herald::transport::ws::session::parse_frame;
+use herald_fuzz::check_topic;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // The server only reads text frames (binary ones get an error frame).
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match parse_frame(text) {
+        Ok(frame) => match &frame {
+            ClientFrame::Sub { topic, .. }
+            | ClientFrame::Unsub { topic, .. }
+            | ClientFrame::Pub { topic, .. }
+            | ClientFrame::Presence { topic, .. } => check_topic(topic),
+            ClientFrame::Auth { .. } | ClientFrame::Ping { .. } | ClientFrame::Refresh { .. } => {}
+        },
+        Err((code, message, _id)) => {
+            assert!(matches!(code, "invalid_json" | "invalid_frame" | "unknown_op"), "{code}");
+            assert!(!message.is_empty());
+            if code == "unknown_op" {
+                let op = serde_json::from_str::<serde_json::Value>(text).unwrap()["op"].as_str().unwrap().to_string();
+                assert!(!KNOWN_OPS.contains(&op.as_str()));
+            }
+        }
+    }
+    // The same text as a topic name (`sub` frames carry any string there).
+    check_topic(text);
+});
