@@ -31,7 +31,7 @@ step "Rust tests (unit + integration against the real binary)"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo test --workspace
 
-for suite in scripts/test-bench.sh scripts/test-js.sh scripts/test-supabase.sh; do
+for suite in scripts/test-bench.sh scripts/test-js.sh scripts/test-supabase.sh scripts/test-api.sh scripts/test-soak.sh scripts/test-fuzz.sh; do
   if [ -x "$suite" ]; then
     step "$suite"
     "$suite"
