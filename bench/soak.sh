@@ -12,6 +12,9 @@
 #                            at 3x the rate and 2x the clients, so that what the server keeps in
 #                            bounded pools and caches (the writer's 64 MiB SQLite page cache, up
 #                            to 16 idle readers with theirs) has grown before the start sample
+#   SOAK_WARMUP_DB_MIB=80    ...and until the database file is this large (the writer's page cache
+#                            is full once it has written more pages than it holds), at most
+#                            SOAK_WARMUP_MAX_SECONDS=900; 0 for no such condition
 #   SOAK_PROFILE=release     or debug (the smoke in scripts/test-soak.sh)
 #   SOAK_RATE=100            progress reports per second
 #   SOAK_CONCURRENCY=16      churn clients cycling at once
@@ -116,8 +119,23 @@ show() { printf '%-10s %8s s  rss %7s KiB  fds %5s  connections %5s  subscriptio
 LOADCMD=("$BIN/herald-bench" --url "$URL" --tenant $TENANT --json-out "$OUT/load.jsonl" --label soak soak)
 T0=$(date +%s)
 show "idle" "$(sample)"
-echo "warm-up: ${WARMUP}s of load at 3x the rate and 2x the clients, then the start sample"
-"${LOADCMD[@]}" --rate $(( RATE * 3 )) --concurrency $(( CONC * 2 )) --duration "$WARMUP" >"$OUT/warmup.txt" 2>&1
+WARMUP_DB=${SOAK_WARMUP_DB_MIB:-80}
+WARMUP_MAX=${SOAK_WARMUP_MAX_SECONDS:-900}
+[ "$WARMUP_MAX" -lt "$WARMUP" ] && WARMUP_MAX=$WARMUP
+echo "warm-up: at least ${WARMUP}s of load at 3x the rate and 2x the clients, until the database holds" \
+  "${WARMUP_DB} MiB (at most ${WARMUP_MAX}s), then the start sample"
+"${LOADCMD[@]}" --rate $(( RATE * 3 )) --concurrency $(( CONC * 2 )) --duration "$WARMUP_MAX" >"$OUT/warmup.txt" 2>&1 &
+LOAD=$!
+W0=$(date +%s)
+while kill -0 "$LOAD" 2>/dev/null; do
+  sleep 1
+  if [ $(( $(date +%s) - W0 )) -ge "$WARMUP" ] && [ "$(stat -c %s "$DIR/herald.db")" -ge $(( WARMUP_DB * 1048576 )) ]; then
+    kill "$LOAD" 2>/dev/null || true
+  fi
+done
+wait "$LOAD" 2>/dev/null || true
+LOAD=""
+echo "warm-up ended after $(( $(date +%s) - W0 ))s; database $(( $(stat -c %s "$DIR/herald.db") / 1048576 )) MiB"
 START=$(quiet_sample)
 show "start" "$START"
 
