@@ -8,8 +8,13 @@
 # Usage: bench/soak.sh
 #   SOAK_MINUTES=30          length of the measured run
 #   SOAK_SECONDS=N           the same in seconds (wins over SOAK_MINUTES)
-#   SOAK_WARMUP_SECONDS=N    load before the start sample (default: a fifth of the run, at most 300:
-#                            long enough for the writer's 64 MiB SQLite page cache to fill)
+#   SOAK_WARMUP_SECONDS=N    load before the start sample (default: a fifth of the run, at most 300),
+#                            at 3x the rate and 2x the clients, so that what the server keeps in
+#                            bounded pools and caches (the writer's 64 MiB SQLite page cache, up
+#                            to 16 idle readers with theirs) has grown before the start sample
+#   SOAK_WARMUP_DB_MIB=80    ...and until the database file is this large (the writer's page cache
+#                            is full once it has written more pages than it holds), at most
+#                            SOAK_WARMUP_MAX_SECONDS=900; 0 for no such condition
 #   SOAK_PROFILE=release     or debug (the smoke in scripts/test-soak.sh)
 #   SOAK_RATE=100            progress reports per second
 #   SOAK_CONCURRENCY=16      churn clients cycling at once
@@ -19,7 +24,10 @@
 #
 # Samples are taken with no load running ("quiescent"): "start" after the
 # warm-up, once its clients are gone; "end" after the run, once its clients
-# are gone. The run is FLAT (exit 0) when, end against start:
+# are gone; each the lowest RSS of 5 samples over 10 s of quiet. The server
+# runs with MALLOC_ARENA_MAX=2 and MALLOC_TRIM_THRESHOLD_=128 KiB so that
+# glibc hands freed memory back and RSS follows what is live rather than what
+# the allocator kept (SOAK_GLIBC_DEFAULTS=1 runs it with glibc's defaults). The run is FLAT (exit 0) when, end against start:
 #   rss:  end RSS <= start RSS * (1 + SOAK_RSS_PERCENT/100) + SOAK_RSS_SLACK_MIB
 #         (VmRSS of /proc/<pid>/status; by default * 1.10 + 5 MiB)
 #   fds:  end fds <= start fds + 20                   (ls /proc/<pid>/fd | wc -l),
@@ -70,7 +78,8 @@ cleanup() {
 trap cleanup EXIT
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-"$BIN/herald" serve --listen "127.0.0.1:$PORT" --db "$DIR/herald.db" >"$OUT/server.log" 2>&1 &
+if [ "${SOAK_GLIBC_DEFAULTS:-0}" = 1 ]; then MALLOC=(); else MALLOC=(MALLOC_ARENA_MAX=2 MALLOC_TRIM_THRESHOLD_=131072); fi
+env "${MALLOC[@]}" "$BIN/herald" serve --listen "127.0.0.1:$PORT" --db "$DIR/herald.db" >"$OUT/server.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 200); do
   curl -fs "$URL/readyz" >/dev/null 2>&1 && break
@@ -89,30 +98,50 @@ sample() {
   python3 -c 'import json,sys; s=json.loads(sys.argv[1]); t=s["tenant"]; print(t["connections"], t["subscriptions"], s["topics"])' "$stats" |
     { read -r c s t; echo "$(( $(date +%s) - T0 )) $rss $fds $c $s $t $dbfds"; }
 }
-# Waits (up to 30 s) for the load's connections to be gone, then a moment more.
-quiesce() {
+# Waits (up to 30 s) for the load's connections to be gone, then prints the
+# sample with the lowest RSS of 5 taken over 10 s.
+quiet_sample() {
+  local best="" s
   for _ in $(seq 1 60); do
     set -- $(sample)
     [ "$4" = 0 ] && break
     sleep 0.5
   done
-  sleep 2
+  for _ in 1 2 3 4 5; do
+    sleep 2
+    s=$(sample)
+    if [ -z "$best" ] || [ "$(echo "$s" | cut -d' ' -f2)" -lt "$(echo "$best" | cut -d' ' -f2)" ]; then best=$s; fi
+  done
+  echo "$best"
 }
 show() { printf '%-10s %8s s  rss %7s KiB  fds %5s  connections %5s  subscriptions %6s  topics %5s  (db fds %s)\n' "$1" $2; }
 
-LOADCMD=("$BIN/herald-bench" --url "$URL" --tenant $TENANT --json-out "$OUT/load.jsonl" --label soak soak
-  --rate "$RATE" --concurrency "$CONC")
+LOADCMD=("$BIN/herald-bench" --url "$URL" --tenant $TENANT --json-out "$OUT/load.jsonl" --label soak soak)
 T0=$(date +%s)
 show "idle" "$(sample)"
-echo "warm-up: ${WARMUP}s of load, then the start sample"
-"${LOADCMD[@]}" --duration "$WARMUP" >"$OUT/warmup.txt" 2>&1
-quiesce
-START=$(sample)
+WARMUP_DB=${SOAK_WARMUP_DB_MIB:-80}
+WARMUP_MAX=${SOAK_WARMUP_MAX_SECONDS:-900}
+[ "$WARMUP_MAX" -lt "$WARMUP" ] && WARMUP_MAX=$WARMUP
+echo "warm-up: at least ${WARMUP}s of load at 3x the rate and 2x the clients, until the database holds" \
+  "${WARMUP_DB} MiB (at most ${WARMUP_MAX}s), then the start sample"
+"${LOADCMD[@]}" --rate $(( RATE * 3 )) --concurrency $(( CONC * 2 )) --duration "$WARMUP_MAX" >"$OUT/warmup.txt" 2>&1 &
+LOAD=$!
+W0=$(date +%s)
+while kill -0 "$LOAD" 2>/dev/null; do
+  sleep 1
+  if [ $(( $(date +%s) - W0 )) -ge "$WARMUP" ] && [ "$(stat -c %s "$DIR/herald.db")" -ge $(( WARMUP_DB * 1048576 )) ]; then
+    kill "$LOAD" 2>/dev/null || true
+  fi
+done
+wait "$LOAD" 2>/dev/null || true
+LOAD=""
+echo "warm-up ended after $(( $(date +%s) - W0 ))s; database $(( $(stat -c %s "$DIR/herald.db") / 1048576 )) MiB"
+START=$(quiet_sample)
 show "start" "$START"
 
 echo "run: ${RUN}s of churn + ingest (samples every ${EVERY}s under load)"
 : >"$OUT/samples.txt"
-"${LOADCMD[@]}" --duration "$RUN" >"$OUT/load.txt" 2>&1 &
+"${LOADCMD[@]}" --rate "$RATE" --concurrency "$CONC" --duration "$RUN" >"$OUT/load.txt" 2>&1 &
 LOAD=$!
 NEXT=$(( $(date +%s) + EVERY ))
 while kill -0 "$LOAD" 2>/dev/null; do
@@ -124,8 +153,7 @@ while kill -0 "$LOAD" 2>/dev/null; do
 done
 LOADRC=0; wait "$LOAD" || LOADRC=$?
 LOAD=""
-quiesce
-END=$(sample)
+END=$(quiet_sample)
 show "end" "$END"
 
 python3 - "$START" "$END" "$OUT/load.txt" "$OUT/load.jsonl" "$LOADRC" "$RUN" "$WARMUP" "$PROFILE" "$RSS_PERCENT" "$RSS_SLACK" <<'PY'

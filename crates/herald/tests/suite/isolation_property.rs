@@ -932,3 +932,56 @@ async fn no_transport_delivers_what_its_reader_may_not_see() {
         assert!(counts.get(k).copied().unwrap_or(0) > 0, "seed {seed}: no {k} was delivered: {counts:?}");
     }
 }
+
+/// The case the property first found: a Phoenix channel `realtime:job:<id>` is
+/// the room `room:job:<id>`, which follows the job's read rules on every
+/// transport — a customer may not join another customer's job room there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phoenix_channel_named_after_a_job_follows_the_jobs_read_rules() {
+    let s = Server::start("isolation-phx-job-room", &[]).await;
+    let worker = token("w", "acme", "worker");
+    for (id, owner) in [("j-alice", "alice"), ("j-bob", "bob")] {
+        let (st, v) = s.post(&worker, "/v1/jobs", json!({"id": id, "owner": owner})).await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let join = |ws_ref: &str, channel: &str, tok: &str| {
+        let config =
+            json!({"broadcast": {"self": false}, "presence": {"key": "", "enabled": true}, "postgres_changes": []});
+        json!([ws_ref, ws_ref, channel, "phx_join", {"config": config, "access_token": tok}]).to_string()
+    };
+    let alice = token("alice", "acme", "customer");
+    let url = format!("ws://127.0.0.1:{}/realtime/v1/websocket?apikey={alice}&vsn=2.0.0", s.port);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    for (r, channel, ok) in [
+        ("1", "realtime:job:j-alice", true),
+        ("2", "realtime:job:j-bob", false),
+        ("3", "realtime:job:no-such-job", false),
+        ("4", "realtime:lobby", true),
+    ] {
+        ws.send(Message::text(join(r, channel, &alice))).await.unwrap();
+        let reply = loop {
+            let f = phx_next(&mut ws, Duration::from_secs(10)).await.expect("join reply");
+            if f["event"] == "phx_reply" && f["ref"] == json!(r) {
+                break f;
+            }
+        };
+        let status = reply["payload"]["status"].as_str().unwrap_or("");
+        assert_eq!(status == "ok", ok, "alice joining {channel}: {reply}");
+        if !ok {
+            let reason = reply["payload"]["response"]["reason"].as_str().unwrap_or("");
+            assert!(reason.starts_with("not_found"), "{channel}: {reply}");
+        }
+    }
+    // Staff may enter any job's room of their tenant.
+    let sam = token("sam", "acme", "staff");
+    let url = format!("ws://127.0.0.1:{}/realtime/v1/websocket?apikey={sam}&vsn=2.0.0", s.port);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::text(join("1", "realtime:job:j-bob", &sam))).await.unwrap();
+    let reply = loop {
+        let f = phx_next(&mut ws, Duration::from_secs(10)).await.expect("join reply");
+        if f["event"] == "phx_reply" {
+            break f;
+        }
+    };
+    assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+}
