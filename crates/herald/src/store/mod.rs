@@ -5,6 +5,7 @@
 //! rules (`crate::rules`), which run as [`Work`] inside the store's transaction.
 
 pub mod error;
+pub mod postgres;
 pub mod sqlite;
 
 pub use error::{StoreError, StoreErrorKind};

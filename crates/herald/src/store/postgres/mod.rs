@@ -1,0 +1,3 @@
+//! The production store: PostgreSQL (filled in step by step).
+
+pub mod pgoutput;

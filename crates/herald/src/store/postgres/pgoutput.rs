@@ -1,0 +1,1 @@
+//! Decoder of the pgoutput logical replication messages (to be written).
