@@ -36,9 +36,11 @@ if [ "$restart" = 1 ]; then
   start
 fi
 # Leftovers of earlier test runs: inactive slots first (a database with a slot
-# cannot be dropped), then the databases.
+# cannot be dropped), replication origins, then the databases.
 psql -XAtq -d postgres -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
   WHERE NOT active AND database LIKE 'herald_test_%'" >/dev/null
+psql -XAtq -d postgres -c "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
+  WHERE roname LIKE 'herald_test_%'" >/dev/null || true
 for db in $(psql -XAtq -d postgres -c "SELECT datname FROM pg_database WHERE datname LIKE 'herald_test_%'"); do
   psql -XAtq -d postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true
 done
