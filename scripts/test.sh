@@ -13,9 +13,8 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 step "local services (PostgreSQL, Redis, NATS) — started if stopped"
-if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
-  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
-fi
+# PostgreSQL with logical replication (wal_level=logical: set, then restarted, if needed).
+scripts/pg-setup.sh
 if command -v redis-server >/dev/null 2>&1 && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no || true
 fi
@@ -30,6 +29,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "Rust tests (unit + integration against the real binary)"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo test --workspace
+
+step "Rust behavioural suite again, on PostgreSQL (HERALD_TEST_STORE=postgres)"
+HERALD_TEST_STORE=postgres cargo test -p herald --test main
 
 for suite in scripts/test-bench.sh scripts/test-js.sh scripts/test-supabase.sh scripts/test-api.sh scripts/test-soak.sh scripts/test-fuzz.sh; do
   if [ -x "$suite" ]; then

@@ -17,9 +17,9 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:4000].
     #[arg(long, env = "HERALD_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// SQLite database file [default: ./herald.db].
+    /// Database: a SQLite file, or a PostgreSQL URL (postgres://user:pass@host:port/db) [default: ./herald.db].
     #[arg(long, env = "HERALD_DB")]
-    pub db: Option<PathBuf>,
+    pub db: Option<String>,
     /// HS256 secret for JWTs [default: a development secret kept beside the database].
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -101,7 +101,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
-    db: Option<PathBuf>,
+    db: Option<String>,
     jwt_secret: Option<String>,
     jwks_file: Option<PathBuf>,
     tenant_claim: Option<String>,
@@ -126,11 +126,50 @@ struct FileConfig {
     demo: Option<bool>,
 }
 
+/// Where Herald keeps its data.
+#[derive(Clone)]
+pub enum Database {
+    /// The embedded store: one SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (it may hold a password: print [`Database`] instead).
+    Postgres(String),
+}
+
+impl Database {
+    /// `postgres://` and `postgresql://` URLs are PostgreSQL; anything else is a file.
+    pub fn parse(s: &str) -> Database {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Database::Postgres(s.to_string())
+        } else {
+            Database::Sqlite(PathBuf::from(s))
+        }
+    }
+}
+
+/// Shows a URL without its password.
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => match crate::store::postgres::PgUrl::parse(url) {
+                Ok(u) => f.write_str(&u.display),
+                Err(_) => f.write_str("postgres://(unreadable URL)"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
 /// Resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub db: PathBuf,
+    pub db: Database,
     pub jwt_secret: Option<String>,
     pub jwks_file: Option<PathBuf>,
     pub tenant_claim: String,
@@ -171,7 +210,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 impl Config {
     /// Defaults only: what tests start from.
     pub fn for_tests(db: &Path) -> Config {
-        Config::resolve(ServeArgs { db: Some(db.to_path_buf()), ..Default::default() }).expect("defaults are valid")
+        Config::resolve(ServeArgs { db: Some(db.display().to_string()), ..Default::default() })
+            .expect("defaults are valid")
     }
 
     /// Merges flags and environment (already in `args`) over the file over defaults.
@@ -229,7 +269,7 @@ impl Config {
         };
         let config = Config {
             listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4000))),
-            db: args.db.or(file.db).unwrap_or_else(|| PathBuf::from("herald.db")),
+            db: Database::parse(&args.db.or(file.db).unwrap_or_else(|| "herald.db".into())),
             jwt_secret: args.jwt_secret.or(file.jwt_secret).filter(|s| !s.is_empty()),
             jwks_file: args.jwks_file.or(file.jwks_file),
             tenant_claim: args.tenant_claim.or(file.tenant_claim).unwrap_or_else(|| "tenant".into()),
@@ -320,9 +360,15 @@ impl Config {
         if self.jwt_secret.is_some() || self.jwks_file.is_some() {
             return Ok(None);
         }
-        let mut name = self.db.as_os_str().to_owned();
-        name.push(".jwt-secret");
-        let path = PathBuf::from(name);
+        let path = match &self.db {
+            Database::Sqlite(file) => {
+                let mut name = file.as_os_str().to_owned();
+                name.push(".jwt-secret");
+                PathBuf::from(name)
+            }
+            // No file beside a server database: the working directory keeps it.
+            Database::Postgres(_) => PathBuf::from("herald-postgres.jwt-secret"),
+        };
         let shown = path.display().to_string();
         if let Ok(existing) = std::fs::read_to_string(&path) {
             self.jwt_secret = Some(existing.trim().to_string());

@@ -101,7 +101,11 @@ fn main() -> Result<()> {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("binding {}", config.listen))?;
-                herald::server::run(config, listener, shutdown_signal()).await?;
+                if let Err(e) = herald::server::run(config, listener, shutdown_signal()).await {
+                    // One line, and the exit code of a setup that cannot work as given.
+                    eprintln!("herald: {e}");
+                    std::process::exit(2);
+                }
                 Ok(())
             })
         }

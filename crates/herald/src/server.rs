@@ -4,7 +4,9 @@
 use crate::app::AppState;
 use crate::auth::{Authenticator, JwtConfig, JwtVerifier};
 use crate::config::Config;
+use crate::config::Database;
 use crate::hub::Hub;
+use crate::store::postgres::{PgStore, PgUrl};
 use crate::store::sqlite::SqliteStore;
 use crate::store::DynStore;
 use crate::transport::http::router;
@@ -54,10 +56,19 @@ pub fn build(config: &Config, shutdown: tokio::sync::watch::Receiver<bool>) -> R
     // The recorder first, so the hub can register its series at zero.
     let metrics = metrics_handle();
     let hub = Hub::new(config.max_connections_per_tenant);
-    let (store, feed) = SqliteStore::open(&config.db, config.durability)?;
-    let store: DynStore = Arc::new(store);
-    // Runs until the store's writer stops (the feed ends with it).
-    crate::feed::spawn(feed, Arc::clone(&hub));
+    let store: DynStore = match &config.db {
+        Database::Sqlite(path) => {
+            let (store, feed) = SqliteStore::open(path, config.durability)?;
+            // Runs until the store's writer stops (the feed ends with it).
+            crate::feed::spawn(feed, Arc::clone(&hub));
+            Arc::new(store)
+        }
+        Database::Postgres(url) => {
+            let (store, tail) = PgStore::open(&PgUrl::parse(url)?)?;
+            crate::feed::spawn(tail, Arc::clone(&hub));
+            Arc::new(store)
+        }
+    };
     let jwt = JwtVerifier::new(&JwtConfig {
         secret: config.jwt_secret.clone(),
         jwks_file: config.jwks_file.clone(),
@@ -99,8 +110,10 @@ pub async fn run(
             }
         })
     });
-    let app =
-        router(state.clone()).layer(axum::Extension(crate::transport::http::ops::DbFile(Arc::new(config.db.clone()))));
+    let mut app = router(state.clone());
+    if let Database::Sqlite(path) = &config.db {
+        app = app.layer(axum::Extension(crate::transport::http::ops::DbFile(Arc::new(path.clone()))));
+    }
     let limits = ConnLimits {
         max_connections: effective_max_connections(config.max_connections),
         header_timeout: config.header_timeout,
@@ -108,7 +121,7 @@ pub async fn run(
     };
     tracing::info!(
         addr = %listener.local_addr()?,
-        db = %config.db.display(),
+        db = %config.db,
         max_connections = limits.max_connections,
         "herald listening"
     );

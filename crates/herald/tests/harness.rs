@@ -19,6 +19,67 @@ pub struct Server {
     pub args: Vec<String>,
     child: Option<Child>,
     pub http: reqwest::Client,
+    /// The PostgreSQL database of this server, when the suite runs on PostgreSQL.
+    pg_db: Option<String>,
+    /// Whether dropping this server drops its database (the first of the servers sharing it).
+    owns_db: bool,
+}
+
+/// Whether the suite runs against PostgreSQL (`HERALD_TEST_STORE=postgres`,
+/// see scripts/test.sh) rather than SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("HERALD_TEST_STORE").is_ok_and(|s| s == "postgres")
+}
+
+/// The local PostgreSQL of the test machine.
+pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Runs SQL as the local superuser with psql; panics with psql's message on failure.
+pub fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-d", &format!("{PG_BASE}/{db}"), "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A fresh, empty database for one server.
+pub fn create_pg_database(name: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let clean: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let db: String = format!("herald_test_{}_{n}_{clean}", std::process::id()).chars().take(60).collect();
+    psql("postgres", &format!("CREATE DATABASE {db}"));
+    db
+}
+
+/// Drops a test database and its replication slot (once its sequencer is gone).
+pub fn drop_pg_database(db: &str) {
+    for _ in 0..50 {
+        let left = psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                 WHERE database = '{db}' AND NOT active) d;
+                 SELECT count(*) FROM pg_replication_slots WHERE database = '{db}'"
+            ),
+        );
+        if left.lines().last() == Some("0") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("psql")
+        .args([
+            "-XAtq",
+            "-d",
+            &format!("{PG_BASE}/postgres"),
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        ])
+        .output();
 }
 
 fn free_port() -> u16 {
@@ -43,15 +104,42 @@ impl Server {
     }
 
     pub async fn start_in(dir: PathBuf, args: Vec<String>, port: u16) -> Server {
+        let pg_db = on_postgres().then(|| {
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let prefix = format!("herald-test-{}-", std::process::id());
+            create_pg_database(name.strip_prefix(&prefix).unwrap_or(&name))
+        });
         let mut s = Server {
             port,
             dir,
             args,
             child: None,
             http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            owns_db: pg_db.is_some(),
+            pg_db,
         };
         s.spawn().await;
         s
+    }
+
+    /// A second process on the same PostgreSQL database as `other` (a cluster of two).
+    pub async fn start_sharing(other: &Server, name: &str, extra: &[&str]) -> Server {
+        let mut s = Server {
+            port: free_port(),
+            dir: temp_dir(name),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            pg_db: other.pg_db.clone(),
+            owns_db: false,
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// The name of this server's PostgreSQL database.
+    pub fn pg_db(&self) -> &str {
+        self.pg_db.as_deref().expect("a server on PostgreSQL")
     }
 
     async fn spawn(&mut self) {
@@ -61,7 +149,7 @@ impl Server {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--db")
-            .arg(self.dir.join("herald.db"))
+            .arg(self.db())
             .args(&self.args)
             .env("HERALD_JWT_SECRET", SECRET)
             .env_remove("HERALD_CONFIG")
@@ -95,7 +183,16 @@ impl Server {
         format!("ws://127.0.0.1:{}/v1/ws", self.port)
     }
 
-    pub fn db(&self) -> PathBuf {
+    /// The `--db` of this server: its SQLite file, or its PostgreSQL URL.
+    pub fn db(&self) -> String {
+        match &self.pg_db {
+            Some(db) => format!("{PG_BASE}/{db}"),
+            None => self.dir.join("herald.db").display().to_string(),
+        }
+    }
+
+    /// The SQLite file of this server (tests of SQLite's own behaviour).
+    pub fn db_file(&self) -> PathBuf {
         self.dir.join("herald.db")
     }
 
@@ -173,6 +270,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        if let (Some(db), true) = (&self.pg_db, self.owns_db) {
+            drop_pg_database(db);
+        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -329,10 +429,35 @@ impl Ws {
     }
 }
 
+/// Waits until every write acknowledged so far is in the log. SQLite appends
+/// events in the writing transaction: nothing to wait for. PostgreSQL's
+/// sequencer appends them just after the commit, in commit order: a fence
+/// (a logical message, `herald.fence`) committed now is recorded only after
+/// everything committed before it is in the log.
+pub async fn settle(s: &Server) {
+    let Some(db) = s.pg_db.clone() else { return };
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = format!("{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let log = s.log();
+    tokio::task::spawn_blocking(move || {
+        psql(&db, &format!("SELECT pg_logical_emit_message(true, 'herald.fence', '{id}')"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while psql(&db, &format!("SELECT count(*) FROM herald.meta WHERE key = 'fence:{id}'")) != "1" {
+            assert!(Instant::now() < deadline, "the log did not catch up with the writes; log:\n{log}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        psql(&db, &format!("DELETE FROM herald.meta WHERE key = 'fence:{id}'"));
+    })
+    .await
+    .unwrap();
+}
+
 /// Creates a job as `worker` and returns its id.
 pub async fn create_job(s: &Server, worker: &str, body: Value) -> String {
     let (st, v) = s.post(worker, "/v1/jobs", body).await;
     assert!(st == 201 || st == 200, "create job: {st} {v}");
+    // A subscription made next starts after this job's creation, on any store.
+    settle(s).await;
     v["id"].as_str().unwrap().to_string()
 }
 

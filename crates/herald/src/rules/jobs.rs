@@ -12,7 +12,7 @@ use crate::store::{NewEvent, WriteTx};
 use sha2::{Digest, Sha256};
 
 /// The event type a job change is announced as.
-fn job_event_type(before: Option<JobStatus>, after: JobStatus) -> EventType {
+pub(crate) fn job_event_type(before: Option<JobStatus>, after: JobStatus) -> EventType {
     match (before, after) {
         (None, _) => EventType::JobCreated,
         (Some(b), a) if b == a => EventType::JobUpdated,

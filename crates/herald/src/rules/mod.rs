@@ -10,6 +10,7 @@ mod notifications;
 
 pub use command::{Command, IdempotencyKey, NewJob, NewNotification, Reply};
 pub use error::WriteError;
+pub(crate) use jobs::job_event_type;
 
 use crate::store::{StoreError, Work, WriteTx, Writer};
 use serde_json::value::RawValue;

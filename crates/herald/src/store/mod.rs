@@ -5,6 +5,7 @@
 //! rules (`crate::rules`), which run as [`Work`] inside the store's transaction.
 
 pub mod error;
+pub mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 
@@ -32,6 +33,9 @@ pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<i64>,
 }
+
+/// Most bytes of event data one page of the log returns; the page ends early past it.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Events read from the log.
 #[derive(Debug, Clone)]

@@ -21,6 +21,7 @@ pub async fn all_events(s: &Server, tok: &str, topic: &str) -> Vec<Value> {
 
 /// Every event of `topic` after `since`.
 pub async fn events_after(s: &Server, tok: &str, topic: &str, mut since: u64) -> Vec<Value> {
+    crate::harness::settle(s).await;
     let mut out = Vec::new();
     loop {
         let (st, page) = s.get(tok, &format!("/v1/events?topic={topic}&since={since}&limit=1000")).await;

@@ -6,7 +6,7 @@
 //! heads cut off and a connection cap (#2), over-deep JSON refused at ingest
 //! (#6), and a job document bounded (#3).
 
-use crate::harness::{create_job, temp_dir, token, Server, Ws, SECRET};
+use crate::harness::{create_job, on_postgres, temp_dir, token, Server, Ws, SECRET};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::process::Stdio;
@@ -174,11 +174,15 @@ impl Drop for ReadOnly {
 /// fails, and `/readyz` says so instead of "ready".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_while_the_database_cannot_be_written() {
+    if on_postgres() {
+        // A read-only SQLite file; PostgreSQL's outage test is in suite::postgres.
+        return;
+    }
     let mut s = Server::start("h-readonly", &[]).await;
     let worker = token("w", "acme", "worker");
     create_job(&s, &worker, json!({ "id": "before" })).await;
     assert!(s.terminate().success());
-    let db = s.db();
+    let db = s.db_file();
     let guard = ReadOnly::apply(vec![db.clone()]);
     if !guard.holds() {
         eprintln!("skipped: cannot make {} read-only here (no chattr as root?)", db.display());

@@ -8,6 +8,7 @@ mod isolation_property;
 mod limits;
 mod live;
 mod phoenix;
+mod postgres;
 mod presence;
 mod resume;
 mod session_limits;

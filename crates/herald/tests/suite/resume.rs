@@ -172,6 +172,8 @@ async fn sub_without_since_gets_only_live_events_and_since_replays_in_pages() {
     // More than one replay page (1000 events).
     let acked = produce(s.url(""), worker.clone(), job.clone(), 2500, 8, "p").await;
     assert_eq!(acked.len(), 2500);
+    // Live from here: after every acknowledged report is in the log.
+    crate::harness::settle(&s).await;
 
     let mut live = raw_ws(&s, &alice, false).await;
     raw_sub(&mut live, &topic, None).await;

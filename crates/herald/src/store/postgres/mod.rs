@@ -1,3 +1,189 @@
-//! The production store: PostgreSQL (filled in step by step).
+//! The production store: PostgreSQL, schema `herald`.
+//!
+//! Writes run like SQLite's, in group transactions on a writer thread (the
+//! blocking `postgres` client, so the rules stay synchronous). The log is not
+//! written by the writers: the [`sequencer`] reads committed changes from a
+//! logical replication slot and appends them in commit order, and every
+//! process follows the log with a [`tail`] — its change feed.
 
+mod changes;
 pub mod pgoutput;
+mod read;
+mod rows;
+mod schema;
+pub mod sequencer;
+pub mod tail;
+mod tx;
+mod writer;
+
+use super::group_commit::{self, WriterHandle};
+use super::{
+    ApiKeyRecord, EventLog, EventPage, JobFilter, Keys, Page, Reads, StoreError, StoreErrorKind, Work, Writer,
+};
+use crate::model::{Artifact, Job, JobVisibility, Notification, Position, Task};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use sequencer::SequencerConfig;
+use std::str::FromStr;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// Connections of the read pool.
+const READ_POOL: usize = 16;
+
+/// A handle to the PostgreSQL store; cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    writer: WriterHandle,
+    pool: Pool,
+}
+
+/// A PostgreSQL URL, parsed, with the form of it that is safe to print.
+#[derive(Clone)]
+pub struct PgUrl {
+    pub config: tokio_postgres::Config,
+    /// `postgres://user@host:port/db`: no password.
+    pub display: String,
+}
+
+impl PgUrl {
+    pub fn parse(url: &str) -> Result<PgUrl, StoreError> {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            StoreError::caused_by(StoreErrorKind::Invalid, "not a PostgreSQL URL (postgres://user@host:port/db)", e)
+        })?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let display = format!(
+            "postgres://{}@{host}:{port}/{}",
+            config.get_user().unwrap_or(""),
+            config.get_dbname().unwrap_or(config.get_user().unwrap_or(""))
+        );
+        Ok(PgUrl { config, display })
+    }
+
+    /// The replication slot of this database: one per database, shared by the
+    /// Herald processes that use it (only the sequencer reads it).
+    pub fn slot(&self) -> String {
+        let db = self.config.get_dbname().unwrap_or("postgres");
+        let clean: String =
+            db.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+        format!("herald_{clean}").chars().take(63).collect()
+    }
+}
+
+impl PgStore {
+    /// Connects, migrates, makes sure the replication slot exists (before any
+    /// write, so no change escapes the log) and starts the writer, the
+    /// sequencer and the log tail. Call inside a Tokio runtime.
+    pub fn open(url: &PgUrl) -> Result<(PgStore, tail::LogTail), StoreError> {
+        let slot = url.slot();
+        let setup = {
+            let (config, display, slot) = (url.config.clone(), url.display.clone(), slot.clone());
+            // The blocking client may not run on a runtime thread.
+            std::thread::spawn(move || writer::setup(&config, &display, &slot))
+                .join()
+                .map_err(|_| StoreError::internal("PostgreSQL setup panicked"))??
+        };
+        let writer = group_commit::start("herald-writer", setup)?;
+        let mut manager_config = tokio_postgres::Config::clone(&url.config);
+        manager_config.application_name("herald");
+        let manager = Manager::from_config(
+            manager_config,
+            tokio_postgres::NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(READ_POOL)
+            .build()
+            .map_err(|e| StoreError::caused_by(StoreErrorKind::Internal, "building the read pool", e))?;
+        let appended = Arc::new(Notify::new());
+        sequencer::spawn(
+            SequencerConfig { pg: url.config.clone(), slot, display_url: url.display.clone() },
+            Arc::clone(&appended),
+        );
+        let tail = tail::LogTail::start(pool.clone(), url.config.clone(), appended);
+        Ok((PgStore { writer, pool }, tail))
+    }
+}
+
+#[async_trait]
+impl Writer for PgStore {
+    async fn submit(&self, work: Box<dyn Work>) -> Result<(), StoreError> {
+        self.writer.submit(work).await
+    }
+
+    async fn close(&self) {
+        self.writer.close().await
+    }
+}
+
+#[async_trait]
+impl Reads for PgStore {
+    async fn job(&self, tenant: &str, id: &str) -> Result<Option<Job>, StoreError> {
+        read::job(&self.pool, tenant, id).await
+    }
+
+    async fn job_owner(&self, tenant: &str, id: &str) -> Result<Option<Option<String>>, StoreError> {
+        read::job_owner(&self.pool, tenant, id).await
+    }
+
+    async fn jobs(&self, tenant: &str, vis: &JobVisibility, filter: JobFilter) -> Result<Page<Job>, StoreError> {
+        read::jobs(&self.pool, tenant, vis, &filter).await
+    }
+
+    async fn tasks(&self, tenant: &str, job_id: &str) -> Result<Vec<Task>, StoreError> {
+        read::tasks(&self.pool, tenant, job_id).await
+    }
+
+    async fn artifacts(&self, tenant: &str, job_id: &str) -> Result<Vec<Artifact>, StoreError> {
+        read::artifacts(&self.pool, tenant, job_id).await
+    }
+
+    async fn notifications(
+        &self,
+        tenant: &str,
+        recipient: &str,
+        unread_only: bool,
+        limit: usize,
+    ) -> Result<(Vec<Notification>, u64), StoreError> {
+        read::notifications(&self.pool, tenant, recipient, unread_only, limit).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer.is_closed() {
+            return Err(group_commit::writer_stopped());
+        }
+        read::conn(&self.pool).await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventLog for PgStore {
+    async fn head(&self) -> Result<Position, StoreError> {
+        let c = read::conn(&self.pool).await?;
+        read::head_and_floor(&c).await.map(|(head, _)| head)
+    }
+
+    async fn events(
+        &self,
+        tenant: &str,
+        topics: &[String],
+        since: Position,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        read::events(&self.pool, tenant, topics, since, limit).await
+    }
+}
+
+#[async_trait]
+impl Keys for PgStore {
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        read::api_key(&self.pool, id).await
+    }
+}

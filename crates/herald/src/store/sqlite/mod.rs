@@ -6,6 +6,7 @@ mod schema;
 mod tx;
 pub mod writer;
 
+use super::group_commit::{self, writer_stopped, WriterHandle};
 use super::{ApiKeyRecord, EventLog, EventPage, JobFilter, Keys, Page, Reads, StoreError, Work, Writer};
 use crate::feed::CommitFeed;
 use crate::model::JobVisibility;
@@ -15,8 +16,6 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
-use writer::WriterMsg;
 
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -31,7 +30,7 @@ pub enum Durability {
 /// A handle to the embedded store; cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: mpsc::Sender<WriterMsg>,
+    writer: WriterHandle,
     readers: Arc<ReadPool>,
 }
 
@@ -94,36 +93,24 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
-        let (tx, rx) = mpsc::channel(8192);
         let (commits, feed) = CommitFeed::channel();
-        std::thread::Builder::new()
-            .name("herald-writer".into())
-            .spawn(move || writer::run(conn, rx, commits))
-            .map_err(|e| StoreError::caused_by(super::StoreErrorKind::Internal, "starting the writer", e))?;
+        let writer = group_commit::start("herald-writer", writer::SqliteBatcher { conn, commits })?;
         let store = SqliteStore {
-            writer: tx,
+            writer,
             readers: Arc::new(ReadPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }),
         };
         Ok((store, feed))
     }
 }
 
-/// The writer has stopped: nothing more can be written.
-fn writer_stopped() -> StoreError {
-    StoreError::unavailable("the writer has stopped")
-}
-
 #[async_trait]
 impl Writer for SqliteStore {
     async fn submit(&self, work: Box<dyn Work>) -> Result<(), StoreError> {
-        self.writer.send(WriterMsg::Work(work)).await.map_err(|_| writer_stopped())
+        self.writer.submit(work).await
     }
 
     async fn close(&self) {
-        let (done, rx) = oneshot::channel();
-        if self.writer.send(WriterMsg::Close(done)).await.is_ok() {
-            let _ = rx.await;
-        }
+        self.writer.close().await
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::model::{Artifact, Event, EventType, Job, Notification, Position, Task};
 use crate::model::{JobVisibility, Role};
-use crate::store::{ApiKeyRecord, EventPage, JobFilter, Page, StoreError};
+use crate::store::{ApiKeyRecord, EventPage, JobFilter, Page, StoreError, MAX_PAGE_BYTES};
 use rusqlite::{params, types::Value as SqlValue, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -114,9 +114,6 @@ pub fn notifications(
     let items = docs.iter().map(|d| from_json(d)).collect::<Result<_, _>>()?;
     Ok((items, unread as u64))
 }
-
-/// Most bytes of event data one page returns; the page ends early past it.
-pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 pub fn events(
     c: &Connection,

@@ -1,0 +1,201 @@
+//! Read queries, on a pool of async connections.
+
+use super::rows::{parse_row, ArtifactRow, JobRow, NotificationRow, TaskRow};
+use crate::model::{Artifact, Event, EventType, Job, JobVisibility, Notification, Position, Role, Task};
+use crate::store::{ApiKeyRecord, EventPage, JobFilter, Page, StoreError, MAX_PAGE_BYTES};
+use deadpool_postgres::{Object, Pool};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use tokio_postgres::types::ToSql;
+
+/// A connection from the pool; a database that cannot be reached is `Unavailable`.
+pub async fn conn(pool: &Pool) -> Result<Object, StoreError> {
+    pool.get().await.map_err(|e| {
+        StoreError::caused_by(crate::store::StoreErrorKind::Unavailable, format!("connecting to PostgreSQL: {e}"), e)
+    })
+}
+
+async fn texts(c: &Object, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<String>, StoreError> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.query(&statement, params).await?.into_iter().map(|r| r.get(0)).collect())
+}
+
+pub async fn job(pool: &Pool, tenant: &str, id: &str) -> Result<Option<Job>, StoreError> {
+    let c = conn(pool).await?;
+    texts(&c, "SELECT to_jsonb(j)::text FROM herald.jobs j WHERE tenant = $1 AND id = $2", &[&tenant, &id])
+        .await?
+        .first()
+        .map(|j| parse_row::<JobRow>("jobs", j).map(Job::from))
+        .transpose()
+}
+
+pub async fn job_owner(pool: &Pool, tenant: &str, id: &str) -> Result<Option<Option<String>>, StoreError> {
+    let c = conn(pool).await?;
+    let statement = c.prepare_cached("SELECT owner FROM herald.jobs WHERE tenant = $1 AND id = $2").await?;
+    Ok(c.query_opt(&statement, &[&tenant, &id]).await?.map(|r| r.get(0)))
+}
+
+/// The newest position in the log and the pruned floor below which nothing is left.
+pub async fn head_and_floor(c: &Object) -> Result<(Position, Position), StoreError> {
+    let statement = c
+        .prepare_cached(
+            "SELECT coalesce((SELECT max(position) FROM herald.events), 0),
+                    coalesce((SELECT value::bigint FROM herald.meta WHERE key = 'floor'), 0)",
+        )
+        .await?;
+    let row = c.query_one(&statement, &[]).await?;
+    let (head, floor): (i64, i64) = (row.get(0), row.get(1));
+    // A log pruned to nothing still has its head where the floor is.
+    Ok((Position::from_u64(head.max(floor).max(0) as u64), Position::from_u64(floor.max(0) as u64)))
+}
+
+pub async fn jobs(pool: &Pool, tenant: &str, vis: &JobVisibility, f: &JobFilter) -> Result<Page<Job>, StoreError> {
+    let owned_by = match vis {
+        JobVisibility::OwnedBy(sub) => Some(sub.as_str()),
+        JobVisibility::All => None,
+    };
+    let status = f.status.map(|s| s.as_str());
+    let limit = (f.limit + 1) as i64;
+    let c = conn(pool).await?;
+    // NULL parameters switch their condition off: one statement for every filter.
+    let statement = c
+        .prepare_cached(
+            "SELECT j.seq, to_jsonb(j)::text FROM herald.jobs j
+             WHERE tenant = $1 AND ($2::text IS NULL OR owner = $2) AND ($3::text IS NULL OR status = $3)
+               AND ($4::text IS NULL OR kind = $4) AND ($5::text IS NULL OR owner = $5)
+               AND ($6::bigint IS NULL OR updated_at > $6) AND ($7::bigint IS NULL OR seq < $7)
+             ORDER BY seq DESC LIMIT $8",
+        )
+        .await?;
+    let rows = c
+        .query(&statement, &[&tenant, &owned_by, &status, &f.kind, &f.owner, &f.updated_after, &f.before, &limit])
+        .await?;
+    let more = rows.len() > f.limit;
+    let mut items = Vec::with_capacity(rows.len().min(f.limit));
+    let mut last = None;
+    for row in rows.iter().take(f.limit) {
+        items.push(Job::from(parse_row::<JobRow>("jobs", row.get(1))?));
+        last = Some(row.get::<_, i64>(0));
+    }
+    Ok(Page { items, next_cursor: if more { last } else { None } })
+}
+
+pub async fn tasks(pool: &Pool, tenant: &str, job_id: &str) -> Result<Vec<Task>, StoreError> {
+    let c = conn(pool).await?;
+    texts(
+        &c,
+        "SELECT to_jsonb(t)::text FROM herald.tasks t WHERE tenant = $1 AND job_id = $2 ORDER BY created_at, id",
+        &[&tenant, &job_id],
+    )
+    .await?
+    .iter()
+    .map(|t| parse_row::<TaskRow>("tasks", t).map(Task::from))
+    .collect()
+}
+
+pub async fn artifacts(pool: &Pool, tenant: &str, job_id: &str) -> Result<Vec<Artifact>, StoreError> {
+    let c = conn(pool).await?;
+    texts(
+        &c,
+        "SELECT to_jsonb(a)::text FROM herald.artifacts a WHERE tenant = $1 AND job_id = $2 ORDER BY seq",
+        &[&tenant, &job_id],
+    )
+    .await?
+    .iter()
+    .map(|a| parse_row::<ArtifactRow>("artifacts", a).map(Artifact::from))
+    .collect()
+}
+
+pub async fn notifications(
+    pool: &Pool,
+    tenant: &str,
+    recipient: &str,
+    unread_only: bool,
+    limit: usize,
+) -> Result<(Vec<Notification>, u64), StoreError> {
+    let c = conn(pool).await?;
+    let rows = texts(
+        &c,
+        "SELECT to_jsonb(n)::text FROM herald.notifications n
+         WHERE tenant = $1 AND recipient = $2 AND (NOT $3 OR NOT read) ORDER BY seq DESC LIMIT $4",
+        &[&tenant, &recipient, &unread_only, &(limit as i64)],
+    )
+    .await?;
+    let statement = c
+        .prepare_cached("SELECT count(*) FROM herald.notifications WHERE tenant = $1 AND recipient = $2 AND NOT read")
+        .await?;
+    let unread: i64 = c.query_one(&statement, &[&tenant, &recipient]).await?.get(0);
+    let items = rows
+        .iter()
+        .map(|n| parse_row::<NotificationRow>("notifications", n).map(Notification::from))
+        .collect::<Result<_, _>>()?;
+    Ok((items, unread.max(0) as u64))
+}
+
+pub async fn events(
+    pool: &Pool,
+    tenant: &str,
+    topics: &[String],
+    since: Position,
+    limit: usize,
+) -> Result<EventPage, StoreError> {
+    let c = conn(pool).await?;
+    // Head and floor first: an event committed after this read is still ahead of `head`.
+    let (head, floor) = head_and_floor(&c).await?;
+    if topics.is_empty() || limit == 0 {
+        return Ok(EventPage { events: Vec::new(), head, floor, truncated: false });
+    }
+    let since = since.get().min(i64::MAX as u64) as i64;
+    let statement = c
+        .prepare_cached(
+            "SELECT e.position, e.type, e.job_id, e.owner, e.data, e.time, t.topics
+             FROM (SELECT DISTINCT position FROM herald.event_topics
+                   WHERE tenant = $1 AND topic = ANY($2) AND position > $3 AND position <= $4
+                   ORDER BY position LIMIT $5) p
+             JOIN herald.events e ON e.position = p.position
+             CROSS JOIN LATERAL (SELECT array_agg(topic) AS topics FROM herald.event_topics t
+                   WHERE t.tenant = $1 AND t.position = p.position AND t.topic = ANY($2)) t
+             ORDER BY p.position",
+        )
+        .await?;
+    let head_i = head.get().min(i64::MAX as u64) as i64;
+    let rows = c.query(&statement, &[&tenant, &topics, &since, &head_i, &(limit as i64)]).await?;
+    let tenant: Arc<str> = Arc::from(tenant);
+    let mut events = Vec::with_capacity(rows.len());
+    let mut bytes = 0usize;
+    let mut truncated = false;
+    for r in rows {
+        // A page is bounded in bytes as well as in count (always one event at least).
+        if bytes >= MAX_PAGE_BYTES {
+            truncated = true;
+            break;
+        }
+        let kind: &str = r.get(1);
+        let data: String = r.get(4);
+        bytes += data.len();
+        events.push(Event {
+            position: Position::from_u64(r.get::<_, i64>(0) as u64),
+            tenant: Arc::clone(&tenant),
+            kind: EventType::parse(kind).ok_or_else(|| StoreError::internal(format!("unknown event type {kind}")))?,
+            topics: r.get(6),
+            job_id: r.get(2),
+            owner: r.get(3),
+            data: Arc::from(RawValue::from_string(data).map_err(StoreError::corrupt)?),
+            time: r.get(5),
+            row: Default::default(),
+        });
+    }
+    Ok(EventPage { events, head, floor, truncated })
+}
+
+pub async fn api_key(pool: &Pool, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+    let c = conn(pool).await?;
+    let statement = c.prepare_cached("SELECT id, tenant, name, role, hash FROM herald.api_keys WHERE id = $1").await?;
+    Ok(c.query_opt(&statement, &[&id]).await?.map(|r| ApiKeyRecord {
+        id: r.get(0),
+        tenant: r.get(1),
+        name: r.get(2),
+        role: Role::parse(r.get(3)).unwrap_or(Role::Worker),
+        hash: r.get(4),
+    }))
+}
