@@ -25,6 +25,8 @@ fn event() -> Arc<Event> {
         owner: Some("alice".into()),
         data: Arc::from(RawValue::from_string(row.replace('\n', "")).expect("valid json")),
         time: 1_795_000_000_000,
+        old: None,
+        table: None,
         row: Default::default(),
     })
 }

@@ -68,6 +68,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Started with `--demo`: enables the dashboard's demo sign-in.
     pub demo: bool,
+    /// Captured application tables (PostgreSQL; empty on SQLite).
+    pub catalog: Arc<crate::model::Catalog>,
 }
 
 impl AppState {

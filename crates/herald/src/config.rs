@@ -124,6 +124,33 @@ struct FileConfig {
     idle_timeout: Option<String>,
     log_format: Option<LogFormat>,
     demo: Option<bool>,
+    /// The tenant of captured rows whose table names no tenant column.
+    default_tenant: Option<String>,
+    #[serde(default)]
+    capture: Vec<CaptureSpec>,
+}
+
+/// A `[[capture]]` entry: an application table whose changes Herald streams
+/// (PostgreSQL only).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSpec {
+    /// `schema.table`.
+    pub table: String,
+    /// The column naming the row's tenant; without it every row is `default_tenant`'s.
+    pub tenant_column: Option<String>,
+    /// This table's tenant when it has no tenant column (overrides the top-level one).
+    pub default_tenant: Option<String>,
+    /// Customers read only rows whose column equals their sub.
+    pub owner_column: Option<String>,
+}
+
+impl CaptureSpec {
+    /// `(schema, table)`.
+    pub fn parts(&self) -> Option<(&str, &str)> {
+        let (schema, table) = self.table.split_once('.')?;
+        (!schema.is_empty() && !table.is_empty() && !table.contains('.')).then_some((schema, table))
+    }
 }
 
 /// Where Herald keeps its data.
@@ -187,6 +214,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub demo: bool,
     pub limits: Limits,
+    /// Application tables to stream (PostgreSQL only), with tenants resolved.
+    pub capture: Vec<CaptureSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -293,6 +322,14 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             demo: args.demo || file.demo.unwrap_or(false),
             limits,
+            capture: file
+                .capture
+                .into_iter()
+                .map(|mut c| {
+                    c.default_tenant = c.default_tenant.or_else(|| file.default_tenant.clone());
+                    c
+                })
+                .collect(),
         };
         config.validate()?;
         Ok(config)
@@ -303,6 +340,23 @@ impl Config {
     /// refuse everything. (0 is meaningful only where it is documented as "no
     /// limit": `messages_per_second`, `max_connections`, `max_connections_per_tenant`.)
     fn validate(&self) -> Result<(), ConfigError> {
+        for c in &self.capture {
+            let what = format!("[[capture]] table = {:?}", c.table);
+            if c.parts().is_none() {
+                return Err(ConfigError::Invalid(format!("{what}: name the table as schema.table")));
+            }
+            if c.tenant_column.is_none() && c.default_tenant.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "{what}: set tenant_column, or default_tenant (in the entry or at the top of the file)"
+                )));
+            }
+            if c.parts().is_some_and(|(schema, _)| schema == "herald") {
+                return Err(ConfigError::Invalid(format!("{what}: Herald's own tables stream already")));
+            }
+            if matches!(self.db, Database::Sqlite(_)) {
+                return Err(ConfigError::Invalid(format!("{what}: capturing tables needs --db postgres://...")));
+            }
+        }
         let l = &self.limits;
         let invalid = |name: &str, why: String| {
             let flag = name.replace('_', "-");

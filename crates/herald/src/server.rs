@@ -56,17 +56,17 @@ pub fn build(config: &Config, shutdown: tokio::sync::watch::Receiver<bool>) -> R
     // The recorder first, so the hub can register its series at zero.
     let metrics = metrics_handle();
     let hub = Hub::new(config.max_connections_per_tenant);
-    let store: DynStore = match &config.db {
+    let (store, catalog): (DynStore, _) = match &config.db {
         Database::Sqlite(path) => {
             let (store, feed) = SqliteStore::open(path, config.durability)?;
             // Runs until the store's writer stops (the feed ends with it).
             crate::feed::spawn(feed, Arc::clone(&hub));
-            Arc::new(store)
+            (Arc::new(store), Arc::default())
         }
         Database::Postgres(url) => {
-            let (store, tail) = PgStore::open(&PgUrl::parse(url)?)?;
+            let (store, tail, catalog) = PgStore::open(&PgUrl::parse(url)?, &config.capture)?;
             crate::feed::spawn(tail, Arc::clone(&hub));
-            Arc::new(store)
+            (Arc::new(store), catalog)
         }
     };
     let jwt = JwtVerifier::new(&JwtConfig {
@@ -85,6 +85,7 @@ pub fn build(config: &Config, shutdown: tokio::sync::watch::Receiver<bool>) -> R
         metrics,
         shutdown,
         demo: config.demo,
+        catalog,
     })
 }
 

@@ -122,6 +122,28 @@ impl Server {
         s
     }
 
+    /// A server on a fresh PostgreSQL database prepared with `setup_sql` (the
+    /// application's tables), started with `config` as its `herald.toml`.
+    pub async fn start_pg_app(name: &str, setup_sql: &str, config: &str, extra: &[&str]) -> Server {
+        let dir = temp_dir(name);
+        let db = create_pg_database(name);
+        psql(&db, setup_sql);
+        std::fs::write(dir.join("herald.toml"), config).unwrap();
+        let mut args = vec!["--config".to_string(), dir.join("herald.toml").display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Server {
+            port: free_port(),
+            dir,
+            args,
+            child: None,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            pg_db: Some(db),
+            owns_db: true,
+        };
+        s.spawn().await;
+        s
+    }
+
     /// A second process on the same PostgreSQL database as `other` (a cluster of two).
     pub async fn start_sharing(other: &Server, name: &str, extra: &[&str]) -> Server {
         let mut s = Server {

@@ -19,6 +19,11 @@ pub enum EventType {
     ArtifactCreated,
     NotificationCreated,
     NotificationRead,
+    /// Changes of captured application tables (PostgreSQL).
+    RowInserted,
+    RowUpdated,
+    RowDeleted,
+    TableTruncated,
 }
 
 impl EventType {
@@ -35,6 +40,10 @@ impl EventType {
             EventType::ArtifactCreated => "artifact.created",
             EventType::NotificationCreated => "notification.created",
             EventType::NotificationRead => "notification.read",
+            EventType::RowInserted => "row.inserted",
+            EventType::RowUpdated => "row.updated",
+            EventType::RowDeleted => "row.deleted",
+            EventType::TableTruncated => "table.truncated",
         }
     }
 
@@ -52,6 +61,10 @@ impl EventType {
             ArtifactCreated,
             NotificationCreated,
             NotificationRead,
+            RowInserted,
+            RowUpdated,
+            RowDeleted,
+            TableTruncated,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
@@ -69,6 +82,8 @@ impl EventType {
             EventType::TaskCreated | EventType::TaskUpdated => "tasks",
             EventType::ArtifactCreated => "artifacts",
             EventType::NotificationCreated | EventType::NotificationRead => "notifications",
+            // A captured table's name is the event's `table`.
+            EventType::RowInserted | EventType::RowUpdated | EventType::RowDeleted | EventType::TableTruncated => "",
         }
     }
 
@@ -80,6 +95,7 @@ impl EventType {
                 | EventType::TaskCreated
                 | EventType::ArtifactCreated
                 | EventType::NotificationCreated
+                | EventType::RowInserted
         )
     }
 }
@@ -105,6 +121,10 @@ pub struct Event {
     /// Owner of that job, which decides who may see the event.
     pub owner: Option<String>,
     pub data: Arc<RawValue>,
+    /// The old row of a captured UPDATE or DELETE (replica identity full).
+    pub old: Option<Arc<RawValue>>,
+    /// The captured table (`schema.name`) the row belongs to; `None` for Herald's own.
+    pub table: Option<Arc<str>>,
     /// Commit time, epoch milliseconds.
     pub time: i64,
     /// `data` parsed, on first use: row filters (Supabase bindings) read fields,
@@ -125,6 +145,8 @@ impl Event {
             #[serde(rename = "type")]
             kind: &'static str,
             data: &'a serde_json::value::RawValue,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            old: Option<&'a serde_json::value::RawValue>,
             time: String,
         }
         serde_json::to_string(&Wire {
@@ -133,6 +155,7 @@ impl Event {
             position: self.position,
             kind: self.kind.as_str(),
             data: &self.data,
+            old: self.old.as_deref(),
             time: crate::model::time::format_ms(self.time),
         })
         .unwrap_or_default()

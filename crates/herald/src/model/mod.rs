@@ -7,6 +7,7 @@ pub mod job;
 pub mod notification;
 pub mod position;
 pub mod role;
+pub mod table;
 pub mod task;
 pub mod time;
 pub mod topic;
@@ -16,6 +17,7 @@ pub use job::{Job, JobStatus};
 pub use notification::Notification;
 pub use position::Position;
 pub use role::{JobVisibility, Role};
+pub use table::{CapturedTable, Catalog};
 pub use task::{Task, TaskStatus};
 pub use topic::Topic;
 

@@ -13,6 +13,9 @@ pub enum Topic {
     User(String),
     /// `room:<name>` — broadcast and presence, memory only.
     Room(String),
+    /// `table:<schema>.<name>` — changes of a captured table;
+    /// `table:<schema>.<name>:owner:<sub>` — those of rows `sub` owns.
+    Table { schema: String, name: String, owner: Option<String> },
 }
 
 impl Topic {
@@ -37,7 +40,23 @@ impl Topic {
         if let Some(name) = s.strip_prefix("room:") {
             return Ok(Topic::Room(check("room name", name)?));
         }
-        Err(format!("unknown topic {s:?}; expected job:<id>, jobs, jobs:owner:<sub>, user:<sub> or room:<name>"))
+        if let Some(rest) = s.strip_prefix("table:") {
+            let (table, owner) = match rest.split_once(":owner:") {
+                Some((t, o)) => (t, Some(check("owner", o)?)),
+                None => (rest, None),
+            };
+            let ident =
+                |v: &str| !v.is_empty() && v.len() <= 63 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            return match table.split_once('.') {
+                Some((schema, name)) if ident(schema) && ident(name) => {
+                    Ok(Topic::Table { schema: schema.to_string(), name: name.to_string(), owner })
+                }
+                _ => Err(format!("table topic {s:?}: expected table:<schema>.<table>[:owner:<sub>]")),
+            };
+        }
+        Err(format!(
+            "unknown topic {s:?}; expected job:<id>, jobs, jobs:owner:<sub>, user:<sub>, room:<name> or table:<schema>.<table>"
+        ))
     }
 
     /// Rooms are ephemeral: no log, no resume.
@@ -54,6 +73,8 @@ impl std::fmt::Display for Topic {
             Topic::JobsOwner(s) => write!(f, "jobs:owner:{s}"),
             Topic::User(s) => write!(f, "user:{s}"),
             Topic::Room(n) => write!(f, "room:{n}"),
+            Topic::Table { schema, name, owner: None } => write!(f, "table:{schema}.{name}"),
+            Topic::Table { schema, name, owner: Some(o) } => write!(f, "table:{schema}.{name}:owner:{o}"),
         }
     }
 }
@@ -92,7 +113,9 @@ mod tests {
 
     #[test]
     fn parses_every_kind_and_round_trips() {
-        for s in ["job:abc", "jobs", "jobs:owner:u1", "user:u1", "room:lobby"] {
+        for s in
+            ["job:abc", "jobs", "jobs:owner:u1", "user:u1", "room:lobby", "table:public.t_1", "table:app.x:owner:u1"]
+        {
             assert_eq!(Topic::parse(s).unwrap().to_string(), s);
         }
         assert!(Topic::parse("job:").is_err());

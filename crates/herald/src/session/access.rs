@@ -12,6 +12,26 @@ use crate::model::Topic;
 /// the dashboard keeps a job's viewers) follows that job's read rules.
 pub async fn authorize(s: &AppState, p: &Principal, raw: &str) -> Result<Topic, SessionError> {
     let topic = Topic::parse(raw).map_err(|m| SessionError::invalid("invalid_topic", m))?;
+    if let Topic::Table { schema, name, owner } = &topic {
+        let Some(table) = s.catalog.get(schema, name) else {
+            return Err(SessionError::not_found(raw));
+        };
+        match (&table.owner_column, owner) {
+            (None, Some(_)) => {
+                return Err(SessionError::invalid(
+                    "invalid_topic",
+                    format!("{schema}.{name} has no owner column; subscribe to table:{schema}.{name}"),
+                ))
+            }
+            // Customers of a table with owners read their own rows only.
+            (Some(_), None) if p.role == crate::model::Role::Customer => {
+                return Err(SessionError::forbidden(format!(
+                    "customers read table:{schema}.{name}:owner:<their sub>, not the whole table"
+                )))
+            }
+            _ => {}
+        }
+    }
     let job = match &topic {
         Topic::Job(id) => Some(id.as_str()),
         Topic::Room(name) => name.strip_prefix("job:"),
@@ -31,6 +51,9 @@ pub async fn authorize(s: &AppState, p: &Principal, raw: &str) -> Result<Topic, 
     }
     Err(SessionError::forbidden(format!("role {} may not read {raw}", p.role.as_str())))
 }
+
+/// Most rows of a captured table a snapshot carries.
+const SNAPSHOT_ROWS: usize = 1000;
 
 /// What a client that fell behind retention reloads instead of the events it missed.
 pub async fn snapshot(s: &AppState, p: &Principal, topic: &Topic) -> Result<serde_json::Value, SessionError> {
@@ -55,5 +78,12 @@ pub async fn snapshot(s: &AppState, p: &Principal, topic: &Topic) -> Result<serd
             serde_json::json!({ "notifications": items, "unread_count": unread })
         }
         Topic::Room(_) => serde_json::json!({}),
+        Topic::Table { schema, name, owner } => {
+            let rows = match s.catalog.get(schema, name) {
+                Some(table) => s.store.table_rows(table, &p.tenant, owner.as_deref(), SNAPSHOT_ROWS).await?,
+                None => Vec::new(),
+            };
+            serde_json::json!({ "rows": rows })
+        }
     })
 }

@@ -11,7 +11,9 @@ pub mod sqlite;
 
 pub use error::{StoreError, StoreErrorKind};
 
-use crate::model::{Artifact, Event, EventType, Job, JobStatus, JobVisibility, Notification, Position, Role, Task};
+use crate::model::{
+    Artifact, CapturedTable, Event, EventType, Job, JobStatus, JobVisibility, Notification, Position, Role, Task,
+};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -152,6 +154,15 @@ pub trait Reads: Send + Sync + 'static {
         unread_only: bool,
         limit: usize,
     ) -> Result<(Vec<Notification>, u64), StoreError>;
+    /// Rows of a captured table in `tenant` (owned by `owner` if given), as
+    /// JSON objects, newest first as far as the table says (its first column).
+    async fn table_rows(
+        &self,
+        table: &CapturedTable,
+        tenant: &str,
+        owner: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, StoreError>;
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -1,4 +1,5 @@
 mod bad_input;
+mod capture;
 mod core_flow;
 mod dashboard;
 mod durability;

@@ -176,12 +176,15 @@ async fn worker_job(s: &Server, id: &str, owner: &str) {
     let w = token("w", "acme", "worker");
     let (st, _) = s.post(&w, "/v1/jobs", json!({"id": id, "owner": owner})).await;
     assert_eq!(st, 201);
+    crate::harness::settle(s).await;
 }
 
 async fn progress(s: &Server, id: &str, body: Value) {
     let w = token("w", "acme", "worker");
     let (st, b) = s.post(&w, &format!("/v1/jobs/{id}/progress"), body).await;
     assert_eq!(st, 200, "{b}");
+    // Joins that follow start after this change, on any store.
+    crate::harness::settle(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 /// One SSE message.
 #[derive(Debug)]
-struct Msg {
-    id: Option<u64>,
-    event: String,
-    data: Value,
+pub(super) struct Msg {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: Value,
 }
 
 /// A streaming SSE response, read chunk by chunk.
-struct Sse {
+pub(super) struct Sse {
     resp: reqwest::Response,
     buf: String,
     /// Comments seen (keep-alives).
@@ -23,7 +23,7 @@ struct Sse {
 }
 
 impl Sse {
-    async fn open(s: &Server, query: &str, last_event_id: Option<u64>) -> Sse {
+    pub(super) async fn open(s: &Server, query: &str, last_event_id: Option<u64>) -> Sse {
         let mut req = s.http.get(s.url(&format!("/v1/sse?{query}"))).timeout(Duration::from_secs(600));
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
@@ -35,7 +35,7 @@ impl Sse {
     }
 
     /// The next message (not a comment), or None on end of stream or timeout.
-    async fn next(&mut self, timeout: Duration) -> Option<Msg> {
+    pub(super) async fn next(&mut self, timeout: Duration) -> Option<Msg> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(end) = self.buf.find("\n\n") {

@@ -6,7 +6,7 @@
 use super::pgoutput::{Message, Relation, Tuple};
 use super::rows::{from_row, tuple_json, ArtifactRow, JobRow, NotificationRow, TaskRow};
 use crate::model::topic::{job_topics, user_topic};
-use crate::model::{Artifact, EventType, Job, JobStatus, Notification, Task};
+use crate::model::{Artifact, CapturedTable, EventType, Job, JobStatus, Notification, Task};
 use crate::rules::job_event_type;
 use crate::store::StoreError;
 use serde_json::{Map, Value};
@@ -21,6 +21,10 @@ pub struct LogEvent {
     pub topics: Vec<String>,
     /// The row as the API shows it, serialized once.
     pub data: String,
+    /// A captured table's old row (UPDATE, DELETE).
+    pub old: Option<String>,
+    /// The captured table, `schema.name`.
+    pub table: Option<String>,
     /// Commit time, epoch milliseconds.
     pub time: i64,
 }
@@ -81,6 +85,8 @@ pub fn own_table_event(relation: &Relation, message: &Message, time: i64) -> Res
                 owner: job.owner.clone(),
                 topics: job_topics(&job.id, job.owner.as_deref(), true),
                 data: to_json(&job)?,
+                old: None,
+                table: None,
                 time,
             }
         }
@@ -95,6 +101,8 @@ pub fn own_table_event(relation: &Relation, message: &Message, time: i64) -> Res
                 topics: job_topics(&task.job_id, owner.as_deref(), false),
                 owner,
                 data: to_json(&task)?,
+                old: None,
+                table: None,
                 time,
             }
         }
@@ -112,6 +120,8 @@ pub fn own_table_event(relation: &Relation, message: &Message, time: i64) -> Res
                 topics: job_topics(&artifact.job_id, owner.as_deref(), false),
                 owner,
                 data: to_json(&artifact)?,
+                old: None,
+                table: None,
                 time,
             }
         }
@@ -135,10 +145,89 @@ pub fn own_table_event(relation: &Relation, message: &Message, time: i64) -> Res
                 owner: None,
                 topics: vec![user_topic(&n.recipient)],
                 data: to_json(&n)?,
+                old: None,
+                table: None,
                 time,
             }
         }
         _ => return Ok(None),
     };
     Ok(Some(event))
+}
+
+/// A row's value as the text routing compares: strings as they are, numbers
+/// and booleans as written; NULL and objects are no tenant and no owner.
+fn key_text(row: &Map<String, Value>, column: &str) -> Option<String> {
+    match row.get(column)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The event a change of a captured application table is announced as:
+/// `row.inserted`, `row.updated` (with the old row) or `row.deleted` (the old
+/// row), in the row's tenant, routed to `table:<schema>.<name>` and, with an
+/// owner column, to the owner's topic. A row without a tenant announces nothing.
+pub fn captured_event(
+    table: &CapturedTable,
+    relation: &Relation,
+    message: &Message,
+    time: i64,
+) -> Result<Option<LogEvent>, StoreError> {
+    let Some(change) = row_change(relation, message) else { return Ok(None) };
+    let kind = match message {
+        Message::Insert { .. } => EventType::RowInserted,
+        Message::Update { .. } => EventType::RowUpdated,
+        _ => EventType::RowDeleted,
+    };
+    let Some(row) = change.new.as_ref().or(change.old.as_ref()) else { return Ok(None) };
+    let tenant = match &table.tenant_column {
+        Some(column) => key_text(row, column),
+        None => table.default_tenant.clone(),
+    };
+    let Some(tenant) = tenant else {
+        metrics::counter!("herald_capture_rows_without_tenant_total").increment(1);
+        return Ok(None);
+    };
+    let owner = table.owner_column.as_deref().and_then(|c| key_text(row, c));
+    let mut topics = vec![table.topic()];
+    if let Some(owner) = &owner {
+        topics.push(table.owner_topic(owner));
+    }
+    let json = |m: &Map<String, Value>| to_json(m);
+    Ok(Some(LogEvent {
+        tenant,
+        kind,
+        job_id: None,
+        owner,
+        topics,
+        data: json(row)?,
+        // A DELETE's row is the old one already.
+        old: if kind == EventType::RowDeleted { None } else { change.old.as_ref().map(json).transpose()? },
+        table: Some(table.qualified()),
+        time,
+    }))
+}
+
+/// A TRUNCATE of a captured table. Its tenant is the table's default one, or
+/// empty: then the sequencer announces it to every tenant the table has had
+/// events in (the rows are gone; the log knows whose they were).
+pub fn truncated_event(table: &CapturedTable, time: i64) -> LogEvent {
+    LogEvent {
+        tenant: if table.tenant_column.is_none() {
+            table.default_tenant.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        kind: EventType::TableTruncated,
+        job_id: None,
+        owner: None,
+        topics: vec![table.topic()],
+        data: "{}".to_string(),
+        old: None,
+        table: Some(table.qualified()),
+        time,
+    }
 }

@@ -6,6 +6,7 @@
 //! logical replication slot and appends them in commit order, and every
 //! process follows the log with a [`tail`] — its change feed.
 
+mod capture;
 mod changes;
 pub mod pgoutput;
 mod read;
@@ -20,7 +21,8 @@ use super::group_commit::{self, WriterHandle};
 use super::{
     ApiKeyRecord, EventLog, EventPage, JobFilter, Keys, Page, Reads, StoreError, StoreErrorKind, Work, Writer,
 };
-use crate::model::{Artifact, Job, JobVisibility, Notification, Position, Task};
+use crate::config::CaptureSpec;
+use crate::model::{Artifact, CapturedTable, Catalog, Job, JobVisibility, Notification, Position, Task};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use sequencer::SequencerConfig;
@@ -80,15 +82,17 @@ impl PgStore {
     /// Connects, migrates, makes sure the replication slot exists (before any
     /// write, so no change escapes the log) and starts the writer, the
     /// sequencer and the log tail. Call inside a Tokio runtime.
-    pub fn open(url: &PgUrl) -> Result<(PgStore, tail::LogTail), StoreError> {
+    pub fn open(url: &PgUrl, capture: &[CaptureSpec]) -> Result<(PgStore, tail::LogTail, Arc<Catalog>), StoreError> {
         let slot = url.slot();
-        let setup = {
-            let (config, display, slot) = (url.config.clone(), url.display.clone(), slot.clone());
+        let (setup, tables) = {
+            let (config, display, slot, capture) =
+                (url.config.clone(), url.display.clone(), slot.clone(), capture.to_vec());
             // The blocking client may not run on a runtime thread.
-            std::thread::spawn(move || writer::setup(&config, &display, &slot))
+            std::thread::spawn(move || writer::setup(&config, &display, &slot, &capture))
                 .join()
                 .map_err(|_| StoreError::internal("PostgreSQL setup panicked"))??
         };
+        let catalog = Arc::new(Catalog::new(tables));
         let writer = group_commit::start("herald-writer", setup)?;
         let mut manager_config = tokio_postgres::Config::clone(&url.config);
         manager_config.application_name("herald");
@@ -103,11 +107,16 @@ impl PgStore {
             .map_err(|e| StoreError::caused_by(StoreErrorKind::Internal, "building the read pool", e))?;
         let appended = Arc::new(Notify::new());
         sequencer::spawn(
-            SequencerConfig { pg: url.config.clone(), slot, display_url: url.display.clone() },
+            SequencerConfig {
+                pg: url.config.clone(),
+                slot,
+                display_url: url.display.clone(),
+                catalog: Arc::clone(&catalog),
+            },
             Arc::clone(&appended),
         );
         let tail = tail::LogTail::start(pool.clone(), url.config.clone(), appended);
-        Ok((PgStore { writer, pool }, tail))
+        Ok((PgStore { writer, pool }, tail, catalog))
     }
 }
 
@@ -152,6 +161,16 @@ impl Reads for PgStore {
         limit: usize,
     ) -> Result<(Vec<Notification>, u64), StoreError> {
         read::notifications(&self.pool, tenant, recipient, unread_only, limit).await
+    }
+
+    async fn table_rows(
+        &self,
+        table: &CapturedTable,
+        tenant: &str,
+        owner: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        read::table_rows(&self.pool, table, tenant, owner, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,7 +1,7 @@
 //! Read queries, on a pool of async connections.
 
 use super::rows::{parse_row, ArtifactRow, JobRow, NotificationRow, TaskRow};
-use crate::model::{Artifact, Event, EventType, Job, JobVisibility, Notification, Position, Role, Task};
+use crate::model::{Artifact, CapturedTable, Event, EventType, Job, JobVisibility, Notification, Position, Role, Task};
 use crate::store::{ApiKeyRecord, EventPage, JobFilter, Page, StoreError, MAX_PAGE_BYTES};
 use deadpool_postgres::{Object, Pool};
 use serde_json::value::RawValue;
@@ -147,16 +147,16 @@ pub async fn events(
     }
     let since = since.get().min(i64::MAX as u64) as i64;
     let statement = c
-        .prepare_cached(
-            "SELECT e.position, e.type, e.job_id, e.owner, e.data, e.time, t.topics
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS}, t.topics
              FROM (SELECT DISTINCT position FROM herald.event_topics
                    WHERE tenant = $1 AND topic = ANY($2) AND position > $3 AND position <= $4
                    ORDER BY position LIMIT $5) p
              JOIN herald.events e ON e.position = p.position
              CROSS JOIN LATERAL (SELECT array_agg(topic) AS topics FROM herald.event_topics t
                    WHERE t.tenant = $1 AND t.position = p.position AND t.topic = ANY($2)) t
-             ORDER BY p.position",
-        )
+             ORDER BY p.position"
+        ))
         .await?;
     let head_i = head.get().min(i64::MAX as u64) as i64;
     let rows = c.query(&statement, &[&tenant, &topics, &since, &head_i, &(limit as i64)]).await?;
@@ -164,28 +164,72 @@ pub async fn events(
     let mut events = Vec::with_capacity(rows.len());
     let mut bytes = 0usize;
     let mut truncated = false;
-    for r in rows {
+    for r in &rows {
         // A page is bounded in bytes as well as in count (always one event at least).
         if bytes >= MAX_PAGE_BYTES {
             truncated = true;
             break;
         }
-        let kind: &str = r.get(1);
-        let data: String = r.get(4);
-        bytes += data.len();
-        events.push(Event {
-            position: Position::from_u64(r.get::<_, i64>(0) as u64),
-            tenant: Arc::clone(&tenant),
-            kind: EventType::parse(kind).ok_or_else(|| StoreError::internal(format!("unknown event type {kind}")))?,
-            topics: r.get(6),
-            job_id: r.get(2),
-            owner: r.get(3),
-            data: Arc::from(RawValue::from_string(data).map_err(StoreError::corrupt)?),
-            time: r.get(5),
-            row: Default::default(),
-        });
+        let event = event_of(r, Arc::clone(&tenant))?;
+        bytes += event.data.get().len();
+        events.push(event);
     }
     Ok(EventPage { events, head, floor, truncated })
+}
+
+/// Rows of a captured table in one tenant (and of one owner). Values compare as
+/// text, as routing does: a tenant column of any type matches its text form.
+pub async fn table_rows(
+    pool: &Pool,
+    table: &CapturedTable,
+    tenant: &str,
+    owner: Option<&str>,
+    limit: usize,
+) -> Result<Vec<serde_json::Value>, StoreError> {
+    use super::capture::quote_ident;
+    let mut sql =
+        format!("SELECT to_jsonb(t) FROM {}.{} t WHERE true", quote_ident(&table.schema), quote_ident(&table.name));
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    if let Some(column) = &table.tenant_column {
+        params.push(&tenant);
+        sql.push_str(&format!(" AND t.{}::text = ${}", quote_ident(column), params.len()));
+    } else if table.default_tenant.as_deref() != Some(tenant) {
+        return Ok(Vec::new());
+    }
+    if let (Some(column), Some(owner)) = (&table.owner_column, &owner) {
+        params.push(owner);
+        sql.push_str(&format!(" AND t.{}::text = ${}", quote_ident(column), params.len()));
+    }
+    let limit = limit as i64;
+    params.push(&limit);
+    let first = table.columns.first().map(|c| quote_ident(&c.name)).unwrap_or_else(|| "1".into());
+    sql.push_str(&format!(" ORDER BY t.{first} DESC LIMIT ${}", params.len()));
+    let c = conn(pool).await?;
+    let statement = c.prepare_cached(&sql).await?;
+    Ok(c.query(&statement, &params).await?.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// The columns every log read selects first, in this order; the ninth is the
+/// event's topics (all of them, or those the reader asked for).
+pub const EVENT_COLUMNS: &str = "e.position, e.type, e.job_id, e.owner, e.data, e.time, e.old, e.source";
+
+/// An event from a row that starts with [`EVENT_COLUMNS`] and its topics.
+pub fn event_of(r: &tokio_postgres::Row, tenant: Arc<str>) -> Result<Event, StoreError> {
+    let kind: &str = r.get(1);
+    let raw = |s: String| RawValue::from_string(s).map(Arc::from).map_err(StoreError::corrupt);
+    Ok(Event {
+        position: Position::from_u64(r.get::<_, i64>(0) as u64),
+        tenant,
+        kind: EventType::parse(kind).ok_or_else(|| StoreError::internal(format!("unknown event type {kind}")))?,
+        job_id: r.get(2),
+        owner: r.get(3),
+        data: raw(r.get(4))?,
+        time: r.get(5),
+        old: r.get::<_, Option<String>>(6).map(raw).transpose()?,
+        table: r.get::<_, Option<&str>>(7).map(Arc::from),
+        topics: r.get(8),
+        row: Default::default(),
+    })
 }
 
 pub async fn api_key(pool: &Pool, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {

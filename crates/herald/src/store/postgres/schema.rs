@@ -20,7 +20,8 @@ pub const PUBLICATION: &str = "herald_changes";
 /// Herald's own tables that stream: their changes become log events.
 pub const OWN_TABLES: [&str; 4] = ["jobs", "tasks", "artifacts", "notifications"];
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE FUNCTION herald.now_ms() RETURNS bigint LANGUAGE sql VOLATILE
     AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
 
@@ -199,7 +200,12 @@ ALTER TABLE herald.jobs REPLICA IDENTITY FULL;
 ALTER TABLE herald.tasks REPLICA IDENTITY FULL;
 ALTER TABLE herald.artifacts REPLICA IDENTITY FULL;
 ALTER TABLE herald.notifications REPLICA IDENTITY FULL;
-"#];
+"#,
+    // Changes of captured application tables: the table, and the old row.
+    r#"
+ALTER TABLE herald.events ADD COLUMN source text, ADD COLUMN old text;
+"#,
+];
 
 /// Creates schema `herald` and brings it up to date.
 pub fn migrate(client: &mut postgres::Client) -> Result<(), StoreError> {

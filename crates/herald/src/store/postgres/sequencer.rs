@@ -14,9 +14,10 @@
 //! transaction replayed after a crash (LSN at or below the applied one) is
 //! skipped, so nothing is sequenced twice.
 
-use super::changes::{own_table_event, LogEvent};
+use super::changes::{captured_event, own_table_event, truncated_event, LogEvent};
 use super::pgoutput::{self, Message, Relation};
 use super::schema::{PUBLICATION, SEQUENCER_LOCK};
+use crate::model::{Catalog, EventType};
 use crate::store::StoreError;
 use futures_util::FutureExt;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
@@ -44,6 +45,8 @@ pub struct SequencerConfig {
     pub slot: String,
     /// The URL without its password, for messages.
     pub display_url: String,
+    /// Application tables whose changes are events too.
+    pub catalog: Arc<Catalog>,
 }
 
 /// Runs the sequencer until the process ends: waits to lead, leads until the
@@ -123,6 +126,7 @@ async fn lead(config: &SequencerConfig, appended: &Notify) -> Result<(), StoreEr
         .and_then(|r| r.get::<_, String>(0).parse().ok())
         .unwrap_or(0);
     let mut state = State {
+        catalog: Arc::clone(&config.catalog),
         next: client
             .query_one(
                 "SELECT greatest(coalesce((SELECT max(position) FROM herald.events), 0),
@@ -166,6 +170,7 @@ async fn lead(config: &SequencerConfig, appended: &Notify) -> Result<(), StoreEr
 }
 
 struct State {
+    catalog: Arc<Catalog>,
     /// The position the next event gets.
     next: i64,
     /// End LSN of the newest transaction whose events are in the log.
@@ -202,9 +207,20 @@ impl State {
                         let relation = self.relations.get(relation).ok_or_else(|| {
                             StoreError::internal(format!("a change of relation {relation} came before its description"))
                         })?;
-                        if relation.schema == "herald" {
-                            if let Some(event) = own_table_event(relation, &message, self.commit_time)? {
-                                self.open.push(event);
+                        let event = if relation.schema == "herald" {
+                            own_table_event(relation, &message, self.commit_time)?
+                        } else if let Some(table) = self.catalog.get(&relation.schema, &relation.name) {
+                            captured_event(table, relation, &message, self.commit_time)?
+                        } else {
+                            None
+                        };
+                        self.open.extend(event);
+                    }
+                    Message::Truncate { relations, .. } => {
+                        for id in relations {
+                            let Some(r) = self.relations.get(id) else { continue };
+                            if let Some(table) = self.catalog.get(&r.schema, &r.name) {
+                                self.open.push(truncated_event(table, self.commit_time));
                             }
                         }
                     }
@@ -238,7 +254,20 @@ impl State {
         stream: &ReplicationClient,
         appended: &Notify,
     ) -> Result<(), StoreError> {
-        let events = std::mem::take(&mut self.ready);
+        let mut events = Vec::with_capacity(self.ready.len());
+        for event in std::mem::take(&mut self.ready) {
+            if event.kind == EventType::TableTruncated && event.tenant.is_empty() {
+                // Announced to every tenant the table has had events in.
+                let topic = event.topics.first().cloned().unwrap_or_default();
+                for row in
+                    client.query("SELECT DISTINCT tenant FROM herald.event_topics WHERE topic = $1", &[&topic]).await?
+                {
+                    events.push(LogEvent { tenant: row.get(0), ..event.clone() });
+                }
+            } else {
+                events.push(event);
+            }
+        }
         let n = events.len();
         let fences = std::mem::take(&mut self.ready_fences);
         if n == 0 && fences.is_empty() {
@@ -263,6 +292,8 @@ impl State {
         let job_ids: Vec<Option<&str>> = events.iter().map(|e| e.job_id.as_deref()).collect();
         let owners: Vec<Option<&str>> = events.iter().map(|e| e.owner.as_deref()).collect();
         let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+        let olds: Vec<Option<&str>> = events.iter().map(|e| e.old.as_deref()).collect();
+        let sources: Vec<Option<&str>> = events.iter().map(|e| e.table.as_deref()).collect();
         let times: Vec<i64> = events.iter().map(|e| e.time).collect();
         let lsn = self.ready_lsn.to_string();
         let tx = client.transaction().await?;
@@ -275,9 +306,10 @@ impl State {
             .await?;
         }
         tx.execute(
-            "INSERT INTO herald.events (position, tenant, type, job_id, owner, data, time)
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])",
-            &[&positions, &tenants, &kinds, &job_ids, &owners, &data, &times],
+            "INSERT INTO herald.events (position, tenant, type, job_id, owner, data, time, old, source)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                  $7::bigint[], $8::text[], $9::text[])",
+            &[&positions, &tenants, &kinds, &job_ids, &owners, &data, &times, &olds, &sources],
         )
         .await?;
         tx.execute(

@@ -4,12 +4,12 @@
 //! It is woken by the local sequencer, by `NOTIFY herald_events` from another
 //! process's sequencer, and at the latest every [`POLL`].
 
+use super::read::{event_of, EVENT_COLUMNS};
 use crate::feed::ChangeFeed;
-use crate::model::{Event, EventType, Position};
+use crate::model::Event;
 use crate::store::StoreError;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
-use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -46,40 +46,26 @@ impl LogTail {
             }
         };
         let statement = c
-            .prepare_cached(
-                "SELECT e.position, e.tenant, e.type, e.job_id, e.owner, e.data, e.time,
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS},
                         ARRAY(SELECT topic FROM herald.event_topics t
-                              WHERE t.tenant = e.tenant AND t.position = e.position)
-                 FROM herald.events e WHERE e.position > $1 ORDER BY e.position LIMIT $2",
-            )
+                              WHERE t.tenant = e.tenant AND t.position = e.position),
+                        e.tenant
+                 FROM herald.events e WHERE e.position > $1 ORDER BY e.position LIMIT $2"
+            ))
             .await?;
         let rows = c.query(&statement, &[&last, &BATCH]).await?;
         let mut events = Vec::with_capacity(rows.len());
         let mut tenant: Option<Arc<str>> = None;
-        for r in rows {
-            let kind: &str = r.get(2);
-            let t: &str = r.get(1);
+        for r in &rows {
+            let t: &str = r.get(9);
             // Consecutive events of one tenant share its name.
-            let tenant = match &tenant {
+            let shared = match &tenant {
                 Some(shared) if &**shared == t => Arc::clone(shared),
-                _ => {
-                    let shared: Arc<str> = Arc::from(t);
-                    tenant = Some(Arc::clone(&shared));
-                    shared
-                }
+                _ => Arc::from(t),
             };
-            events.push(Event {
-                position: Position::from_u64(r.get::<_, i64>(0) as u64),
-                tenant,
-                kind: EventType::parse(kind)
-                    .ok_or_else(|| StoreError::internal(format!("unknown event type {kind}")))?,
-                topics: r.get(7),
-                job_id: r.get(3),
-                owner: r.get(4),
-                data: Arc::from(RawValue::from_string(r.get(5)).map_err(StoreError::corrupt)?),
-                time: r.get(6),
-                row: Default::default(),
-            });
+            tenant = Some(Arc::clone(&shared));
+            events.push(event_of(r, shared)?);
         }
         if let Some(e) = events.last() {
             self.last = Some(e.position.get() as i64);

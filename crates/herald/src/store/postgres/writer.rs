@@ -5,6 +5,8 @@
 
 use super::schema;
 use super::tx::{PgTx, Statements};
+use crate::config::CaptureSpec;
+use crate::model::CapturedTable;
 use crate::store::group_commit::{commit_all, fail_all, run_unit, Batcher};
 use crate::store::{StoreError, StoreErrorKind, Work};
 use std::time::Instant;
@@ -24,13 +26,21 @@ fn connect(config: &postgres::Config, display: &str) -> Result<postgres::Client,
 
 /// Connects, migrates and makes sure the replication slot exists; the writer
 /// keeps the connection.
-pub fn setup(config: &tokio_postgres::Config, display: &str, slot: &str) -> Result<PgBatcher, StoreError> {
+pub fn setup(
+    config: &tokio_postgres::Config,
+    display: &str,
+    slot: &str,
+    capture: &[CaptureSpec],
+) -> Result<(PgBatcher, Vec<CapturedTable>), StoreError> {
     let mut config = postgres::Config::from(config.clone());
     config.application_name("herald-writer");
     let mut client = connect(&config, display)?;
     schema::migrate(&mut client)?;
+    let tables = super::capture::prepare(&mut client, capture)?;
     ensure_slot(&mut client, slot)?;
-    Ok(PgBatcher { config, display: display.to_string(), client: Some(client), statements: Statements::default() })
+    let batcher =
+        PgBatcher { config, display: display.to_string(), client: Some(client), statements: Statements::default() };
+    Ok((batcher, tables))
 }
 
 /// Creates the slot if it is missing. It must exist before the first write:

@@ -9,8 +9,8 @@ pub mod writer;
 use super::group_commit::{self, writer_stopped, WriterHandle};
 use super::{ApiKeyRecord, EventLog, EventPage, JobFilter, Keys, Page, Reads, StoreError, Work, Writer};
 use crate::feed::CommitFeed;
-use crate::model::JobVisibility;
 use crate::model::{Artifact, Job, Notification, Position, Task};
+use crate::model::{CapturedTable, JobVisibility};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
@@ -150,6 +150,17 @@ impl Reads for SqliteStore {
     ) -> Result<(Vec<Notification>, u64), StoreError> {
         let (tenant, recipient) = (tenant.to_string(), recipient.to_string());
         self.readers.with(move |c| read::notifications(c, &tenant, &recipient, unread_only, limit)).await
+    }
+
+    async fn table_rows(
+        &self,
+        _table: &CapturedTable,
+        _tenant: &str,
+        _owner: Option<&str>,
+        _limit: usize,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        // Tables are captured on PostgreSQL only; the configuration refuses them here.
+        Ok(Vec::new())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -183,6 +183,8 @@ pub fn events(
             owner: r.get(3)?,
             data: Arc::from(RawValue::from_string(data).map_err(StoreError::corrupt)?),
             time: r.get(5)?,
+            old: None,
+            table: None,
             row: Default::default(),
         });
     }

@@ -193,6 +193,8 @@ impl WriteTx for SqliteTx<'_> {
             owner: owner.map(str::to_string),
             data: Arc::from(data),
             time: self.now,
+            old: None,
+            table: None,
             row: Default::default(),
         });
         Ok(())

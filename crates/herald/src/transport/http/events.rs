@@ -17,9 +17,9 @@ use utoipa::IntoParams;
 #[serde(deny_unknown_fields)]
 pub struct PollEvents {
     /// One topic, or up to 20 separated by commas: `job:<id>`, `jobs`,
-    /// `jobs:owner:<sub>`, `user:<sub>` (rooms have no log).
+    /// `jobs:owner:<sub>`, `user:<sub>`, `table:<schema>.<table>[:owner:<sub>]` (rooms have no log).
     #[param(
-        pattern = r"^(jobs|(job|jobs:owner|user):[A-Za-z0-9_.:-]{1,128})(,(jobs|(job|jobs:owner|user):[A-Za-z0-9_.:-]{1,128})){0,19}$"
+        pattern = r"^(jobs|(job|jobs:owner|user|table):[A-Za-z0-9_.:-]{1,200})(,(jobs|(job|jobs:owner|user|table):[A-Za-z0-9_.:-]{1,200})){0,19}$"
     )]
     pub topic: String,
     /// Return events after this position (default 0).
