@@ -189,3 +189,65 @@ async fn a_capture_entry_naming_a_missing_table_or_column_fails_the_start_naming
     .await;
     assert!(line.contains("owner_column") && line.contains("user_id"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_postgres_changes_on_a_captured_table_follow_row_policies_and_filters() {
+    use super::phoenix::{anon_key, join_with, Frame, Phx};
+    use serde_json::json;
+    if !on_postgres() {
+        return;
+    }
+    let s = app_server("capture-phx").await;
+    let alice = token("alice", "acme", "authenticated");
+    let staff = token("sam", "acme", "staff");
+    let changes = |frames: Vec<Frame>| -> Vec<(String, String, Value)> {
+        frames
+            .iter()
+            .filter(|f| f.event() == "postgres_changes")
+            .map(|f| {
+                let d = &f.payload()["data"];
+                let title = d["record"]["title"].as_str().or(d["old_record"]["title"].as_str()).unwrap_or("");
+                (d["type"].as_str().unwrap().to_string(), title.to_string(), d["old_record"].clone())
+            })
+            .collect()
+    };
+    // A filter naming a column the table lacks is refused at join, naming it.
+    let mut c = Phx::connect(&s, &anon_key(), true).await;
+    let bad = json!([{"event": "*", "schema": "public", "table": "agent_tasks", "filter": "agent=eq.7"}]);
+    let (_, reply) = c.join("realtime:bad", join_with(bad, &staff)).await;
+    let reason = reply.payload()["response"]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("\"agent\"") && reason.contains("public.agent_tasks"), "{reply:?}");
+    // Herald's own notifications have `recipient`, not `user_id`.
+    let bad = json!([{"event": "*", "schema": "public", "table": "notifications", "filter": "user_id=eq.alice"}]);
+    let (_, reply) = c.join("realtime:bad2", join_with(bad, &staff)).await;
+    assert!(reply.payload()["response"]["reason"].as_str().unwrap_or_default().contains("user_id"), "{reply:?}");
+
+    // Alice (a customer) asks for every row of agent 7; she gets her own only.
+    let mut a = Phx::connect(&s, &anon_key(), true).await;
+    let mine = json!([{"event": "*", "schema": "public", "table": "agent_tasks", "filter": "agent_id=eq.7"}]);
+    let (_, reply) = a.join("realtime:mine", join_with(mine, &alice)).await;
+    assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
+    // Staff asks for UPDATEs of agent 7 only.
+    let mut st = Phx::connect(&s, &anon_key(), false).await;
+    let updates = json!([{"event": "UPDATE", "schema": "public", "table": "agent_tasks", "filter": "agent_id=eq.7"}]);
+    let (_, reply) = st.join("realtime:ops", join_with(updates, &staff)).await;
+    assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
+
+    psql(
+        s.pg_db(),
+        "INSERT INTO public.agent_tasks (org_id, user_id, agent_id, title) VALUES ('acme', 'alice', 7, 'a1');
+         INSERT INTO public.agent_tasks (org_id, user_id, agent_id, title) VALUES ('acme', 'bob', 7, 'b1');
+         INSERT INTO public.agent_tasks (org_id, user_id, agent_id, title) VALUES ('acme', 'alice', 8, 'a8');
+         UPDATE public.agent_tasks SET title = 'a2' WHERE title = 'a1';
+         UPDATE public.agent_tasks SET title = 'b2' WHERE title = 'b1';
+         DELETE FROM public.agent_tasks WHERE title = 'a2';",
+    );
+    crate::harness::settle(&s).await;
+    let got = changes(a.drain(Duration::from_millis(800)).await);
+    let kinds: Vec<(&str, &str)> = got.iter().map(|(k, t, _)| (k.as_str(), t.as_str())).collect();
+    assert_eq!(kinds, [("INSERT", "a1"), ("UPDATE", "a2"), ("DELETE", "a2")]);
+    assert_eq!(got[1].2["title"], "a1", "UPDATE carries the old row: {:?}", got[1]);
+    let got = changes(st.drain(Duration::from_millis(300)).await);
+    let kinds: Vec<(&str, &str)> = got.iter().map(|(k, t, _)| (k.as_str(), t.as_str())).collect();
+    assert_eq!(kinds, [("UPDATE", "a2"), ("UPDATE", "b2")]);
+}

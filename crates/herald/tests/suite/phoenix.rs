@@ -12,19 +12,19 @@ type Stream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 
 /// What the server sent: a decoded message, or a raw binary frame.
 #[derive(Debug, Clone)]
-enum Frame {
+pub(super) enum Frame {
     Msg { join_ref: Value, reference: Value, topic: String, event: String, payload: Value },
     Binary(Vec<u8>),
 }
 
 impl Frame {
-    fn event(&self) -> &str {
+    pub(super) fn event(&self) -> &str {
         match self {
             Frame::Msg { event, .. } => event,
             Frame::Binary(_) => "<binary>",
         }
     }
-    fn payload(&self) -> &Value {
+    pub(super) fn payload(&self) -> &Value {
         match self {
             Frame::Msg { payload, .. } => payload,
             Frame::Binary(_) => &Value::Null,
@@ -33,7 +33,7 @@ impl Frame {
 }
 
 /// A bare Phoenix client.
-struct Phx {
+pub(super) struct Phx {
     inner: Stream,
     v2: bool,
     next_ref: u64,
@@ -41,7 +41,7 @@ struct Phx {
 }
 
 impl Phx {
-    async fn connect(s: &Server, apikey: &str, v2: bool) -> Phx {
+    pub(super) async fn connect(s: &Server, apikey: &str, v2: bool) -> Phx {
         let vsn = if v2 { "2.0.0" } else { "1.0.0" };
         let url = format!("ws://127.0.0.1:{}/realtime/v1/websocket?apikey={apikey}&vsn={vsn}", s.port);
         let (inner, _) = tokio_tungstenite::connect_async(url).await.expect("phoenix connect");
@@ -102,7 +102,7 @@ impl Phx {
     }
 
     /// Reads until `pred` holds (frames before it stay in `seen`).
-    async fn until(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) -> Frame {
+    pub(super) async fn until(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) -> Frame {
         if let Some(i) = self.seen.iter().position(&pred) {
             return self.seen.remove(i);
         }
@@ -124,7 +124,7 @@ impl Phx {
         .await
     }
 
-    async fn join(&mut self, topic: &str, payload: Value) -> (String, Frame) {
+    pub(super) async fn join(&mut self, topic: &str, payload: Value) -> (String, Frame) {
         self.next_ref += 1;
         let r = self.next_ref.to_string();
         let text = if self.v2 {
@@ -138,7 +138,7 @@ impl Phx {
     }
 
     /// Collects frames for `d`.
-    async fn drain(&mut self, d: Duration) -> Vec<Frame> {
+    pub(super) async fn drain(&mut self, d: Duration) -> Vec<Frame> {
         let mut out = std::mem::take(&mut self.seen);
         while let Some(f) = self.read(d).await {
             out.push(f);
@@ -152,7 +152,7 @@ fn changes_config(bindings: Value) -> Value {
         "postgres_changes": bindings, "private": false } })
 }
 
-fn join_with(bindings: Value, access_token: &str) -> Value {
+pub(super) fn join_with(bindings: Value, access_token: &str) -> Value {
     let mut p = changes_config(bindings);
     p["access_token"] = json!(access_token);
     p
@@ -168,7 +168,7 @@ fn now_s() -> u64 {
 }
 
 /// Supabase's anon key: no sub, role anon.
-fn anon_key() -> String {
+pub(super) fn anon_key() -> String {
     sign(json!({"role": "anon", "tenant": "acme", "exp": now_s() + 3600}))
 }
 

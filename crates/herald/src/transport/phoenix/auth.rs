@@ -8,7 +8,7 @@
 //! | `admin`, `staff`, `worker`, `service`, `customer` | the same | as on the native protocol |
 //! | `anon` | — | may open the socket (it is Supabase's `apikey`), may not join a channel |
 
-use super::changes::{BindingSpec, Table};
+use super::changes::{BindingSpec, OwnTable, Table};
 use crate::app::AppState;
 use crate::auth::{apikey, AuthError, Principal, Role};
 use crate::session::authorize;
@@ -54,26 +54,32 @@ pub struct Refused(pub String);
 /// their bindings name the jobs (`job_id=eq.<id>` or `job_id=in.(...)`).
 pub async fn topics_for(s: &AppState, p: &Principal, spec: &BindingSpec) -> Result<Vec<String>, Refused> {
     let mut topics = Vec::new();
-    let explicit = |t: Table| spec.tables.contains(&t);
-    for table in Table::ALL {
-        if !spec.wants_table(table) {
-            continue;
-        }
+    let explicit = spec.table.is_some();
+    for table in &spec.tables {
         match table {
-            Table::Jobs => topics.extend(job_topics(p, spec)),
-            Table::Tasks | Table::Artifacts => match spec.equals("job_id") {
+            Table::Own(OwnTable::Jobs) => topics.extend(job_topics(p, spec)),
+            Table::Own(OwnTable::Tasks | OwnTable::Artifacts) => match spec.equals("job_id") {
                 Some(ids) => topics.extend(ids.into_iter().map(|id| format!("job:{id}"))),
-                None if explicit(table) => {
+                None if explicit => {
                     return Err(Refused(format!(
-                        "public.{} is routed per job: filter it with job_id=eq.<id> or job_id=in.(<ids>)",
-                        table.name()
+                        "{} is routed per job: filter it with job_id=eq.<id> or job_id=in.(<ids>)",
+                        table.key()
                     )));
                 }
                 None => {}
             },
-            Table::Notifications => match spec.equals("recipient") {
+            Table::Own(OwnTable::Notifications) => match spec.equals("recipient") {
                 Some(subs) => topics.extend(subs.into_iter().map(|u| format!("user:{u}"))),
                 None => topics.push(format!("user:{}", p.sub)),
+            },
+            Table::Captured(t) => match (&t.owner_column, p.role) {
+                // Customers listen on their own rows, whatever the filter says.
+                (Some(_), Role::Customer) => topics.push(t.owner_topic(&p.sub)),
+                (Some(column), _) => match spec.equals(column) {
+                    Some(owners) => topics.extend(owners.iter().map(|o| t.owner_topic(o))),
+                    None => topics.push(t.topic()),
+                },
+                (None, _) => topics.push(t.topic()),
             },
         }
     }

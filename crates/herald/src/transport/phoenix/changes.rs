@@ -5,53 +5,65 @@
 //! memory on the row each event carries.
 
 use crate::hub::{Delivery, Payload};
-use crate::model::{Event, EventType};
+use crate::model::{CapturedTable, Catalog, Event, EventType};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
-/// A table clients can listen to.
+/// One of Herald's own tables, exposed under `public` (and always under `herald`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Table {
+pub enum OwnTable {
     Jobs,
     Tasks,
     Artifacts,
     Notifications,
 }
 
-impl Table {
-    pub const ALL: [Table; 4] = [Table::Jobs, Table::Tasks, Table::Artifacts, Table::Notifications];
+impl OwnTable {
+    pub const ALL: [OwnTable; 4] = [OwnTable::Jobs, OwnTable::Tasks, OwnTable::Artifacts, OwnTable::Notifications];
 
-    pub fn parse(s: &str) -> Option<Table> {
+    pub fn parse(s: &str) -> Option<OwnTable> {
         Some(match s {
-            "jobs" => Table::Jobs,
-            "tasks" => Table::Tasks,
-            "artifacts" => Table::Artifacts,
-            "notifications" => Table::Notifications,
+            "jobs" => OwnTable::Jobs,
+            "tasks" => OwnTable::Tasks,
+            "artifacts" => OwnTable::Artifacts,
+            "notifications" => OwnTable::Notifications,
             _ => return None,
         })
     }
 
     pub fn name(self) -> &'static str {
         match self {
-            Table::Jobs => "jobs",
-            Table::Tasks => "tasks",
-            Table::Artifacts => "artifacts",
-            Table::Notifications => "notifications",
+            OwnTable::Jobs => "jobs",
+            OwnTable::Tasks => "tasks",
+            OwnTable::Artifacts => "artifacts",
+            OwnTable::Notifications => "notifications",
         }
     }
 
-    fn of(kind: EventType) -> Table {
+    fn of(kind: EventType) -> OwnTable {
         match kind.table() {
-            "jobs" => Table::Jobs,
-            "tasks" => Table::Tasks,
-            "artifacts" => Table::Artifacts,
-            _ => Table::Notifications,
+            "jobs" => OwnTable::Jobs,
+            "tasks" => OwnTable::Tasks,
+            "artifacts" => OwnTable::Artifacts,
+            _ => OwnTable::Notifications,
+        }
+    }
+
+    /// Where the table lives for good: `herald.<name>`.
+    fn key(self) -> &'static str {
+        match self {
+            OwnTable::Jobs => "herald.jobs",
+            OwnTable::Tasks => "herald.tasks",
+            OwnTable::Artifacts => "herald.artifacts",
+            OwnTable::Notifications => "herald.notifications",
         }
     }
 
     /// Column types as Postgres would name them, so realtime-js converts values.
-    fn columns(self) -> &'static [(&'static str, &'static str)] {
+    pub fn columns(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Table::Jobs => &[
+            OwnTable::Jobs => &[
                 ("id", "text"),
                 ("tenant", "text"),
                 ("owner", "text"),
@@ -74,7 +86,7 @@ impl Table {
                 ("counts_reported", "bool"),
                 ("progress_reported", "bool"),
             ],
-            Table::Tasks => &[
+            OwnTable::Tasks => &[
                 ("id", "text"),
                 ("job_id", "text"),
                 ("name", "text"),
@@ -86,14 +98,14 @@ impl Table {
                 ("updated_at", "timestamptz"),
                 ("finished_at", "timestamptz"),
             ],
-            Table::Artifacts => &[
+            OwnTable::Artifacts => &[
                 ("id", "text"),
                 ("job_id", "text"),
                 ("kind", "text"),
                 ("payload", "jsonb"),
                 ("created_at", "timestamptz"),
             ],
-            Table::Notifications => &[
+            OwnTable::Notifications => &[
                 ("id", "text"),
                 ("recipient", "text"),
                 ("level", "text"),
@@ -105,6 +117,30 @@ impl Table {
                 ("created_at", "timestamptz"),
                 ("read_at", "timestamptz"),
             ],
+        }
+    }
+}
+
+/// A table a binding listens to: one of Herald's, or a captured one.
+#[derive(Debug, Clone)]
+pub enum Table {
+    Own(OwnTable),
+    Captured(Arc<CapturedTable>),
+}
+
+impl Table {
+    /// `schema.name` where the table really is: how a change names its table.
+    pub fn key(&self) -> String {
+        match self {
+            Table::Own(t) => t.key().to_string(),
+            Table::Captured(t) => t.qualified(),
+        }
+    }
+
+    fn has_column(&self, column: &str) -> bool {
+        match self {
+            Table::Own(t) => t.columns().iter().any(|(c, _)| *c == column),
+            Table::Captured(t) => t.has_column(column),
         }
     }
 }
@@ -145,8 +181,13 @@ pub struct BindingSpec {
     /// and `filter` values, compared by realtime-js with `===`.
     pub echo: Map<String, Value>,
     pub kind: ChangeKind,
-    /// Empty means every table.
+    /// The schema and table asked for (`None`: every table of the schema).
+    pub schema: String,
+    pub table: Option<String>,
+    /// What they name, once [`BindingSpec::resolve`] looked them up.
     pub tables: Vec<Table>,
+    /// `tables`' keys, compared with each change's.
+    table_keys: Vec<String>,
     pub conditions: Vec<Condition>,
     /// Herald extension: resume after this log position.
     pub since: Option<u64>,
@@ -158,8 +199,59 @@ impl BindingSpec {
         self.conditions.iter().find(|c| c.column == column && matches!(c.op, Op::Eq | Op::In)).map(|c| c.values.clone())
     }
 
-    pub fn wants_table(&self, t: Table) -> bool {
-        self.tables.is_empty() || self.tables.contains(&t)
+    /// Finds the tables the binding names: a captured table first (an
+    /// application's `public.notifications` wins over Herald's, which stays
+    /// reachable under `herald`), then Herald's own; and checks that every
+    /// filter column is a column of each of them.
+    pub fn resolve(&mut self, catalog: &Catalog) -> Result<(), String> {
+        let schema = self.schema.as_str();
+        let own_schema = matches!(schema, "public" | "herald" | "*");
+        // An own table under `public` is hidden by a captured one of the same name.
+        let own_visible = |t: OwnTable| schema != "public" || catalog.get("public", t.name()).is_none();
+        let mut tables = Vec::new();
+        match &self.table {
+            Some(name) => {
+                tables.extend(
+                    catalog
+                        .tables()
+                        .filter(|c| c.name == *name && (schema == "*" || c.schema == schema))
+                        .cloned()
+                        .map(Table::Captured),
+                );
+                if own_schema && tables.is_empty() {
+                    tables.extend(OwnTable::parse(name).filter(|t| own_visible(*t)).map(Table::Own));
+                }
+                if tables.is_empty() {
+                    let mut known: Vec<String> = catalog.tables().map(|c| c.qualified()).collect();
+                    known.extend(OwnTable::ALL.iter().map(|t| format!("public.{}", t.name())));
+                    known.sort();
+                    return Err(format!("table {schema}.{name} does not exist; Herald streams {}", known.join(", ")));
+                }
+            }
+            None => {
+                tables.extend(
+                    catalog.tables().filter(|c| schema == "*" || c.schema == schema).cloned().map(Table::Captured),
+                );
+                if own_schema {
+                    tables.extend(OwnTable::ALL.into_iter().filter(|t| own_visible(*t)).map(Table::Own));
+                }
+                if tables.is_empty() {
+                    return Err(format!("schema {schema:?} has no table Herald streams"));
+                }
+            }
+        }
+        for c in &self.conditions {
+            if let Some(t) = tables.iter().find(|t| !t.has_column(&c.column)) {
+                return Err(format!("filter: column {:?} does not exist in {}", c.column, t.key()));
+            }
+        }
+        self.table_keys = tables.iter().map(Table::key).collect();
+        self.tables = tables;
+        Ok(())
+    }
+
+    fn wants_table(&self, key: &str) -> bool {
+        self.table_keys.iter().any(|k| k == key)
     }
 }
 
@@ -182,16 +274,8 @@ pub fn parse_binding(v: &Value) -> Result<BindingSpec, String> {
         "DELETE" => ChangeKind::Delete,
         _ => return Err(format!("postgres_changes.event: {event:?} is not INSERT, UPDATE, DELETE or *")),
     };
-    let schema = opt_str(m, "schema")?.unwrap_or("public");
-    if schema != "public" && schema != "*" {
-        return Err(format!("schema {schema:?} does not exist; Herald's tables are in public"));
-    }
-    let tables = match opt_str(m, "table")? {
-        None | Some("*") => Vec::new(),
-        Some(t) => vec![Table::parse(t).ok_or_else(|| {
-            format!("table public.{t} does not exist; Herald has public.jobs, public.tasks, public.artifacts, public.notifications")
-        })?],
-    };
+    let schema = opt_str(m, "schema")?.unwrap_or("public").to_string();
+    let table = opt_str(m, "table")?.filter(|t| *t != "*").map(str::to_string);
     let conditions = match opt_str(m, "filter")? {
         None | Some("") => Vec::new(),
         Some(f) => parse_filter(f)?,
@@ -206,7 +290,7 @@ pub fn parse_binding(v: &Value) -> Result<BindingSpec, String> {
             echo.insert(k.to_string(), v.clone());
         }
     }
-    Ok(BindingSpec { echo, kind, tables, conditions, since })
+    Ok(BindingSpec { echo, kind, schema, table, tables: Vec::new(), table_keys: Vec::new(), conditions, since })
 }
 
 /// Parses `column=op.value`, several joined by commas (all must hold).
@@ -292,25 +376,32 @@ impl Condition {
 /// One event as a change of one table; its row is parsed once per event
 /// ([`Event::row`]), whichever subscribers' bindings read it.
 pub struct Change<'a> {
-    pub table: Table,
-    pub insert: bool,
+    /// `schema.name` of the table.
+    key: &'a str,
+    kind: Option<ChangeKind>,
     event: &'a Event,
 }
 
 impl<'a> Change<'a> {
     pub fn of(event: &'a Event) -> Change<'a> {
-        Change { table: Table::of(event.kind), insert: event.kind.is_insert(), event }
+        let (key, kind) = match (&event.table, event.kind) {
+            (Some(table), EventType::RowInserted) => (&**table, Some(ChangeKind::Insert)),
+            (Some(table), EventType::RowUpdated) => (&**table, Some(ChangeKind::Update)),
+            (Some(table), EventType::RowDeleted) => (&**table, Some(ChangeKind::Delete)),
+            // Supabase has no TRUNCATE change; native subscribers get it.
+            (Some(table), _) => (&**table, None),
+            (None, kind) => {
+                let change = if kind.is_insert() { ChangeKind::Insert } else { ChangeKind::Update };
+                (OwnTable::of(kind).key(), Some(change))
+            }
+        };
+        Change { key, kind, event }
     }
 
     /// Whether `spec` wants this change.
     pub fn matches(&self, spec: &BindingSpec) -> bool {
-        let kind_ok = match spec.kind {
-            ChangeKind::All => true,
-            ChangeKind::Insert => self.insert,
-            ChangeKind::Update => !self.insert,
-            ChangeKind::Delete => false,
-        };
-        if !kind_ok || !spec.wants_table(self.table) {
+        let Some(kind) = self.kind else { return false };
+        if !(spec.kind == ChangeKind::All || spec.kind == kind) || !spec.wants_table(self.key) {
             return false;
         }
         if spec.conditions.is_empty() {
@@ -325,43 +416,69 @@ impl<'a> Change<'a> {
 /// by every Phoenix connection (both serializers splice it in). Events have no
 /// whole-frame Phoenix form — the binding ids differ per subscriber — so the
 /// delivery's serializer-1.0.0 cache slot holds this shared part.
-pub fn change_data(d: &Delivery) -> Option<axum::extract::ws::Utf8Bytes> {
+pub fn change_data(d: &Delivery, catalog: &Catalog) -> Option<axum::extract::ws::Utf8Bytes> {
     let Payload::Event(e) = &d.payload else { return None };
-    Some(d.frame(*super::codec::V1_FRAMES, |_| axum::extract::ws::Utf8Bytes::from(change_json(e))))
+    Some(d.frame(*super::codec::V1_FRAMES, |_| axum::extract::ws::Utf8Bytes::from(change_json(e, catalog))))
 }
 
-/// The change of an event in Supabase's shape. Herald keeps no old row, so an
-/// UPDATE's `old_record` holds the primary key only (Supabase's default replica
-/// identity does the same).
-pub fn change_json(e: &Event) -> String {
-    let table = Table::of(e.kind);
-    let columns: Vec<Value> = table.columns().iter().map(|(n, t)| json!({ "name": n, "type": t })).collect();
-    let insert = e.kind.is_insert();
-    let old = if insert {
-        Value::Object(Map::new())
-    } else {
-        let id = e.row().get("id").cloned().unwrap_or(Value::Null);
-        json!({ "id": id })
-    };
+/// The change of an event in Supabase's shape. Herald's own rows keep no old
+/// row, so an UPDATE's `old_record` holds the primary key only (Supabase's
+/// default replica identity does the same); a captured table's change carries
+/// the old row its replica identity sent.
+pub fn change_json(e: &Event, catalog: &Catalog) -> String {
+    let empty = || Value::Object(Map::new());
+    let (schema, table, columns, kind, record, old): (String, String, Vec<Value>, &str, Option<&RawValue>, Value) =
+        match &e.table {
+            Some(key) => {
+                let (schema, name) = key.split_once('.').unwrap_or(("public", key));
+                let columns = catalog
+                    .get(schema, name)
+                    .map(|t| t.columns.iter().map(|c| json!({ "name": c.name, "type": c.type_name })).collect())
+                    .unwrap_or_default();
+                let old = |raw: Option<&Arc<RawValue>>| {
+                    raw.and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or_else(empty)
+                };
+                match e.kind {
+                    EventType::RowDeleted => (schema.into(), name.into(), columns, "DELETE", None, old(Some(&e.data))),
+                    EventType::RowUpdated => {
+                        (schema.into(), name.into(), columns, "UPDATE", Some(&*e.data), old(e.old.as_ref()))
+                    }
+                    _ => (schema.into(), name.into(), columns, "INSERT", Some(&*e.data), empty()),
+                }
+            }
+            None => {
+                let own = OwnTable::of(e.kind);
+                // Shown under `herald` where an application's table took its public name.
+                let schema = if catalog.get("public", own.name()).is_some() { "herald" } else { "public" };
+                let columns = own.columns().iter().map(|(n, t)| json!({ "name": n, "type": t })).collect();
+                if e.kind.is_insert() {
+                    (schema.into(), own.name().into(), columns, "INSERT", Some(&*e.data), empty())
+                } else {
+                    let id = e.row().get("id").cloned().unwrap_or(Value::Null);
+                    (schema.into(), own.name().into(), columns, "UPDATE", Some(&*e.data), json!({ "id": id }))
+                }
+            }
+        };
     #[derive(serde::Serialize)]
     struct Wire<'a> {
-        schema: &'static str,
-        table: &'static str,
+        schema: &'a str,
+        table: &'a str,
         commit_timestamp: String,
         #[serde(rename = "type")]
-        kind: &'static str,
+        kind: &'a str,
         columns: Vec<Value>,
-        record: &'a serde_json::value::RawValue,
+        record: Value,
         old_record: Value,
         errors: Option<()>,
     }
+    let record = record.and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or_else(empty);
     serde_json::to_string(&Wire {
-        schema: "public",
-        table: table.name(),
+        schema: &schema,
+        table: &table,
         commit_timestamp: crate::model::time::format_ms(e.time),
-        kind: if insert { "INSERT" } else { "UPDATE" },
+        kind,
         columns,
-        record: &e.data,
+        record,
         old_record: old,
         errors: None,
     })
@@ -410,9 +527,37 @@ mod tests {
         );
         assert_eq!(b.equals("id"), Some(vec!["x".to_string()]));
         let b = parse_binding(&json!({"event": "INSERT", "schema": "*"})).unwrap();
-        assert!(b.tables.is_empty() && b.kind == ChangeKind::Insert);
-        assert!(parse_binding(&json!({"event": "*", "schema": "private", "table": "jobs"})).is_err());
-        assert!(parse_binding(&json!({"event": "*", "schema": "public", "table": "users"})).is_err());
+        assert!(b.table.is_none() && b.kind == ChangeKind::Insert);
+        let resolved = |v: Value, catalog: &Catalog| {
+            let mut b = parse_binding(&v)?;
+            b.resolve(catalog).map(|_| b.table_keys)
+        };
+        let none = Catalog::default();
+        assert!(resolved(json!({"event": "*", "schema": "private", "table": "jobs"}), &none).is_err());
+        assert!(resolved(json!({"event": "*", "schema": "public", "table": "users"}), &none).is_err());
+        // A filter on a column the table does not have is refused, naming it.
+        let e = resolved(json!({"event": "*", "table": "notifications", "filter": "user_id=eq.u"}), &none).unwrap_err();
+        assert!(e.contains("user_id") && e.contains("herald.notifications"), "{e}");
+        assert_eq!(
+            resolved(json!({"event": "*", "schema": "public", "table": "jobs"}), &none).unwrap(),
+            ["herald.jobs"]
+        );
+        // An application's public.notifications wins; Herald's stays under herald.
+        let app = Catalog::new(vec![CapturedTable {
+            schema: "public".into(),
+            name: "notifications".into(),
+            columns: vec![crate::model::table::TableColumn { name: "user_id".into(), type_name: "text".into() }],
+            tenant_column: None,
+            default_tenant: Some("t".into()),
+            owner_column: None,
+        }]);
+        let public = json!({"event": "*", "schema": "public", "table": "notifications", "filter": "user_id=eq.u"});
+        assert_eq!(resolved(public, &app).unwrap(), ["public.notifications"]);
+        let herald = json!({"event": "*", "schema": "herald", "table": "notifications", "filter": "recipient=eq.u"});
+        assert_eq!(resolved(herald, &app).unwrap(), ["herald.notifications"]);
+        let all_public = resolved(json!({"event": "*", "schema": "public"}), &app).unwrap();
+        assert!(all_public.contains(&"public.notifications".to_string()), "{all_public:?}");
+        assert!(!all_public.contains(&"herald.notifications".to_string()), "{all_public:?}");
         assert!(parse_binding(&json!({"event": "TRUNCATE", "schema": "public"})).is_err());
         assert!(parse_binding(&json!({"schema": "public"})).is_err());
         assert_eq!(parse_binding(&json!({"event": "*", "since": 5})).unwrap().since, Some(5));

@@ -286,10 +286,15 @@ impl Session {
     }
 
     async fn join(&mut self, sink: &mut Sink, m: Inbound) -> Result<(), Fatal> {
-        let req = match parse_join(&m.payload) {
+        let mut req = match parse_join(&m.payload) {
             Ok(r) => r,
             Err(e) => return self.refuse(sink, &m, format!("invalid_join: {e}")).await,
         };
+        for spec in &mut req.bindings {
+            if let Err(e) = spec.resolve(&self.s.catalog) {
+                return self.refuse(sink, &m, format!("invalid_join: {e}")).await;
+            }
+        }
         if !self.channels.contains_key(&m.topic) && self.channels.len() >= self.s.limits.max_subscriptions {
             let max = self.s.limits.max_subscriptions;
             return self.refuse(sink, &m, format!("too_many_channels: at most {max} per socket")).await;
@@ -476,7 +481,7 @@ impl Session {
             let written = async {
                 for e in &events {
                     let Some(ch) = self.channels.get_mut(topic) else { return Ok(()) };
-                    let data = change_json(e);
+                    let data = change_json(e, &self.s.catalog);
                     if let Some(frame) = change_frame(self.vsn, ch, hub_topic, e, &data) {
                         sink.feed(Message::Text(Utf8Bytes::from(frame))).await?;
                     }
@@ -707,7 +712,7 @@ impl Session {
         let Some(targets) = self.by_hub.get(&*d.topic) else { return };
         match &d.payload {
             Payload::Event(e) => {
-                let Some(data) = change_data(d) else { return };
+                let Some(data) = change_data(d, &self.s.catalog) else { return };
                 for t in targets {
                     let Some(ch) = self.channels.get_mut(t) else { continue };
                     let before = ch.feeds.get(&*d.topic).copied();
