@@ -17,6 +17,12 @@ const FEED_CAPACITY: usize = 1024;
 pub trait ChangeFeed: Send + 'static {
     /// The next batch of committed events; `None` once the source has stopped.
     fn next_batch(&mut self) -> impl std::future::Future<Output = Option<Vec<Event>>> + Send;
+
+    /// Whether the source lost events since the last call: every live
+    /// subscriber must then resume (and resynchronise) from the log.
+    fn take_gap(&mut self) -> bool {
+        false
+    }
 }
 
 /// Events handed over in-process right after their commit (the embedded store).
@@ -42,6 +48,10 @@ impl ChangeFeed for CommitFeed {
 pub fn spawn(mut feed: impl ChangeFeed, hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(events) = feed.next_batch().await {
+            if feed.take_gap() {
+                let n = hub.cut_off_all();
+                tracing::warn!(subscriptions = n, "the log lost changes: every live subscriber resumes and resyncs");
+            }
             hub.publish_events(events);
         }
     })

@@ -154,6 +154,21 @@ impl Hub {
         n
     }
 
+    /// Cuts every subscriber off; each client resumes from the log. Called when
+    /// the log lost changes, so nobody stays live across a silent gap.
+    pub fn cut_off_all(&self) -> usize {
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            for subs in shard.lock().topics.values() {
+                for outbox in subs.values() {
+                    outbox.cut_off();
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Publishes a broadcast or presence payload to a room topic.
     pub fn publish(&self, tenant: &str, topic: &str, payload: Payload) -> usize {
         let n = self.deliver(Delivery::new(Arc::from(tenant), Arc::from(topic), payload));

@@ -52,6 +52,14 @@ impl Outbox {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed() || self.overflow.hit.load(Ordering::Acquire)
     }
+
+    /// Ends the connection as a slow consumer's is ended, so its client resumes
+    /// from the log (used when the log itself lost changes: the resume resyncs).
+    pub fn cut_off(&self) {
+        if !self.overflow.hit.swap(true, Ordering::AcqRel) {
+            self.overflow.notify.notify_one();
+        }
+    }
 }
 
 impl Inbox {

@@ -241,3 +241,55 @@ async fn an_unreachable_database_is_one_line_naming_the_url_without_password_and
     assert!(last.contains(&format!("postgres://herald@127.0.0.1:{port}/nowhere")), "{stderr}");
     assert!(!stderr.contains("s3cret"), "the password was printed: {stderr}");
 }
+
+/// Drops the database's replication slot once no process streams it.
+fn drop_slot_when_free(db: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let dropped = psql(
+            db,
+            "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots
+             WHERE database = current_database() AND NOT active",
+        );
+        if dropped == "1" {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slot stayed active");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_cuts_live_subscribers_off_and_every_resume_gets_resync_never_a_silent_gap() {
+    if !on_postgres() {
+        return;
+    }
+    let mut a = Server::start("pg-lost-a", &[]).await;
+    let b = Server::start_sharing(&a, "pg-lost-b", &[]).await;
+    let staff = token("st", "acme", "staff");
+    let worker = token("w", "acme", "worker");
+    create_job(&a, &worker, json!({ "id": "l", "status": "running" })).await;
+    let mut live = b.ws(&staff).await;
+    live.sub("job:l", Some(0)).await;
+    assert_eq!(live.events(1, Duration::from_secs(10)).await.len(), 1);
+    // The leader goes away and the slot with it; writes go on through b.
+    a.kill9();
+    let db = b.pg_db().to_string();
+    tokio::task::spawn_blocking(move || drop_slot_when_free(&db)).await.unwrap();
+    let (st, _) = b.post(&worker, "/v1/jobs/l/progress", json!({ "stage": "in the gap" })).await;
+    assert_eq!(st, 200);
+    // b's sequencer takes over, finds the slot gone, and tells everyone.
+    assert_eq!(live.closed(Duration::from_secs(20)).await, Some(4008), "the live subscriber is cut off");
+    let mut again = b.ws(&staff).await;
+    let r = again.request(json!({ "op": "sub", "topic": "job:l", "since": 1 })).await;
+    let r = if r["op"] == "ack" { again.expect_op("resync").await } else { r };
+    assert_eq!(r["op"], "resync", "{r}");
+    assert_eq!(r["snapshot"]["job"]["stage"], "in the gap", "the snapshot has what the log missed: {r}");
+    let (_, page) = b.get(&staff, "/v1/events?topic=job:l&since=1").await;
+    assert_eq!(page["resync"], true, "{page}");
+    // And the log goes on.
+    let (st, _) = b.post(&worker, "/v1/jobs/l/progress", json!({ "stage": "after" })).await;
+    assert_eq!(st, 200);
+    let got = again.events(1, Duration::from_secs(10)).await;
+    assert_eq!(got.first().map(|e| e["data"]["stage"].clone()), Some(json!("after")));
+}

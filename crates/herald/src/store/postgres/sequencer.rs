@@ -33,6 +33,9 @@ use tokio::sync::Notify;
 /// that sees the key knows its earlier commits are in the log.
 pub const FENCE_PREFIX: &str = "herald.fence";
 
+/// How often the leader reports its slot's lag and WAL status.
+const LAG_SAMPLE: Duration = Duration::from_secs(5);
+
 /// Most events appended in one transaction of the sequencer.
 const MAX_APPEND: usize = 2048;
 /// PostgreSQL's epoch (2000-01-01) in Unix milliseconds.
@@ -120,11 +123,7 @@ async fn lead(config: &SequencerConfig, appended: &Notify) -> Result<(), StoreEr
     }
     tracing::info!(slot = %config.slot, "this process sequences the log");
     metrics::gauge!("herald_sequencer_leader").set(1.0);
-    let applied: u64 = client
-        .query_opt("SELECT value FROM herald.meta WHERE key = 'applied_lsn'", &[])
-        .await?
-        .and_then(|r| r.get::<_, String>(0).parse().ok())
-        .unwrap_or(0);
+    let applied = check_slot(&mut client, &config.slot).await?;
     let mut state = State {
         catalog: Arc::clone(&config.catalog),
         next: client
@@ -146,10 +145,17 @@ async fn lead(config: &SequencerConfig, appended: &Notify) -> Result<(), StoreEr
     };
     let mut stream =
         ReplicationClient::connect(replication_config(config, applied)?).await.map_err(replication_error)?;
+    let mut sample = tokio::time::interval(LAG_SAMPLE);
     loop {
         // Take everything already waiting, then append it as one transaction.
         let event = if state.ready_lsn <= state.applied {
-            stream.recv().await
+            tokio::select! {
+                event = stream.recv() => event,
+                _ = sample.tick() => {
+                    sample_slot(&client, &config.slot).await?;
+                    continue;
+                }
+            }
         } else {
             match stream.recv().now_or_never() {
                 Some(event) => event,
@@ -167,6 +173,107 @@ async fn lead(config: &SequencerConfig, appended: &Notify) -> Result<(), StoreEr
             state.append(&mut client, &stream, appended).await?;
         }
     }
+}
+
+/// An LSN as PostgreSQL prints it (`16/B374D848`).
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Makes sure the slot still holds every change after `applied_lsn`, and
+/// returns the LSN to go on from. A slot that is missing, invalidated
+/// (`wal_status = lost`, e.g. by `max_slot_wal_keep_size`) or confirmed past
+/// what the log holds (made anew while Herald was away) has lost changes:
+/// it is made anew, and the log's floor moves above its head, so every
+/// reader — resuming or live (each tail cuts its subscribers off) — gets
+/// `resync` and a fresh snapshot instead of a silent gap.
+async fn check_slot(client: &mut tokio_postgres::Client, slot: &str) -> Result<u64, StoreError> {
+    let applied: u64 = client
+        .query_opt("SELECT value FROM herald.meta WHERE key = 'applied_lsn'", &[])
+        .await?
+        .and_then(|r| r.get::<_, String>(0).parse().ok())
+        .unwrap_or(0);
+    let row = client
+        .query_opt(
+            "SELECT coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, '0/0')
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    let lost = match &row {
+        None => true,
+        Some(r) => {
+            let status: String = r.get(0);
+            let confirmed = parse_lsn(r.get(1)).unwrap_or(0);
+            status == "lost" || (applied > 0 && confirmed > applied)
+        }
+    };
+    if !lost {
+        return Ok(applied);
+    }
+    let log_existed =
+        applied > 0 || client.query_one("SELECT EXISTS (SELECT 1 FROM herald.events)", &[]).await?.get::<_, bool>(0);
+    if row.is_some() {
+        client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await?;
+    }
+    let created =
+        client.query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot]).await?;
+    let from = parse_lsn(created.get(0)).unwrap_or(0);
+    if !log_existed {
+        return Ok(0);
+    }
+    tracing::error!(
+        slot,
+        "the replication slot lost changes (dropped, or invalidated by max_slot_wal_keep_size); made it anew: \
+         every client resynchronises from a fresh snapshot"
+    );
+    metrics::counter!("herald_replication_slot_losses_total").increment(1);
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO herald.meta (key, value)
+         SELECT 'floor', (greatest(coalesce((SELECT max(position) FROM herald.events), 0),
+                                   coalesce((SELECT value::bigint FROM herald.meta WHERE key = 'floor'), 0)) + 1)::text
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        &[],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO herald.meta (key, value) VALUES ('applied_lsn', $1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        &[&from.to_string()],
+    )
+    .await?;
+    tx.execute("SELECT pg_notify('herald_events', 'resync')", &[]).await?;
+    tx.commit().await?;
+    Ok(from)
+}
+
+/// Reports how far the slot is behind the server's WAL, and its WAL status:
+/// the bytes a slot holds back are what could fill the server's disk.
+async fn sample_slot(client: &tokio_postgres::Client, slot: &str) -> Result<(), StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::float8, 0), coalesce(wal_status, ''),
+                    coalesce(safe_wal_size::float8, -1)
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    if let Some(r) = row {
+        metrics::gauge!("herald_replication_slot_lag_bytes").set(r.get::<_, f64>(0));
+        let status: &str = r.get(1);
+        let code = match status {
+            "reserved" => 0.0,
+            "extended" => 1.0,
+            "unreserved" => 2.0,
+            _ => 3.0,
+        };
+        metrics::gauge!("herald_replication_slot_wal_status").set(code);
+        // -1: no max_slot_wal_keep_size, the slot may hold WAL without bound.
+        metrics::gauge!("herald_replication_slot_safe_wal_bytes").set(r.get::<_, f64>(2));
+    }
+    Ok(())
 }
 
 struct State {
@@ -270,12 +377,8 @@ impl State {
         }
         let n = events.len();
         let fences = std::mem::take(&mut self.ready_fences);
-        if n == 0 && fences.is_empty() {
-            // Transactions that announce nothing: confirm them, nothing to write.
-            self.applied = self.ready_lsn;
-            stream.update_applied_lsn(Lsn(self.ready_lsn));
-            return Ok(());
-        }
+        // Even a batch that announces nothing records its LSN: the slot is never
+        // confirmed past `applied_lsn`, which is how a lost slot is recognised.
         let positions: Vec<i64> = (self.next..self.next + n as i64).collect();
         let mut topic_tenants = Vec::new();
         let mut topic_names = Vec::new();

@@ -24,6 +24,8 @@ pub struct LogTail {
     /// The last position handed over; `None` until the head at start is known.
     last: Option<i64>,
     wake: Arc<Notify>,
+    /// The log's floor rose above `last`: changes were lost (a lost slot).
+    gap: bool,
 }
 
 impl LogTail {
@@ -31,7 +33,7 @@ impl LogTail {
     /// other processes' notifications.
     pub fn start(pool: Pool, config: tokio_postgres::Config, appended: Arc<Notify>) -> LogTail {
         tokio::spawn(listen(config, Arc::clone(&appended)));
-        LogTail { pool, last: None, wake: appended }
+        LogTail { pool, last: None, wake: appended, gap: false }
     }
 
     async fn read(&mut self) -> Result<Vec<Event>, StoreError> {
@@ -45,6 +47,15 @@ impl LogTail {
                 head
             }
         };
+        // Retention keeps the floor below the head; above what this tail
+        // handed over, it means the sequencer lost changes and moved on.
+        let (_, floor) = super::read::head_and_floor(&c).await?;
+        let floor = floor.get() as i64;
+        if floor > last {
+            self.last = Some(floor);
+            self.gap = true;
+            return Ok(Vec::new());
+        }
         let statement = c
             .prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS},
@@ -75,10 +86,14 @@ impl LogTail {
 }
 
 impl ChangeFeed for LogTail {
+    fn take_gap(&mut self) -> bool {
+        std::mem::take(&mut self.gap)
+    }
+
     async fn next_batch(&mut self) -> Option<Vec<Event>> {
         loop {
             match self.read().await {
-                Ok(events) if !events.is_empty() => return Some(events),
+                Ok(events) if !events.is_empty() || self.gap => return Some(events),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "reading the log failed; trying again"),
             }
