@@ -293,3 +293,54 @@ async fn a_lost_slot_cuts_live_subscribers_off_and_every_resume_gets_resync_neve
     let got = again.events(1, Duration::from_secs(10)).await;
     assert_eq!(got.first().map(|e| e["data"]["stage"].clone()), Some(json!("after")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_drops_every_connection_gets_503_never_a_false_ack_and_recovers() {
+    if !on_postgres() {
+        return;
+    }
+    let s = Server::start("pg-outage", &[]).await;
+    let worker = token("w", "acme", "worker");
+    let staff = token("st", "acme", "staff");
+    create_job(&s, &worker, json!({ "id": "o", "status": "running" })).await;
+    let mut acked = Vec::new();
+    let mut refused = Vec::new();
+    for round in 0..3 {
+        // Every connection Herald holds to its database goes, as in a failover.
+        psql(
+            s.pg_db(),
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        );
+        for i in 0..15 {
+            let stage = format!("r{round}-{i}");
+            let (st, v) = s.post(&worker, "/v1/jobs/o/progress", json!({ "stage": stage })).await;
+            match st {
+                200 => acked.push(stage),
+                503 => {
+                    assert_eq!(v["error"]["code"], "unavailable", "{v}");
+                    refused.push(stage);
+                }
+                _ => panic!("{st} {v}"),
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    // It recovers by itself: writes succeed again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, _) = s.post(&worker, "/v1/jobs/o/progress", json!({ "stage": "after" })).await;
+        if st == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "writes never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(acked.len() >= 30, "most writes went through: acked {acked:?}, refused {refused:?}");
+    // Every acknowledged write is in the log, once; no refused one is.
+    let log = read_all(&s, &staff, "job:o", 0, 2 + acked.len(), Duration::from_secs(30)).await;
+    let stages: Vec<String> = log.iter().filter_map(|e| e["data"]["stage"].as_str().map(str::to_string)).collect();
+    let mut expected = acked.clone();
+    expected.push("after".into());
+    assert_eq!(stages, expected, "refused: {refused:?}");
+}
