@@ -50,11 +50,13 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 /** A Herald process; `restart()` kills it with SIGKILL and starts it again on the same port and database. */
 export class Herald {
-  static async start(extra = []) {
+  /** `db`: a PostgreSQL URL instead of a SQLite file in a temporary directory. */
+  static async start(extra = [], { db } = {}) {
     const h = new Herald()
     h.dir = mkdtempSync(join(tmpdir(), 'herald-supabase-'))
     h.port = await freePort()
     h.extra = extra
+    h.db = db
     await h.spawn()
     return h
   }
@@ -67,7 +69,7 @@ export class Herald {
     const log = openSync(join(this.dir, 'server.log'), 'a')
     this.proc = spawn(
       BIN,
-      ['serve', '--listen', `127.0.0.1:${this.port}`, '--db', join(this.dir, 'herald.db'), ...this.extra],
+      ['serve', '--listen', `127.0.0.1:${this.port}`, '--db', this.db ?? join(this.dir, 'herald.db'), ...this.extra],
       { env: { ...process.env, HERALD_JWT_SECRET: SECRET, HERALD_LOG: 'info' }, stdio: ['ignore', 'ignore', log] },
     )
     const deadline = Date.now() + 20000
