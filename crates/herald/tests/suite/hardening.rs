@@ -412,6 +412,13 @@ async fn over_deep_json_is_refused_at_ingest() {
     let events = page["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{page}");
     assert!(events.iter().all(|e| e.is_object()), "{page}");
+    // A room broadcast over the native WebSocket is held to the same limit.
+    let mut ws = s.ws(&staff).await;
+    ws.sub("room:r", None).await;
+    let r = ws.request(json!({ "op": "pub", "topic": "room:r", "event": "e", "data": nested(40) })).await;
+    assert_eq!(r["code"], "json_too_deep", "{r}");
+    let r = ws.request(json!({ "op": "pub", "topic": "room:r", "event": "e", "data": nested(20) })).await;
+    assert_ne!(r["op"], "error", "a shallower payload is fine: {r}");
 }
 
 /// Merge patches cannot grow a job past 64 KiB of metadata, and the error log

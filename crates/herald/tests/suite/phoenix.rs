@@ -340,6 +340,12 @@ async fn bad_frames_get_errors_and_the_socket_survives() {
     assert!(e.payload()["reason"].as_str().unwrap().contains("kind 9"), "{e:?}");
     c.raw(Message::binary(vec![3u8, 1])).await;
     c.until("phx_error", phx_error).await;
+    // A broadcast payload nested deeper than the HTTP API accepts is refused the same way.
+    let deep = (1..40).fold(json!({}), |inner, _| json!({ "n": inner }));
+    let frame = json!([null, "9", "realtime:x", "broadcast", {"type": "broadcast", "event": "e", "payload": deep}]);
+    c.raw(Message::text(frame.to_string())).await;
+    let e = c.until("phx_error", phx_error).await;
+    assert!(e.payload()["reason"].as_str().unwrap().contains("json_too_deep"), "{e:?}");
 
     let cases: Vec<(&str, &str, Value, &str)> = vec![
         ("realtime:x", "broadcast", json!({}), "unmatched topic"),

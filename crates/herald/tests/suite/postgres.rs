@@ -73,6 +73,13 @@ async fn sql_on_herald_tables_is_an_event_exactly_as_a_report_would_be() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(ws.events(1, Duration::from_millis(500)).await.is_empty());
+    // The leading process reports its slot: how far behind, and its WAL status.
+    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for line in
+        ["herald_sequencer_leader 1", "herald_replication_slot_lag_bytes ", "herald_replication_slot_wal_status 0"]
+    {
+        assert!(metrics.lines().any(|l| l.starts_with(line)), "/metrics lacks {line:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

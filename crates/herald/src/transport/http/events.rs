@@ -65,16 +65,18 @@ pub async fn poll_events(
             format!("wait: must be 0 to {} seconds", s.limits.max_poll_wait.as_secs()),
         ));
     }
+    let raw_topics: Vec<&str> = q.topic.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+    // Counted before any is authorized: each check may be a database read.
+    if raw_topics.is_empty() || raw_topics.len() > 20 {
+        return Err(ApiError::bad_request("invalid_query", "topic: give 1 to 20 topics"));
+    }
     let mut topics = Vec::new();
-    for raw in q.topic.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+    for raw in raw_topics {
         let t = authorize(&s, &p, raw).await?;
         if t.is_room() {
             return Err(ApiError::bad_request("invalid_topic", format!("{raw} is ephemeral and has no log")));
         }
         topics.push(t.to_string());
-    }
-    if topics.is_empty() || topics.len() > 20 {
-        return Err(ApiError::bad_request("invalid_query", "topic: give 1 to 20 topics"));
     }
     let since = Position::from_u64(q.since.unwrap_or(0));
 

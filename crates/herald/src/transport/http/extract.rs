@@ -118,7 +118,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// Where JSON text first nests objects and arrays deeper than `max`, if it
 /// does: one pass over the bytes counting brackets outside strings, before
 /// anything is parsed or allocated.
-fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
+pub fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for (i, &b) in bytes.iter().enumerate() {
         if in_string {

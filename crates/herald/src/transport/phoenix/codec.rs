@@ -10,6 +10,7 @@
 //! `encoding` is 0 for raw bytes, 1 for a JSON payload.
 
 use crate::hub::WireFormat;
+use crate::transport::http::extract::{too_deep, MAX_JSON_DEPTH};
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -96,8 +97,21 @@ fn string(v: Option<&Value>, what: &str) -> Result<String, DecodeError> {
     }
 }
 
+/// Refuses JSON nested deeper than `max` levels, as the HTTP API does (what
+/// one client sends, others parse).
+fn too_shallow(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
+    match too_deep(bytes, max) {
+        Some(at) => Err(DecodeError::Shape(format!(
+            "json_too_deep: objects and arrays nest more than {MAX_JSON_DEPTH} levels deep in the payload (at byte {at})"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Reads a text frame.
 pub fn decode_text(vsn: Vsn, text: &str) -> Result<Inbound, DecodeError> {
+    // A broadcast's own payload sits two levels into the frame.
+    too_shallow(text.as_bytes(), MAX_JSON_DEPTH + 2)?;
     let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
     match (vsn, value) {
         (Vsn::V1, Value::Object(m)) => Ok(Inbound {
@@ -148,6 +162,7 @@ pub fn decode_binary(b: &[u8]) -> Result<Inbound, DecodeError> {
     if encoding != ENCODING_JSON {
         return Err(err("raw binary payloads are not supported; send JSON payloads"));
     }
+    too_shallow(body, MAX_JSON_DEPTH)?;
     let data: Value =
         serde_json::from_slice(body).map_err(|e| DecodeError::Binary(format!("payload is not JSON: {e}")))?;
     let mut payload = json!({ "type": "broadcast", "event": event, "payload": data });

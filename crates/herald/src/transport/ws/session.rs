@@ -14,6 +14,7 @@ use crate::session::{
     SessionError,
 };
 use crate::transport::conn::{self, Batch, Frame, Heartbeat, RateLimit, Read, Verdict, Written, WsSink, WsStream};
+use crate::transport::http::extract::MAX_JSON_DEPTH;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -472,6 +473,18 @@ fn frame_id(f: &ClientFrame) -> Option<Value> {
 
 /// Parses a text frame, telling malformed JSON, unknown ops and bad fields apart.
 pub fn parse_frame(text: &str) -> Result<ClientFrame, (&'static str, String, Option<Value>)> {
+    // A published payload sits one level into the frame; deeper is refused as at ingest.
+    if let Some(at) = crate::transport::http::extract::too_deep(text.as_bytes(), MAX_JSON_DEPTH + 1) {
+        let why =
+            format!("objects and arrays nest more than {MAX_JSON_DEPTH} levels deep in the payload (at byte {at})");
+        // The frame's id, if serde can still skip to it, so the client can match the error.
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            id: Option<Value>,
+        }
+        let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|f| f.id);
+        return Err(("json_too_deep", why, id));
+    }
     let value: Value =
         serde_json::from_str(text).map_err(|e| ("invalid_json", format!("malformed JSON: {e}"), None))?;
     let id = value.get("id").cloned();
@@ -500,6 +513,13 @@ mod tests {
         assert_eq!(parse_frame(r#"{"op":"sub","topic":"jobs","bogus":1}"#).unwrap_err().0, "invalid_frame");
         assert!(parse_frame(r#"{"op":"sub","topic":"jobs","since":5,"id":"a"}"#).is_ok());
         assert!(parse_frame(r#"{"op":"pub","topic":"room:a","event":"e","data":{"n":[1,2]}}"#).is_ok());
+        let deep = format!(
+            r#"{{"op":"pub","topic":"room:a","event":"e","data":{}1{},"id":"d"}}"#,
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        let e = parse_frame(&deep).unwrap_err();
+        assert_eq!((e.0, e.2), ("json_too_deep", Some(serde_json::json!("d"))), "{}", e.1);
     }
 }
 
