@@ -7,6 +7,7 @@
 pub mod error;
 pub mod group_commit;
 pub mod postgres;
+pub mod query;
 pub mod sqlite;
 
 pub use error::{StoreError, StoreErrorKind};
@@ -163,6 +164,11 @@ pub trait Reads: Send + Sync + 'static {
         owner: Option<&str>,
         limit: usize,
     ) -> Result<Vec<serde_json::Value>, StoreError>;
+    /// Rows matching a PostgREST-style query (`GET /rest/v1/<table>`), within
+    /// its scope, as JSON objects: Herald's rows as the API shows them, a
+    /// captured table's as `to_jsonb` gives them. A value the database cannot
+    /// compare is an `Invalid` error carrying a [`query::Refused`].
+    async fn query_rows(&self, q: &query::RowQuery) -> Result<Vec<serde_json::Value>, StoreError>;
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

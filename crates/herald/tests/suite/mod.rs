@@ -10,6 +10,7 @@ mod limits;
 mod live;
 mod phoenix;
 mod postgres;
+mod postgrest;
 mod presence;
 mod resume;
 mod session_limits;

@@ -173,6 +173,10 @@ impl Reads for PgStore {
         read::table_rows(&self.pool, table, tenant, owner, limit).await
     }
 
+    async fn query_rows(&self, q: &crate::store::query::RowQuery) -> Result<Vec<serde_json::Value>, StoreError> {
+        read::query_rows(&self.pool, q).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         if self.writer.is_closed() {
             return Err(group_commit::writer_stopped());

@@ -2,6 +2,7 @@
 
 use super::rows::{parse_row, ArtifactRow, JobRow, NotificationRow, TaskRow};
 use crate::model::{Artifact, CapturedTable, Event, EventType, Job, JobVisibility, Notification, Position, Role, Task};
+use crate::store::query::{ColumnKind, HeraldTable, Op, Refused, RowQuery, RowSource};
 use crate::store::{ApiKeyRecord, EventPage, JobFilter, Page, StoreError, MAX_PAGE_BYTES};
 use deadpool_postgres::{Object, Pool};
 use serde_json::value::RawValue;
@@ -242,4 +243,220 @@ pub async fn api_key(pool: &Pool, id: &str) -> Result<Option<ApiKeyRecord>, Stor
         role: Role::parse(r.get(3)).unwrap_or(Role::Worker),
         hash: r.get(4),
     }))
+}
+
+/// Parameters of a query built at run time, numbered as they are pushed.
+#[derive(Default)]
+struct Params(Vec<Box<dyn ToSql + Sync + Send>>);
+
+impl Params {
+    /// Adds a value; returns its placeholder (`$n`).
+    fn push(&mut self, v: impl ToSql + Sync + Send + 'static) -> String {
+        self.0.push(Box::new(v));
+        format!("${}", self.0.len())
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.0.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+    }
+}
+
+/// `GET /rest/v1/<table>`: ONE parameterized query with the scope (tenant,
+/// owner) in its WHERE clause beside the caller's conditions. Identifiers are
+/// checked against the table's columns and quoted; every value is a parameter.
+/// Herald's tables are read from `herald.<table>` and shown through their row
+/// types, as the API shows them (times as RFC 3339); time conditions compare
+/// epoch milliseconds. A captured table compares `eq`/`neq`/`in` as text and
+/// orders (`gt`...) in the column's own type, the parameter cast to it.
+pub async fn query_rows(pool: &Pool, q: &RowQuery) -> Result<Vec<serde_json::Value>, StoreError> {
+    let mut params = Params::default();
+    let Some(sql) = (match &q.source {
+        RowSource::Herald(t) => Some(herald_rows_sql(*t, q, &mut params)?),
+        RowSource::Captured(t) => captured_rows_sql(t, q, &mut params)?,
+    }) else {
+        return Ok(Vec::new());
+    };
+    let c = conn(pool).await?;
+    // Not a cached statement: the text varies with every combination of
+    // conditions, and a cache per connection would only grow.
+    let rows = c.query(sql.as_str(), &params.refs()).await.map_err(refused_by_postgres)?;
+    match &q.source {
+        RowSource::Captured(_) => Ok(rows.into_iter().map(|r| r.get(0)).collect()),
+        RowSource::Herald(t) => rows.iter().map(|r| herald_row_json(*t, r.get(0))).collect(),
+    }
+}
+
+/// A data exception (class 22: a value the column's type cannot read) or a
+/// comparison PostgreSQL cannot make (class 42) is the caller's mistake.
+fn refused_by_postgres(e: tokio_postgres::Error) -> StoreError {
+    match (e.code().map(|c| c.code()), e.as_db_error()) {
+        (Some(code), Some(db)) if code.starts_with("22") || code.starts_with("42") => {
+            Refused::new(code, db.message()).into_store_error()
+        }
+        _ => StoreError::from(e),
+    }
+}
+
+fn herald_row_json(t: HeraldTable, text: &str) -> Result<serde_json::Value, StoreError> {
+    let value = match t {
+        HeraldTable::Jobs => serde_json::to_value(Job::from(parse_row::<JobRow>("jobs", text)?)),
+        HeraldTable::Tasks => serde_json::to_value(Task::from(parse_row::<TaskRow>("tasks", text)?)),
+        HeraldTable::Artifacts => serde_json::to_value(Artifact::from(parse_row::<ArtifactRow>("artifacts", text)?)),
+        HeraldTable::Notifications => {
+            serde_json::to_value(Notification::from(parse_row::<NotificationRow>("notifications", text)?))
+        }
+    };
+    value.map_err(StoreError::corrupt)
+}
+
+fn no_column(table: &str, column: &str) -> StoreError {
+    Refused::new("42703", format!("column {table}.{column} does not exist")).into_store_error()
+}
+
+fn not_a_number(kind: ColumnKind, v: &str) -> StoreError {
+    Refused::new("22P02", format!("invalid input syntax for type {}: \"{v}\"", kind.pg_name())).into_store_error()
+}
+
+/// One value of a Herald column as a typed parameter, cast as the column is.
+fn bind_typed(p: &mut Params, kind: ColumnKind, v: &str) -> Result<String, StoreError> {
+    Ok(match kind {
+        ColumnKind::Text | ColumnKind::Json => format!("{}::text", p.push(v.to_string())),
+        ColumnKind::Integer | ColumnKind::Time => {
+            format!("{}::int8", p.push(v.parse::<i64>().map_err(|_| not_a_number(kind, v))?))
+        }
+        ColumnKind::Float => format!("{}::float8", p.push(v.parse::<f64>().map_err(|_| not_a_number(kind, v))?)),
+        ColumnKind::Bool => format!("{}::bool", p.push(v == "true")),
+    })
+}
+
+/// The list of `in.(...)` as one typed array parameter.
+fn bind_typed_list(p: &mut Params, kind: ColumnKind, vs: &[String]) -> Result<String, StoreError> {
+    Ok(match kind {
+        ColumnKind::Text | ColumnKind::Json => format!("{}::text[]", p.push(vs.to_vec())),
+        ColumnKind::Integer | ColumnKind::Time => {
+            let ns = vs
+                .iter()
+                .map(|v| v.parse::<i64>().map_err(|_| not_a_number(kind, v)))
+                .collect::<Result<Vec<_>, _>>()?;
+            format!("{}::int8[]", p.push(ns))
+        }
+        ColumnKind::Float => {
+            let fs = vs
+                .iter()
+                .map(|v| v.parse::<f64>().map_err(|_| not_a_number(kind, v)))
+                .collect::<Result<Vec<_>, _>>()?;
+            format!("{}::float8[]", p.push(fs))
+        }
+        ColumnKind::Bool => format!("{}::bool[]", p.push(vs.iter().map(|v| v == "true").collect::<Vec<_>>())),
+    })
+}
+
+fn herald_rows_sql(t: HeraldTable, q: &RowQuery, p: &mut Params) -> Result<String, StoreError> {
+    use super::capture::quote_ident;
+    let table = t.name();
+    let mut sql =
+        format!("SELECT to_jsonb(t)::text FROM herald.{table} t WHERE t.tenant = {}", p.push(q.tenant.clone()));
+    if let Some(owner) = &q.owner {
+        let o = p.push(owner.clone());
+        sql.push_str(&match t {
+            HeraldTable::Jobs => format!(" AND t.owner = {o}"),
+            // The job's owner decides, as for the API's reads of a job's tasks.
+            HeraldTable::Tasks | HeraldTable::Artifacts => format!(
+                " AND EXISTS (SELECT 1 FROM herald.jobs j \
+                 WHERE j.tenant = t.tenant AND j.id = t.job_id AND j.owner = {o})"
+            ),
+            HeraldTable::Notifications => format!(" AND t.recipient = {o}"),
+        });
+    }
+    for c in &q.conditions {
+        let kind = t.column(&c.column).ok_or_else(|| no_column(table, &c.column))?;
+        let col = format!("t.{}", quote_ident(&c.column));
+        let cond = match c.op {
+            Op::Is(v) => format!("{col} {}", Op::is_sql(v)),
+            _ if kind == ColumnKind::Json => {
+                return Err(Refused::new("42883", format!("operator does not exist: jsonb {} unknown", c.op.sql()))
+                    .into_store_error())
+            }
+            Op::In => format!("{col} = ANY({})", bind_typed_list(p, kind, &c.values)?),
+            op => {
+                let v = c.values.first().map(String::as_str).unwrap_or_default();
+                format!("{col} {} {}", op.sql(), bind_typed(p, kind, v)?)
+            }
+        };
+        sql.push_str(" AND ");
+        sql.push_str(&cond);
+    }
+    let mut order = Vec::with_capacity(q.order.len() + 1);
+    for o in &q.order {
+        if t.column(&o.column).ok_or_else(|| no_column(table, &o.column))? == ColumnKind::Json {
+            return Err(Refused::new(
+                "42883",
+                format!("could not identify an ordering operator for {table}.{}", o.column),
+            )
+            .into_store_error());
+        }
+        order.push(format!("t.{} {}", quote_ident(&o.column), o.sql_suffix()));
+    }
+    // Insertion order breaks ties, so pages by offset are stable.
+    order.push(match t {
+        HeraldTable::Tasks => "t.created_at, t.job_id, t.id".to_string(),
+        _ => "t.seq".to_string(),
+    });
+    let limit = p.push(q.limit.min(crate::store::query::MAX_ROWS) as i64);
+    let offset = p.push(q.offset.min(i64::MAX as usize) as i64);
+    sql.push_str(&format!(" ORDER BY {} LIMIT {limit} OFFSET {offset}", order.join(", ")));
+    Ok(sql)
+}
+
+/// `None`: the table has no rows the scope allows (its rows all belong to
+/// another default tenant, or it has no owner column to check an owner with).
+fn captured_rows_sql(t: &CapturedTable, q: &RowQuery, p: &mut Params) -> Result<Option<String>, StoreError> {
+    use super::capture::quote_ident;
+    let mut sql = format!("SELECT to_jsonb(t) FROM {}.{} t WHERE true", quote_ident(&t.schema), quote_ident(&t.name));
+    match &t.tenant_column {
+        Some(column) => sql.push_str(&format!(" AND t.{}::text = {}", quote_ident(column), p.push(q.tenant.clone()))),
+        None if t.default_tenant.as_deref() == Some(q.tenant.as_str()) => {}
+        None => return Ok(None),
+    }
+    match (&t.owner_column, &q.owner) {
+        (Some(column), Some(owner)) => {
+            sql.push_str(&format!(" AND t.{}::text = {}", quote_ident(column), p.push(owner.clone())))
+        }
+        (None, Some(_)) => return Ok(None),
+        (_, None) => {}
+    }
+    let column_type = |name: &str| {
+        t.columns.iter().find(|c| c.name == name).map(|c| c.type_name.as_str()).ok_or_else(|| no_column(&t.name, name))
+    };
+    for c in &q.conditions {
+        let type_name = column_type(&c.column)?;
+        let col = format!("t.{}", quote_ident(&c.column));
+        let cond = match c.op {
+            Op::Is(v) => format!("{col} {}", Op::is_sql(v)),
+            Op::In => format!("{col}::text = ANY({}::text[])", p.push(c.values.clone())),
+            op @ (Op::Eq | Op::Neq) => {
+                format!("{col}::text {} {}::text", op.sql(), p.push(c.values.first().cloned().unwrap_or_default()))
+            }
+            op => format!(
+                "{col} {} {}::text::{}",
+                op.sql(),
+                p.push(c.values.first().cloned().unwrap_or_default()),
+                quote_ident(type_name)
+            ),
+        };
+        sql.push_str(" AND ");
+        sql.push_str(&cond);
+    }
+    if !q.order.is_empty() {
+        let mut order = Vec::with_capacity(q.order.len());
+        for o in &q.order {
+            column_type(&o.column)?;
+            order.push(format!("t.{} {}", quote_ident(&o.column), o.sql_suffix()));
+        }
+        sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
+    }
+    let limit = p.push(q.limit.min(crate::store::query::MAX_ROWS) as i64);
+    let offset = p.push(q.offset.min(i64::MAX as usize) as i64);
+    sql.push_str(&format!(" LIMIT {limit} OFFSET {offset}"));
+    Ok(Some(sql))
 }

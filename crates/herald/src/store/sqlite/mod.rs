@@ -163,6 +163,11 @@ impl Reads for SqliteStore {
         Ok(Vec::new())
     }
 
+    async fn query_rows(&self, q: &crate::store::query::RowQuery) -> Result<Vec<serde_json::Value>, StoreError> {
+        let q = q.clone();
+        self.readers.with(move |c| read::query_rows(c, &q)).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         if self.writer.is_closed() {
             return Err(writer_stopped());

@@ -24,7 +24,12 @@ impl FromRequestParts<AppState> for Auth {
 
 /// The bearer token of a request, if any.
 pub fn bearer(parts: &Parts) -> Option<String> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_of(&parts.headers)
+}
+
+/// The bearer token of `Authorization` in these headers, if any.
+pub fn bearer_of(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
 }

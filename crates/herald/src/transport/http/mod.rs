@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/socket/websocket", get(super::phoenix::upgrade))
         .route("/realtime/v1/api/broadcast", post(super::phoenix::rest::broadcast))
         .route("/api/broadcast", post(super::phoenix::rest::broadcast))
+        .route("/rest/v1/{table}", get(super::postgrest::read_table))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -3,6 +3,7 @@
 use super::{broadcast, error, events, jobs, notifications, ops};
 use crate::transport::dashboard;
 use crate::transport::phoenix;
+use crate::transport::postgrest;
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -21,8 +22,9 @@ use utoipa::{Modify, OpenApi};
         dashboard::demo_tokens,
         serve, websocket, sse,
         phoenix::rest::broadcast, phoenix::rest::broadcast_alias, phoenix_socket, phoenix_socket_alias,
+        postgrest::read_table,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    components(schemas(error::ErrorBody, error::ErrorDetail, postgrest::PostgrestError)),
     modifiers(&BearerAuth, &CommonErrors)
 )]
 pub struct ApiDoc;
