@@ -3,6 +3,7 @@
 //! push per subscriber; it never waits on one.
 
 pub mod delivery;
+pub mod index;
 pub mod outbox;
 pub mod presence;
 
@@ -58,6 +59,8 @@ pub struct Hub {
     pub presence: presence::Presence,
     /// Most connections one tenant may hold (0 = unlimited).
     max_connections_per_tenant: u64,
+    /// Which columns of which captured tables have equality subscribers.
+    indexes: index::Indexes,
 }
 
 impl Hub {
@@ -70,6 +73,7 @@ impl Hub {
             tenants: Mutex::new(HashMap::new()),
             presence: presence::Presence::default(),
             max_connections_per_tenant,
+            indexes: index::Indexes::default(),
         })
     }
 
@@ -103,6 +107,7 @@ impl Hub {
             subs.insert(outbox.conn_id, outbox).is_none()
         };
         if added {
+            self.indexes.added(&key.tenant, &key.topic);
             self.tenants.lock().entry(Arc::clone(&key.tenant)).or_default().subscriptions += 1;
             metrics::gauge!("herald_subscriptions").increment(1.0);
         }
@@ -124,6 +129,7 @@ impl Hub {
             removed
         };
         if removed {
+            self.indexes.removed(&key.tenant, &key.topic);
             if let Some(c) = self.tenants.lock().get_mut(&key.tenant) {
                 c.subscriptions = c.subscriptions.saturating_sub(1);
             }
@@ -221,7 +227,8 @@ impl Hub {
         let mut delivered = 0u64;
         for event in events {
             let event = Arc::new(event);
-            for topic in &event.topics {
+            let indexed = self.indexes.topics_of(&event);
+            for topic in event.topics.iter().chain(&indexed) {
                 let d = Delivery::new(
                     Arc::clone(&event.tenant),
                     Arc::from(topic.as_str()),

@@ -36,6 +36,10 @@ impl CapturedTable {
         self.columns.iter().any(|c| c.name == name)
     }
 
+    pub fn column(&self, name: &str) -> Option<&TableColumn> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
     /// The topic of every change of the table (in the row's tenant).
     pub fn topic(&self) -> String {
         format!("table:{}.{}", self.schema, self.name)
@@ -45,6 +49,23 @@ impl CapturedTable {
     pub fn owner_topic(&self, sub: &str) -> String {
         format!("table:{}.{}:owner:{sub}", self.schema, self.name)
     }
+}
+
+/// A row's value as the text routing compares: strings as they are, numbers
+/// and booleans as written; NULL, arrays and objects route nowhere.
+pub fn key_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Column types whose text form is one value per row value, so an equality
+/// filter can be routed by text (floats and timestamps have many spellings).
+pub fn exact_text_type(type_name: &str) -> bool {
+    matches!(type_name, "text" | "varchar" | "bpchar" | "name" | "uuid" | "int2" | "int4" | "int8" | "bool")
 }
 
 /// Every captured table, by `schema.name`.

@@ -250,4 +250,24 @@ async fn supabase_postgres_changes_on_a_captured_table_follow_row_policies_and_f
     let got = changes(st.drain(Duration::from_millis(300)).await);
     let kinds: Vec<(&str, &str)> = got.iter().map(|(k, t, _)| (k.as_str(), t.as_str())).collect();
     assert_eq!(kinds, [("UPDATE", "a2"), ("UPDATE", "b2")]);
+
+    // Staff's equality filter is routed through the hub's index; a socket that
+    // drops and rejoins gets what it missed from the log, filtered the same way.
+    drop(st);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    psql(
+        s.pg_db(),
+        "UPDATE public.agent_tasks SET title = 'b3' WHERE title = 'b2';
+         UPDATE public.agent_tasks SET title = 'a9' WHERE title = 'a8';",
+    );
+    crate::harness::settle(&s).await;
+    let mut st = Phx::connect(&s, &anon_key(), false).await;
+    let updates = json!([{"event": "UPDATE", "schema": "public", "table": "agent_tasks", "filter": "agent_id=eq.7"}]);
+    let (_, reply) = st.join("realtime:ops", join_with(updates, &staff)).await;
+    assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
+    psql(s.pg_db(), "UPDATE public.agent_tasks SET status = 'done' WHERE title = 'b3'");
+    crate::harness::settle(&s).await;
+    let got = changes(st.drain(Duration::from_millis(500)).await);
+    let kinds: Vec<(&str, &str)> = got.iter().map(|(k, t, _)| (k.as_str(), t.as_str())).collect();
+    assert_eq!(kinds, [("UPDATE", "b3"), ("UPDATE", "b3")], "the missed change, then the live one, agent 7 only");
 }

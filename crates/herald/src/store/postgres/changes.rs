@@ -155,15 +155,8 @@ pub fn own_table_event(relation: &Relation, message: &Message, time: i64) -> Res
     Ok(Some(event))
 }
 
-/// A row's value as the text routing compares: strings as they are, numbers
-/// and booleans as written; NULL and objects are no tenant and no owner.
 fn key_text(row: &Map<String, Value>, column: &str) -> Option<String> {
-    match row.get(column)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
+    crate::model::table::key_text(row.get(column)?)
 }
 
 /// The event a change of a captured application table is announced as:

@@ -8,9 +8,12 @@
 //! | `admin`, `staff`, `worker`, `service`, `customer` | the same | as on the native protocol |
 //! | `anon` | — | may open the socket (it is Supabase's `apikey`), may not join a channel |
 
-use super::changes::{BindingSpec, OwnTable, Table};
+use super::changes::{BindingSpec, Op, OwnTable, Table};
 use crate::app::AppState;
 use crate::auth::{apikey, AuthError, Principal, Role};
+use crate::hub::index::index_topic;
+use crate::model::table::exact_text_type;
+use crate::model::CapturedTable;
 use crate::session::authorize;
 
 /// Who presented a token.
@@ -54,6 +57,8 @@ pub struct Refused(pub String);
 /// their bindings name the jobs (`job_id=eq.<id>` or `job_id=in.(...)`).
 pub async fn topics_for(s: &AppState, p: &Principal, spec: &BindingSpec) -> Result<Vec<String>, Refused> {
     let mut topics = Vec::new();
+    // Index topics, and the table topics that authorize them.
+    let (mut indexed, mut bases) = (Vec::new(), Vec::new());
     let explicit = spec.table.is_some();
     for table in &spec.tables {
         match table {
@@ -75,16 +80,23 @@ pub async fn topics_for(s: &AppState, p: &Principal, spec: &BindingSpec) -> Resu
             Table::Captured(t) => match (&t.owner_column, p.role) {
                 // Customers listen on their own rows, whatever the filter says.
                 (Some(_), Role::Customer) => topics.push(t.owner_topic(&p.sub)),
-                (Some(column), _) => match spec.equals(column) {
-                    Some(owners) => topics.extend(owners.iter().map(|o| t.owner_topic(o))),
+                (Some(column), _) if spec.equals(column).is_some() => {
+                    topics.extend(spec.equals(column).unwrap_or_default().iter().map(|o| t.owner_topic(o)))
+                }
+                // The whole table's rows are theirs to read: an equality filter
+                // narrows through the hub's index instead of per-event checks.
+                _ => match indexable(t, spec) {
+                    Some((column, values)) => {
+                        bases.push(t.topic());
+                        indexed.extend(values.iter().map(|v| index_topic(&t.topic(), column, v)));
+                    }
                     None => topics.push(t.topic()),
                 },
-                (None, _) => topics.push(t.topic()),
             },
         }
     }
     // Each id is a hub subscription and an access check: bound them like channels.
-    if topics.len() > s.limits.max_subscriptions {
+    if topics.len() + indexed.len() > s.limits.max_subscriptions {
         return Err(Refused(format!(
             "too_many_subscriptions: a binding may name at most {} ids",
             s.limits.max_subscriptions
@@ -92,10 +104,38 @@ pub async fn topics_for(s: &AppState, p: &Principal, spec: &BindingSpec) -> Resu
     }
     topics.sort();
     topics.dedup();
-    for t in &topics {
+    bases.sort();
+    bases.dedup();
+    for t in topics.iter().chain(&bases) {
         authorize(s, p, t).await.map_err(|e| Refused(format!("{}: {}", e.code, e.message)))?;
     }
+    topics.extend(indexed);
+    topics.sort();
+    topics.dedup();
     Ok(topics)
+}
+
+/// The first equality filter of `spec` the hub can route by text: a column
+/// whose values have one spelling (text, integers, booleans, uuids), with the
+/// filter's values spelled as the row's would be. `None`: the table topic and
+/// per-event checks.
+fn indexable<'a>(t: &CapturedTable, spec: &'a BindingSpec) -> Option<(&'a str, Vec<String>)> {
+    spec.conditions.iter().filter(|c| matches!(c.op, Op::Eq | Op::In)).find_map(|c| {
+        let type_name = t.column(&c.column)?.type_name.as_str();
+        if !exact_text_type(type_name) {
+            return None;
+        }
+        let values: Option<Vec<String>> = c
+            .values
+            .iter()
+            .map(|v| match type_name {
+                "int2" | "int4" | "int8" => v.parse::<i64>().ok().map(|n| n.to_string()),
+                "bool" => matches!(v.as_str(), "true" | "false").then(|| v.clone()),
+                _ => Some(v.clone()),
+            })
+            .collect();
+        Some((c.column.as_str(), values?))
+    })
 }
 
 /// The narrowest topic carrying the job rows `spec` can match: one job by id

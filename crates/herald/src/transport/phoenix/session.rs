@@ -455,7 +455,10 @@ impl Session {
     /// position afterwards.
     async fn replay(&mut self, sink: &mut Sink, topic: &str, hub_topic: &str, since: Position) -> Result<(), Fatal> {
         let Some(tenant) = self.channels.get(topic).map(|c| Arc::clone(&c.principal.tenant)) else { return Ok(()) };
-        let mut replay = Replay::new(tenant, vec![hub_topic.to_string()], since);
+        // An index topic has no rows in the log: its table's topic has, and the
+        // binding's own filter picks its rows out of those.
+        let log_topic = crate::hub::index::log_topic(hub_topic);
+        let mut replay = Replay::new(tenant, vec![log_topic.to_string()], since);
         loop {
             let page = match replay.next_page(&self.s).await {
                 Ok(Some(p)) => p,
@@ -601,7 +604,8 @@ impl Session {
         let topics: Vec<String> =
             self.channels.get(&m.topic).map(|c| c.feeds.keys().cloned().collect()).unwrap_or_default();
         for t in topics {
-            if let Err(e) = authorize(&self.s, &new, &t).await {
+            // An index topic is read with its table topic's rights.
+            if let Err(e) = authorize(&self.s, &new, crate::hub::index::log_topic(&t)).await {
                 return self.end_channel(sink, &m.topic, &format!("access to {t} ended: {}", e.message)).await;
             }
         }
