@@ -61,15 +61,25 @@ pub struct TopicsArgs {
 /// What all subscriber tasks add to.
 #[derive(Default)]
 pub(crate) struct Tally {
-    delivered: AtomicU64,
-    duplicates: AtomicU64,
-    out_of_order: AtomicU64,
+    pub delivered: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub out_of_order: AtomicU64,
     pub closed_by_server: AtomicU64,
-    last_receipt_us: AtomicU64,
+    pub last_receipt_us: AtomicU64,
     pub ready: AtomicUsize,
     failed: AtomicUsize,
     first_error: Mutex<Option<String>>,
     latency_us: Mutex<Option<Histogram<u64>>>,
+}
+
+/// Reads one received frame: `(sequence number, send time in µs since the
+/// epoch)` of the event it carries, or `None` for a frame that is no event of the run.
+pub(crate) type Parse = Arc<dyn Fn(&str) -> Option<(u64, u64)> + Send + Sync>;
+
+/// The events `fanout` and `topics` publish: `bench_seq` and `bench_t` in the payload.
+fn bench_event(frame: &str) -> Option<(u64, u64)> {
+    let seq = field_u64(frame, "\"bench_seq\":")?;
+    Some((seq, field_u64(frame, "\"bench_t\":").unwrap_or(0)))
 }
 
 impl Tally {
@@ -80,6 +90,11 @@ impl Tally {
                 h.saturating_record(v.max(1));
             }
         }
+    }
+
+    /// The latency histogram of every delivery so far (µs), leaving an empty one.
+    pub fn take_latency(&self) -> anyhow::Result<Histogram<u64>> {
+        Ok(self.latency_us.lock().map_err(|_| anyhow!("poisoned"))?.take().unwrap_or_else(new_hist))
     }
 }
 
@@ -92,13 +107,27 @@ pub fn hist_json(h: &Histogram<u64>, unit_div: f64) -> Value {
     json!({"p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "max": h.max() as f64 / unit_div, "count": h.len()})
 }
 
+/// What [`open_subscribers`] hands back: the tally, the stop signal and the receiving tasks.
+pub(crate) type Subscribers = (Arc<Tally>, watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>);
+
 /// Connects one subscriber per topic (concurrency-limited), then receives until `stop`.
 pub(crate) async fn open_subscribers(
     c: &Common,
     topics: Vec<String>,
     token: &str,
     seq_space: u64,
-) -> anyhow::Result<(Arc<Tally>, watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>)> {
+) -> anyhow::Result<Subscribers> {
+    open_subscribers_with(c, topics, token, seq_space, Arc::new(bench_event)).await
+}
+
+/// [`open_subscribers`], reading each frame's sequence number and send time with `parse`.
+pub(crate) async fn open_subscribers_with(
+    c: &Common,
+    topics: Vec<String>,
+    token: &str,
+    seq_space: u64,
+    parse: Parse,
+) -> anyhow::Result<Subscribers> {
     let tally = Arc::new(Tally::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let gate = Arc::new(Semaphore::new(c.connect_concurrency));
@@ -106,8 +135,8 @@ pub(crate) async fn open_subscribers(
     let started = Instant::now();
     let mut handles = Vec::with_capacity(n);
     for (i, topic) in topics.into_iter().enumerate() {
-        let (c, tally, gate, token, mut stop) =
-            (c.clone(), Arc::clone(&tally), Arc::clone(&gate), token.to_string(), stop_rx.clone());
+        let (c, tally, gate, token, mut stop, parse) =
+            (c.clone(), Arc::clone(&tally), Arc::clone(&gate), token.to_string(), stop_rx.clone(), Arc::clone(&parse));
         handles.push(tokio::spawn(async move {
             let ws = {
                 let _permit = gate.acquire().await;
@@ -144,8 +173,7 @@ pub(crate) async fn open_subscribers(
                     let _ = ws.send(Message::text("3")).await;
                     continue;
                 }
-                let Some(seq) = field_u64(&text, "\"bench_seq\":") else { continue };
-                let sent = field_u64(&text, "\"bench_t\":").unwrap_or(0);
+                let Some((seq, sent)) = parse(text.as_str()) else { continue };
                 let now = now_us();
                 if let Some(p) = field_u64(&text, "\"position\":") {
                     if p <= last_position {
@@ -186,7 +214,7 @@ pub(crate) async fn open_subscribers(
 }
 
 /// Waits until `expected` deliveries arrived, or nothing arrived for `settle` seconds.
-async fn await_deliveries(tally: &Tally, expected: u64, settle: u64) {
+pub(crate) async fn await_deliveries(tally: &Tally, expected: u64, settle: u64) {
     let mut last = 0;
     let mut quiet_since = Instant::now();
     loop {
@@ -206,7 +234,7 @@ async fn await_deliveries(tally: &Tally, expected: u64, settle: u64) {
 
 /// Claims the next event number (None once `events` are claimed) and sleeps
 /// until it is due at `rate` per second (0: as fast as possible).
-async fn next_due(next: &AtomicU64, events: u64, start: Instant, rate: u64) -> Option<u64> {
+pub(crate) async fn next_due(next: &AtomicU64, events: u64, start: Instant, rate: u64) -> Option<u64> {
     let seq = next.fetch_add(1, Ordering::Relaxed);
     if seq >= events {
         return None;
@@ -350,7 +378,7 @@ fn summary(workload: &str, tally: &Tally, published: &Published, expected: u64, 
     let delivered = tally.delivered.load(Ordering::Relaxed);
     let last = tally.last_receipt_us.load(Ordering::Relaxed);
     let secs = (last.saturating_sub(published.started_us)) as f64 / 1e6;
-    let hist = tally.latency_us.lock().map_err(|_| anyhow!("poisoned"))?.take().unwrap_or_else(new_hist);
+    let hist = tally.take_latency()?;
     let mut v = json!({
         "workload": workload,
         "delivered": delivered,

@@ -1,6 +1,7 @@
 //! `herald-bench`: drives a running Herald (or a peer server) over its real
 //! protocols and prints a table plus JSON. See BENCHMARKS.md for the method.
 
+mod capture;
 mod churn;
 mod conn;
 mod fanout;
@@ -70,6 +71,8 @@ enum Cmd {
     Resume(resume::Args),
     /// Connects + subscribes per second.
     Churn(churn::Args),
+    /// SQL commit → subscriber: rows INSERTed into a table Herald captures (PostgreSQL).
+    Capture(capture::Args),
     /// Long steady mix for leak hunting: churn over every transport plus paced ingest (bench/soak.sh).
     Soak(soak::Args),
 }
@@ -84,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Ingest(a) => ingest::run(&cli.common, a).await?,
         Cmd::Resume(a) => resume::run(&cli.common, a).await?,
         Cmd::Churn(a) => churn::run(&cli.common, a).await?,
+        Cmd::Capture(a) => capture::run(&cli.common, a).await?,
         Cmd::Soak(a) => soak::run(&cli.common, a).await?,
     };
     report::emit(&cli.common, result)
