@@ -159,11 +159,15 @@ impl WriteTx for PgTx<'_, '_> {
 
     fn update_job(&mut self, tenant: &str, job: &Job, _doc: &str) -> Result<(), StoreError> {
         let errors = serde_json::to_value(&job.errors).map_err(StoreError::corrupt)?;
+        let now = self.now;
+        // One round trip for the job and its report time.
         self.execute(
-            "UPDATE herald.jobs SET kind = $3, title = $4, status = $5, total = $6, succeeded = $7, failed = $8,
-                progress = $9, stage = $10, current_item = $11, metadata = $12, errors = $13, started_at = $14,
-                updated_at = $15, finished_at = $16, version = $17, counts_reported = $18, progress_reported = $19
-             WHERE tenant = $1 AND id = $2",
+            "WITH job AS (
+                UPDATE herald.jobs SET kind = $3, title = $4, status = $5, total = $6, succeeded = $7, failed = $8,
+                    progress = $9, stage = $10, current_item = $11, metadata = $12, errors = $13, started_at = $14,
+                    updated_at = $15, finished_at = $16, version = $17, counts_reported = $18, progress_reported = $19
+                WHERE tenant = $1 AND id = $2 RETURNING tenant, id)
+             UPDATE herald.job_reports r SET last_report_at = $20 FROM job WHERE r.tenant = job.tenant AND r.id = job.id",
             &[
                 &tenant,
                 &job.id,
@@ -184,9 +188,10 @@ impl WriteTx for PgTx<'_, '_> {
                 &big(job.version),
                 &job.counts_reported,
                 &job.progress_reported,
+                &now,
             ],
         )?;
-        self.touch_job(tenant, &job.id)
+        Ok(())
     }
 
     fn touch_job(&mut self, tenant: &str, id: &str) -> Result<(), StoreError> {

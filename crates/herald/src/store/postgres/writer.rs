@@ -89,14 +89,20 @@ impl PgBatcher {
         };
         let mut tx = client.transaction()?;
         let mut ptx = PgTx { tx: &mut tx, statements, now };
+        // One savepoint per unit, so a refused one rolls back alone. Each round
+        // trip costs the whole writer: a unit's end and the next one's start
+        // go together.
+        let mut open = false;
         for work in batch.iter_mut() {
-            // One savepoint per unit, so a refused one rolls back alone.
-            ptx.tx.batch_execute("SAVEPOINT request")?;
-            if run_unit(work, &mut ptx) {
-                ptx.tx.batch_execute("RELEASE request")?;
-            } else {
+            ptx.tx.batch_execute(if open { "RELEASE request; SAVEPOINT request" } else { "SAVEPOINT request" })?;
+            open = true;
+            if !run_unit(work, &mut ptx) {
                 ptx.tx.batch_execute("ROLLBACK TO request; RELEASE request")?;
+                open = false;
             }
+        }
+        if open {
+            ptx.tx.batch_execute("RELEASE request")?;
         }
         tx.commit()?;
         Ok(())
