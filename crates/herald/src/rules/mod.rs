@@ -43,6 +43,20 @@ struct Apply {
 }
 
 impl Work for Apply {
+    fn shard(&self) -> Option<u64> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let job = match self.cmd.as_ref()? {
+            Command::ReportProgress { job_id, .. }
+            | Command::UpsertTask { job_id, .. }
+            | Command::AddArtifact { job_id, .. } => job_id.as_str(),
+            Command::CreateJob(new) => new.id.as_deref()?,
+            _ => return None,
+        };
+        // A fixed hasher: the same job maps to the same writer for the process's life.
+        let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        Some(hasher.hash_one((&self.tenant, job)))
+    }
+
     fn run(&mut self, tx: &mut dyn WriteTx) -> bool {
         let Some(cmd) = self.cmd.take() else { return false };
         let outcome = apply_once(tx, &self.tenant, cmd, self.idem.as_ref());

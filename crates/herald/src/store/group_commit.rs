@@ -25,20 +25,34 @@ pub trait Batcher: Send + 'static {
     fn commit(&mut self, batch: &mut Vec<Box<dyn Work>>);
 }
 
-/// The submitting end of a writer thread.
+/// The submitting end of one or more writer threads.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: mpsc::Sender<WriterMsg>,
+    writers: Vec<mpsc::Sender<WriterMsg>>,
 }
 
 /// Starts the writer thread `name` around `batcher`.
 pub fn start(name: &str, batcher: impl Batcher) -> Result<WriterHandle, StoreError> {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || run(rx, batcher))
-        .map_err(|e| StoreError::caused_by(super::StoreErrorKind::Internal, "starting the writer", e))?;
-    Ok(WriterHandle { tx })
+    start_many(name, vec![batcher])
+}
+
+/// Starts one writer thread per batcher (each its own connection). A unit
+/// goes to the writer its [`Work::shard`] picks, so the units of one job stay
+/// in order on one connection and writers do not wait on each other's rows.
+pub fn start_many<B: Batcher>(name: &str, batchers: Vec<B>) -> Result<WriterHandle, StoreError> {
+    let mut writers = Vec::with_capacity(batchers.len());
+    for (i, batcher) in batchers.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name(if i == 0 { name.to_string() } else { format!("{name}-{i}") })
+            .spawn(move || run(rx, batcher))
+            .map_err(|e| StoreError::caused_by(super::StoreErrorKind::Internal, "starting the writer", e))?;
+        writers.push(tx);
+    }
+    if writers.is_empty() {
+        return Err(StoreError::internal("no writer to start"));
+    }
+    Ok(WriterHandle { writers })
 }
 
 /// The writer has stopped: nothing more can be written.
@@ -48,20 +62,23 @@ pub fn writer_stopped() -> StoreError {
 
 impl WriterHandle {
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.writers.iter().any(|w| w.is_closed())
     }
 }
 
 #[async_trait]
 impl super::Writer for WriterHandle {
     async fn submit(&self, work: Box<dyn Work>) -> Result<(), StoreError> {
-        self.tx.send(WriterMsg::Work(work)).await.map_err(|_| writer_stopped())
+        let i = work.shard().map_or(0, |k| (k % self.writers.len() as u64) as usize);
+        self.writers[i].send(WriterMsg::Work(work)).await.map_err(|_| writer_stopped())
     }
 
     async fn close(&self) {
-        let (done, rx) = oneshot::channel();
-        if self.tx.send(WriterMsg::Close(done)).await.is_ok() {
-            let _ = rx.await;
+        for writer in &self.writers {
+            let (done, rx) = oneshot::channel();
+            if writer.send(WriterMsg::Close(done)).await.is_ok() {
+                let _ = rx.await;
+            }
         }
     }
 }

@@ -71,6 +71,11 @@ pub trait Work: Send + 'static {
     fn committed(self: Box<Self>);
     /// The transaction did not commit, or the unit could not run: nothing it did remains.
     fn failed(self: Box<Self>, error: StoreError);
+    /// What the unit writes to, hashed (a job): units with the same key go to
+    /// the same writer, in order, where a store runs several. `None`: any one.
+    fn shard(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What a stored event is made of before the log gives it a position.

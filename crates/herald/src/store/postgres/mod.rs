@@ -32,6 +32,10 @@ use tokio::sync::Notify;
 
 /// Connections of the read pool.
 const READ_POOL: usize = 16;
+/// Writer threads, each with its connection and its group commits. Units of
+/// one job go to one writer (in order); several keep PostgreSQL's round trips
+/// and fsyncs overlapping instead of queued behind one connection.
+const WRITERS: usize = 4;
 
 /// A handle to the PostgreSQL store; cheap to clone.
 #[derive(Clone)]
@@ -93,7 +97,9 @@ impl PgStore {
                 .map_err(|_| StoreError::internal("PostgreSQL setup panicked"))??
         };
         let catalog = Arc::new(Catalog::new(tables));
-        let writer = group_commit::start("herald-writer", setup)?;
+        let mut batchers: Vec<writer::PgBatcher> = (1..WRITERS).map(|_| setup.another()).collect();
+        batchers.insert(0, setup);
+        let writer = group_commit::start_many("herald-writer", batchers)?;
         let mut manager_config = tokio_postgres::Config::clone(&url.config);
         manager_config.application_name("herald");
         let manager = Manager::from_config(

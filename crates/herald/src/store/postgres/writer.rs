@@ -71,6 +71,16 @@ fn ensure_slot(client: &mut postgres::Client, slot: &str) -> Result<(), StoreErr
 }
 
 impl PgBatcher {
+    /// Another writer on the same database; it connects on its first batch.
+    pub fn another(&self) -> PgBatcher {
+        PgBatcher {
+            config: self.config.clone(),
+            display: self.display.clone(),
+            client: None,
+            statements: Statements::default(),
+        }
+    }
+
     fn client(&mut self) -> Result<&mut postgres::Client, StoreError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.statements = Statements::default();
