@@ -28,10 +28,13 @@ pub fn log_topic(topic: &str) -> &str {
     parse_index_topic(topic).map_or(topic, |(base, _)| base)
 }
 
+/// Index subscriptions of one table topic of one tenant, by column.
+type ColumnCounts = HashMap<String, usize>;
+
 /// Subscriptions on index topics, by tenant and base topic, then column.
 #[derive(Default)]
 pub struct Indexes {
-    columns: Mutex<HashMap<(Arc<str>, String), HashMap<String, usize>>>,
+    columns: Mutex<HashMap<(Arc<str>, String), ColumnCounts>>,
     /// Index subscriptions in all: none means nothing to look up per event.
     total: AtomicUsize,
 }
