@@ -31,7 +31,9 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo test --workspace
 
 step "Rust behavioural suite again, on PostgreSQL (HERALD_TEST_STORE=postgres)"
-HERALD_TEST_STORE=postgres cargo test -p herald --test main
+# The whole workspace again (lib tests are quick): `-p herald` alone would
+# resolve features differently and rebuild half the dependency tree.
+HERALD_TEST_STORE=postgres cargo test --workspace
 
 for suite in scripts/test-bench.sh scripts/test-js.sh scripts/test-supabase.sh scripts/test-api.sh scripts/test-soak.sh scripts/test-fuzz.sh; do
   if [ -x "$suite" ]; then

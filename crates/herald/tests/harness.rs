@@ -474,6 +474,28 @@ pub async fn settle(s: &Server) {
     .unwrap();
 }
 
+/// Runs `herald serve` in `dir` with `args` (give `--db`) and expects it to
+/// refuse to start; returns its exit code and the last line it printed.
+pub async fn refused_at_startup(dir: &Path, args: &[String]) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("HERALD_JWT_SECRET", SECRET)
+        .env_remove("HERALD_CONFIG")
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(Duration::from_secs(30), out).await {
+        Ok(out) => out.expect("run herald"),
+        Err(_) => panic!("herald started with {args:?} instead of refusing"),
+    };
+    assert!(!out.status.success(), "{args:?}: {:?}", out.status);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.code(), err)
+}
+
 /// Creates a job as `worker` and returns its id.
 pub async fn create_job(s: &Server, worker: &str, body: Value) -> String {
     let (st, v) = s.post(worker, "/v1/jobs", body).await;

@@ -3,9 +3,8 @@
 //! to the subscribers the row policies allow — and nobody else.
 
 use super::sse::Sse;
-use crate::harness::{on_postgres, psql, temp_dir, token, Server, SECRET};
+use crate::harness::{on_postgres, psql, temp_dir, token, Server};
 use serde_json::Value;
-use std::process::Stdio;
 use std::time::Duration;
 
 /// Seed 001's table: tasks of agents, per organisation and user.
@@ -157,22 +156,16 @@ async fn refused(setup: &str, config: &str) -> String {
     psql(&db, setup);
     let dir = temp_dir("capture-refused");
     std::fs::write(dir.join("herald.toml"), config).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(dir.join("herald.toml"))
-        .arg("--db")
-        .arg(format!("{}/{db}", crate::harness::PG_BASE))
-        .env("HERALD_JWT_SECRET", SECRET)
-        .env_remove("HERALD_CONFIG")
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), out).await.expect("herald did not give up").unwrap();
+    let args = [
+        "--config".to_string(),
+        dir.join("herald.toml").display().to_string(),
+        "--db".to_string(),
+        format!("{}/{db}", crate::harness::PG_BASE),
+    ];
+    let (code, err) = crate::harness::refused_at_startup(&dir, &args).await;
     crate::harness::drop_pg_database(&db);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_string()
+    assert_eq!(code, Some(2), "{err}");
+    err.lines().last().unwrap_or_default().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,30 +97,13 @@ async fn odd_time_claims_and_a_future_nbf_are_refused_alike_on_every_transport()
     ws.sub("jobs:owner:alice", None).await;
 }
 
-/// Runs `herald serve` with `extra` flags and expects it to refuse to start;
-/// returns what it printed.
+/// Runs `herald serve` with `extra` flags on a fresh SQLite file and expects
+/// it to refuse to start; returns what it printed.
 async fn refused_at_startup(extra: &[&str]) -> String {
     let dir = temp_dir("h-refused");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--db"])
-        .arg(dir.join("herald.db"))
-        .args(extra)
-        .env("HERALD_JWT_SECRET", SECRET)
-        .env_remove("HERALD_CONFIG")
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn herald");
-    let status = match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
-        Ok(status) => status.unwrap(),
-        Err(_) => panic!("herald started with {extra:?} instead of refusing"),
-    };
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
-    assert!(!status.success(), "{extra:?}: {status:?}");
+    let mut args = vec!["--db".to_string(), dir.join("herald.db").display().to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let (_, err) = crate::harness::refused_at_startup(&dir, &args).await;
     let _ = std::fs::remove_dir_all(&dir);
     err
 }

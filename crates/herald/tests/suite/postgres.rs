@@ -3,10 +3,9 @@
 //! database, and one gapless log in commit order whoever writes. On SQLite
 //! these tests return at once; the PostgreSQL run of the suite runs them.
 
-use crate::harness::{create_job, on_postgres, psql, temp_dir, token, Server, SECRET};
+use crate::harness::{create_job, on_postgres, psql, temp_dir, token, Server};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 /// Reads `topic` from `since` with long-poll until `want` events arrived or
@@ -231,19 +230,9 @@ async fn an_unreachable_database_is_one_line_naming_the_url_without_password_and
     // Runs on both stores: it needs no database.
     let dir = temp_dir("pg-unreachable");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(format!("postgres://herald:s3cret@127.0.0.1:{port}/nowhere"))
-        .env("HERALD_JWT_SECRET", SECRET)
-        .env_remove("HERALD_CONFIG")
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), out).await.expect("herald did not give up").unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let args = ["--db".to_string(), format!("postgres://herald:s3cret@127.0.0.1:{port}/nowhere")];
+    let (code, stderr) = crate::harness::refused_at_startup(&dir, &args).await;
+    assert_eq!(code, Some(2));
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.contains(&format!("postgres://herald@127.0.0.1:{port}/nowhere")), "{stderr}");
     assert!(!stderr.contains("s3cret"), "the password was printed: {stderr}");
