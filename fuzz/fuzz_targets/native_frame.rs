@@ -21,7 +21,12 @@ fuzz_target!(|data: &[u8]| {
             ClientFrame::Auth { .. } | ClientFrame::Ping { .. } | ClientFrame::Refresh { .. } => {}
         },
         Err((code, message, _id)) => {
-            assert!(matches!(code, "invalid_json" | "invalid_frame" | "unknown_op"), "{code}");
+            assert!(matches!(code, "invalid_json" | "invalid_frame" | "unknown_op" | "json_too_deep"), "{code}");
+            if code == "json_too_deep" {
+                // Refused before parsing: brackets nest past the payload limit somewhere.
+                let limit = herald::transport::http::extract::MAX_JSON_DEPTH + 1;
+                assert!(herald::transport::http::extract::too_deep(text.as_bytes(), limit).is_some());
+            }
             assert!(!message.is_empty());
             if code == "unknown_op" {
                 let op = serde_json::from_str::<serde_json::Value>(text).unwrap()["op"].as_str().unwrap().to_string();
