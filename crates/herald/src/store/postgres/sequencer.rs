@@ -78,7 +78,7 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::
     Ok(client)
 }
 
-fn replication_config(config: &SequencerConfig, applied: u64) -> Result<ReplicationConfig, StoreError> {
+fn replication_config(config: &SequencerConfig, applied: u64) -> ReplicationConfig {
     let pg = &config.pg;
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -103,7 +103,7 @@ fn replication_config(config: &SequencerConfig, applied: u64) -> Result<Replicat
     if applied > 0 {
         rc = rc.with_ack_lsn(Lsn(applied));
     }
-    Ok(rc)
+    rc
 }
 
 fn replication_error(e: pgwire_replication::PgWireError) -> StoreError {
@@ -144,7 +144,7 @@ async fn lead(config: &SequencerConfig, appended: &Notify) -> Result<(), StoreEr
         ready_fences: Vec::new(),
     };
     let mut stream =
-        ReplicationClient::connect(replication_config(config, applied)?).await.map_err(replication_error)?;
+        ReplicationClient::connect(replication_config(config, applied)).await.map_err(replication_error)?;
     let mut sample = tokio::time::interval(LAG_SAMPLE);
     loop {
         // Take everything already waiting, then append it as one transaction.
