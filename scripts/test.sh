@@ -35,7 +35,7 @@ step "Rust behavioural suite again, on PostgreSQL (HERALD_TEST_STORE=postgres)"
 # resolve features differently and rebuild half the dependency tree.
 HERALD_TEST_STORE=postgres cargo test --workspace
 
-for suite in scripts/test-bench.sh scripts/test-js.sh scripts/test-supabase.sh scripts/test-api.sh scripts/test-soak.sh scripts/test-fuzz.sh; do
+for suite in scripts/test-bench.sh scripts/test-js.sh scripts/test-supabase.sh scripts/test-socketio.sh scripts/test-api.sh scripts/test-soak.sh scripts/test-fuzz.sh; do
   if [ -x "$suite" ]; then
     step "$suite"
     "$suite"

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createClient } from '@supabase/supabase-js'
-import { Herald, token, anonKey, subscribed, Inbox, sleep } from '../support/helpers.mjs'
+import { Herald, token, anonKey, subscribed, Inbox, sleep } from '../../test-support/herald.mjs'
 
 const PG = 'postgres://postgres@127.0.0.1:5432'
 const psql = (db, sql) => execFileSync('psql', ['-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', `${PG}/${db}`, '-c', sql]).toString().trim()

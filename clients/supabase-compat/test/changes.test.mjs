@@ -4,7 +4,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { RealtimeClient } from '@supabase/realtime-js'
 import { createClient } from '@supabase/supabase-js'
-import { Herald, token, anonKey, subscribed, Inbox, sleep } from '../support/helpers.mjs'
+import { Herald, token, anonKey, subscribed, Inbox, sleep } from '../../test-support/herald.mjs'
 
 const worker = token('worker-1', 'worker')
 

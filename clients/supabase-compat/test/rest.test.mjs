@@ -4,7 +4,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createClient } from '@supabase/supabase-js'
-import { Herald, token, anonKey, sleep } from '../support/helpers.mjs'
+import { Herald, token, anonKey, sleep } from '../../test-support/herald.mjs'
 
 const worker = token('worker-1', 'worker')
 const client = (h, tok) =>

@@ -3,7 +3,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { RealtimeClient } from '@supabase/realtime-js'
-import { Herald, token, anonKey, subscribed, Inbox, sleep } from '../support/helpers.mjs'
+import { Herald, token, anonKey, subscribed, Inbox, sleep } from '../../test-support/herald.mjs'
 
 function client(h, sub) {
   const rt = new RealtimeClient(`ws://127.0.0.1:${h.port}/realtime/v1`, { params: { apikey: anonKey() } })

@@ -4,7 +4,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
 import { RealtimeClient } from '@supabase/realtime-js'
-import { Herald, token, anonKey, subscribed, Inbox } from '../support/helpers.mjs'
+import { Herald, token, anonKey, subscribed, Inbox } from '../../test-support/herald.mjs'
 
 // Its ESM build has extensionless imports only bundlers resolve; load the CommonJS one.
 const { RealtimeClient: LegacyClient } = createRequire(import.meta.url)('realtime-js-v1')

@@ -43,6 +43,13 @@ pub enum Command {
         role: Role,
         hash: Vec<u8>,
     },
+    /// Stores what a recoverable realtime session holds (no event: it is no
+    /// one's change). A session id another `sub` holds is left alone.
+    SaveSession {
+        id: String,
+        sub: String,
+        doc: String,
+    },
 }
 
 /// A job to create.

@@ -11,6 +11,18 @@ use crate::model::Topic;
 /// so existence does not leak. A room named after a job (`room:job:<id>`, where
 /// the dashboard keeps a job's viewers) follows that job's read rules.
 pub async fn authorize(s: &AppState, p: &Principal, raw: &str) -> Result<Topic, SessionError> {
+    check(s, p, raw, false).await
+}
+
+/// As [`authorize`], and a job topic (not a job's room) must name a job that
+/// exists: for protocols whose clients expect to hear about unknown ids
+/// (Socket.IO's `job:subscribe`), where [`authorize`] lets staff watch a job
+/// before its worker creates it.
+pub async fn authorize_existing(s: &AppState, p: &Principal, raw: &str) -> Result<Topic, SessionError> {
+    check(s, p, raw, true).await
+}
+
+async fn check(s: &AppState, p: &Principal, raw: &str, job_must_exist: bool) -> Result<Topic, SessionError> {
     let topic = Topic::parse(raw).map_err(|m| SessionError::invalid("invalid_topic", m))?;
     if let Topic::Table { schema, name, owner } = &topic {
         let Some(table) = s.catalog.get(schema, name) else {
@@ -40,6 +52,9 @@ pub async fn authorize(s: &AppState, p: &Principal, raw: &str) -> Result<Topic, 
     if let Some(id) = job {
         // The owner column only: deciding access never loads (or times) the whole document.
         let owner = s.store.job_owner(&p.tenant, id).await?;
+        if owner.is_none() && job_must_exist && matches!(topic, Topic::Job(_)) {
+            return Err(SessionError::not_found(raw));
+        }
         let owner_ref = owner.as_ref().map(|o| o.as_deref());
         if can_read_topic(p, &Topic::Job(id.to_string()), owner_ref) {
             return Ok(topic);

@@ -13,7 +13,7 @@ pub mod replay;
 pub mod rooms;
 pub mod token;
 
-pub use access::{authorize, snapshot};
+pub use access::{authorize, authorize_existing, snapshot};
 pub use close::CloseReason;
 pub use error::{Refusal, SessionError};
 pub use membership::Membership;

@@ -117,7 +117,8 @@ pub trait WriteTx {
     fn update_notification(&mut self, tenant: &str, n: &Notification, doc: &str) -> Result<(), StoreError>;
     /// Appends an event to the log (the store gives it its position).
     fn append(&mut self, tenant: &str, event: NewEvent<'_>) -> Result<(), StoreError>;
-    /// Deletes events older than `before_ms` and idempotency records older than
+    /// Deletes events older than `before_ms` (and sessions last saved before
+    /// it: they could not resume anyway) and idempotency records older than
     /// `idempotency_before_ms`; returns how many events went.
     fn prune(&mut self, before_ms: i64, idempotency_before_ms: i64) -> Result<u64, StoreError>;
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError>;
@@ -131,6 +132,9 @@ pub trait WriteTx {
         fingerprint: &str,
         reply: &str,
     ) -> Result<(), StoreError>;
+    /// Stores (or replaces) what a recoverable realtime session holds, as a
+    /// JSON document, for the client that comes back with its id.
+    fn save_session(&mut self, tenant: &str, id: &str, sub: &str, doc: &str) -> Result<(), StoreError>;
 }
 
 /// Runs units of work in durable transactions (group commit where it can).
@@ -174,6 +178,9 @@ pub trait Reads: Send + Sync + 'static {
     /// captured table's as `to_jsonb` gives them. A value the database cannot
     /// compare is an `Invalid` error carrying a [`query::Refused`].
     async fn query_rows(&self, q: &query::RowQuery) -> Result<Vec<serde_json::Value>, StoreError>;
+    /// A recoverable realtime session's owner (`sub`) and document, if stored
+    /// and not yet pruned.
+    async fn session(&self, tenant: &str, id: &str) -> Result<Option<(String, String)>, StoreError>;
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

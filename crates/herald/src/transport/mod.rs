@@ -7,5 +7,6 @@ pub mod http;
 pub mod listener;
 pub mod phoenix;
 pub mod postgrest;
+pub mod socketio;
 pub mod sse;
 pub mod ws;

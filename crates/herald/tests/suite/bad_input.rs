@@ -438,7 +438,7 @@ async fn random_garbage_is_never_a_500_and_leaves_the_server_healthy() {
         let path = paths[(rng.next() % paths.len() as u64) as usize];
         let mut body = Vec::new();
         for _ in 0..(rng.next() % 12) {
-            if rng.next() % 5 == 0 {
+            if rng.next().is_multiple_of(5) {
                 body.push((rng.next() & 0xff) as u8);
             } else {
                 body.extend_from_slice(fragments[(rng.next() % fragments.len() as u64) as usize]);

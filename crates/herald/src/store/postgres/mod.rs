@@ -147,6 +147,10 @@ impl Reads for PgStore {
         read::job_owner(&self.pool, tenant, id).await
     }
 
+    async fn session(&self, tenant: &str, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        read::session(&self.pool, tenant, id).await
+    }
+
     async fn jobs(&self, tenant: &str, vis: &JobVisibility, filter: JobFilter) -> Result<Page<Job>, StoreError> {
         read::jobs(&self.pool, tenant, vis, &filter).await
     }

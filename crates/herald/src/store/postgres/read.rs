@@ -36,6 +36,13 @@ pub async fn job_owner(pool: &Pool, tenant: &str, id: &str) -> Result<Option<Opt
     Ok(c.query_opt(&statement, &[&tenant, &id]).await?.map(|r| r.get(0)))
 }
 
+/// A recoverable session's owner and document.
+pub async fn session(pool: &Pool, tenant: &str, id: &str) -> Result<Option<(String, String)>, StoreError> {
+    let c = conn(pool).await?;
+    let statement = c.prepare_cached("SELECT sub, doc FROM herald.sessions WHERE tenant = $1 AND id = $2").await?;
+    Ok(c.query_opt(&statement, &[&tenant, &id]).await?.map(|r| (r.get(0), r.get(1))))
+}
+
 /// The newest position in the log and the pruned floor below which nothing is left.
 pub async fn head_and_floor(c: &Object) -> Result<(Position, Position), StoreError> {
     let statement = c

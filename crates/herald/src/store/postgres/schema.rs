@@ -205,6 +205,19 @@ ALTER TABLE herald.notifications REPLICA IDENTITY FULL;
     r#"
 ALTER TABLE herald.events ADD COLUMN source text, ADD COLUMN old text;
 "#,
+    // Recoverable realtime sessions (Socket.IO connection-state recovery),
+    // shared by every node. Not published: they are no one's events.
+    r#"
+CREATE TABLE herald.sessions (
+    tenant text NOT NULL,
+    id text NOT NULL,
+    sub text NOT NULL,
+    doc text NOT NULL,
+    saved_at bigint NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX sessions_by_time ON herald.sessions (saved_at);
+"#,
 ];
 
 /// Creates schema `herald` and brings it up to date.

@@ -328,6 +328,7 @@ impl WriteTx for PgTx<'_, '_> {
         self.execute("DELETE FROM herald.idempotency WHERE created_at < $1", &[&idempotency_before_ms])?;
         let statement = self.prepared("SELECT max(position) FROM herald.events WHERE time < $1")?;
         let max: Option<i64> = self.tx.query_one(&statement, &[&before_ms])?.get(0);
+        self.execute("DELETE FROM herald.sessions WHERE saved_at < $1", &[&before_ms])?;
         let Some(max) = max else { return Ok(0) };
         self.execute("DELETE FROM herald.event_topics WHERE position <= $1", &[&max])?;
         let pruned = self.execute("DELETE FROM herald.events WHERE position <= $1", &[&max])?;
@@ -368,6 +369,17 @@ impl WriteTx for PgTx<'_, '_> {
             "INSERT INTO herald.idempotency (tenant, sub, key, fingerprint, reply, created_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
             &[&tenant, &sub, &key, &fingerprint, &reply, &now],
+        )?;
+        Ok(())
+    }
+
+    fn save_session(&mut self, tenant: &str, id: &str, sub: &str, doc: &str) -> Result<(), StoreError> {
+        let now = self.now;
+        self.execute(
+            "INSERT INTO herald.sessions (tenant, id, sub, doc, saved_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant, id) DO UPDATE SET doc = excluded.doc, saved_at = excluded.saved_at
+             WHERE herald.sessions.sub = excluded.sub",
+            &[&tenant, &id, &sub, &doc, &now],
         )?;
         Ok(())
     }

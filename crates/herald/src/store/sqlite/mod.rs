@@ -126,6 +126,11 @@ impl Reads for SqliteStore {
         self.readers.with(move |c| read::job_owner(c, &tenant, &id)).await
     }
 
+    async fn session(&self, tenant: &str, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.readers.with(move |c| read::session(c, &tenant, &id)).await
+    }
+
     async fn jobs(&self, tenant: &str, vis: &JobVisibility, filter: JobFilter) -> Result<Page<Job>, StoreError> {
         let (tenant, vis) = (tenant.to_string(), vis.clone());
         self.readers.with(move |c| read::jobs(c, &tenant, &vis, &filter)).await

@@ -26,6 +26,13 @@ pub fn job_owner(c: &Connection, tenant: &str, id: &str) -> Result<Option<Option
         .optional()?)
 }
 
+/// A recoverable session's owner and document.
+pub fn session(c: &Connection, tenant: &str, id: &str) -> Result<Option<(String, String)>, StoreError> {
+    Ok(c.prepare_cached("SELECT sub, doc FROM sessions WHERE tenant = ?1 AND id = ?2")?
+        .query_row(params![tenant, id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
 /// The newest position in the log and the pruned floor below which nothing is left.
 pub fn head_and_floor(c: &Connection) -> Result<(Position, Position), StoreError> {
     let head: i64 = c.prepare_cached("SELECT coalesce(max(position), 0) FROM events")?.query_row([], |r| r.get(0))?;

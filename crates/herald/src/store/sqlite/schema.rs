@@ -87,6 +87,18 @@ CREATE TABLE api_keys (
 DROP INDEX jobs_by_status_report;
 CREATE INDEX jobs_by_status ON jobs (status);
 "#,
+    // Recoverable realtime sessions (Socket.IO connection-state recovery).
+    r#"
+CREATE TABLE sessions (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    saved_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX sessions_by_time ON sessions (saved_at);
+"#,
 ];
 
 /// Brings the schema up to date.

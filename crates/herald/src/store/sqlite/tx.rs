@@ -205,6 +205,7 @@ impl WriteTx for SqliteTx<'_> {
         let max: Option<i64> =
             self.conn
                 .query_row("SELECT max(position) FROM events WHERE time < ?1", params![before_ms], |r| r.get(0))?;
+        self.conn.execute("DELETE FROM sessions WHERE saved_at < ?1", params![before_ms])?;
         let Some(max) = max else { return Ok(0) };
         self.conn.execute("DELETE FROM event_topics WHERE position <= ?1", params![max])?;
         let pruned = self.conn.execute("DELETE FROM events WHERE position <= ?1", params![max])?;
@@ -244,6 +245,17 @@ impl WriteTx for SqliteTx<'_> {
                 "INSERT INTO idempotency (tenant, sub, key, fingerprint, reply, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![tenant, sub, key, fingerprint, reply, self.now])?;
+        Ok(())
+    }
+
+    fn save_session(&mut self, tenant: &str, id: &str, sub: &str, doc: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sessions (tenant, id, sub, doc, saved_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant, id) DO UPDATE SET doc = excluded.doc, saved_at = excluded.saved_at
+                 WHERE sessions.sub = excluded.sub",
+            )?
+            .execute(params![tenant, id, sub, doc, self.now])?;
         Ok(())
     }
 }

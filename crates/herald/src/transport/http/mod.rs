@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/herald-client/{*path}", get(super::dashboard::client_module))
         .route("/realtime/v1/websocket", get(super::phoenix::upgrade))
         .route("/socket/websocket", get(super::phoenix::upgrade))
+        .route_service(super::socketio::PATH, super::socketio::service(&state))
         .route("/realtime/v1/api/broadcast", post(super::phoenix::rest::broadcast))
         .route("/api/broadcast", post(super::phoenix::rest::broadcast))
         .route("/rest/v1/{table}", get(super::postgrest::read_table))

@@ -1,3 +1,4 @@
+// Shared by the client compatibility suites (supabase-compat, socketio-compat).
 // Starts the real Herald binary per test (temp --db, free port) and helps talk
 // to it: HS256 tokens signed here, the worker HTTP API, and waiting helpers.
 import { spawn } from 'node:child_process'
@@ -9,7 +10,7 @@ import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 export const SECRET = 'supabase-compat-test-secret'
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
 const BIN = process.env.HERALD_BIN || join(ROOT, 'target', 'debug', 'herald')
 
 const b64url = (b) => Buffer.from(b).toString('base64url')
@@ -53,7 +54,7 @@ export class Herald {
   /** `db`: a PostgreSQL URL instead of a SQLite file in a temporary directory. */
   static async start(extra = [], { db } = {}) {
     const h = new Herald()
-    h.dir = mkdtempSync(join(tmpdir(), 'herald-supabase-'))
+    h.dir = mkdtempSync(join(tmpdir(), 'herald-client-test-'))
     h.port = await freePort()
     h.extra = extra
     h.db = db
