@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Socket.IO 4 beside Herald: installs socket.io from npm (default adapter,
 # websocket transport), then runs the same fanout and idle workloads with the
-# same herald-bench against Herald, the bare reference loop and Socket.IO, so
-# every comparison is a ratio measured in one run on one machine.
+# same herald-bench against Herald (its native protocol and its Socket.IO
+# endpoint), the bare reference loop and Socket.IO, so every comparison is a
+# ratio measured in one run on one machine.
 # Usage: bench/peers/run-socketio.sh [subscribers] [events]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,7 +24,9 @@ rm -rf "$OUT/peer-db"; mkdir -p "$OUT/peer-db"
 taskset -c 0 target/release/herald serve --listen 127.0.0.1:4000 --db "$OUT/peer-db/h.db" \
   --messages-per-second 1000000 >/dev/null 2>&1 & PID=$!; wait_port 4000
 $B --target herald fanout --subscribers "$N" --events "$EV" --publishers 2 --publish ws
+$B --target herald-socketio fanout --subscribers "$N" --events "$EV" --publishers 2 --publish ws
 $B --target herald --server-pid $PID idle --connections "$N"
+$B --target herald-socketio --server-pid $PID idle --connections "$N"
 stop
 taskset -c 0 target/release/herald-reference 127.0.0.1:4100 2>/dev/null & PID=$!; wait_port 4100
 $B --url http://127.0.0.1:4100 --target reference fanout --subscribers "$N" --events "$EV" --publishers 2 --publish ws

@@ -169,7 +169,7 @@ pub(crate) async fn open_subscribers_with(
                     }
                     Some(Ok(_)) => continue,
                 };
-                if c.target == Kind::Socketio && text.as_str() == "2" {
+                if matches!(c.target, Kind::Socketio | Kind::HeraldSocketio) && text.as_str() == "2" {
                     let _ = ws.send(Message::text("3")).await;
                     continue;
                 }

@@ -17,6 +17,9 @@ pub enum Kind {
     Herald,
     /// A Socket.IO 4 server from bench/peers/socketio (websocket transport).
     Socketio,
+    /// Herald's Socket.IO endpoint (`/socket.io/`, websocket transport): rooms
+    /// joined with `room:join`, published with `room:broadcast`.
+    HeraldSocketio,
     /// bench/reference: a bare tokio loop writing one pre-serialized frame to every socket.
     Reference,
     /// Herald's Supabase Realtime endpoint (Phoenix vsn 2.0.0): `postgres_changes` on `public.jobs`.
@@ -120,6 +123,22 @@ pub async fn subscribe(c: &Common, i: usize, topic: &str, token: &str) -> anyhow
                 }
             }
         }
+        Kind::HeraldSocketio => {
+            let mut ws = socketio_connect(addr, &base, token, source).await?;
+            ws.send(Message::text(format!("421[\"room:join\",{}]", json!(topic)))).await?;
+            loop {
+                let f = next_text(&mut ws).await?;
+                if f.starts_with("431") {
+                    if f.contains("\"ok\":true") {
+                        return Ok(ws);
+                    }
+                    bail!("room:join refused: {f}");
+                }
+                if f == "2" {
+                    ws.send(Message::text("3")).await?;
+                }
+            }
+        }
         Kind::Supabase => {
             let path = format!("/realtime/v1/websocket?apikey={token}&vsn=2.0.0");
             let mut ws = conn::connect(addr, &base, &path, source).await?;
@@ -172,10 +191,36 @@ pub async fn publisher(c: &Common, i: usize, token: &str) -> anyhow::Result<Ws> 
                 }
             }
         }
+        Kind::HeraldSocketio => socketio_connect(addr, &base, token, source).await,
         Kind::Reference => {
             let mut ws = conn::connect(addr, &base, "/", source).await?;
             next_text(&mut ws).await?;
             Ok(ws)
+        }
+    }
+}
+
+/// An Engine.IO WebSocket to Herald's `/socket.io/`, connected to the main
+/// namespace with `auth: { token }`.
+async fn socketio_connect(
+    addr: std::net::SocketAddr,
+    base: &str,
+    token: &str,
+    source: std::net::IpAddr,
+) -> anyhow::Result<Ws> {
+    let mut ws = conn::connect(addr, base, "/socket.io/?EIO=4&transport=websocket", source).await?;
+    let open = next_text(&mut ws).await?;
+    if !open.starts_with('0') {
+        bail!("expected engine.io open, got {open}");
+    }
+    ws.send(Message::text(format!("40{}", json!({ "token": token })))).await?;
+    loop {
+        let f = next_text(&mut ws).await?;
+        if f.starts_with("40") {
+            return Ok(ws);
+        }
+        if f.starts_with("44") {
+            bail!("connect refused: {f}");
         }
     }
 }
@@ -186,6 +231,7 @@ pub fn publish_frame(kind: Kind, topic: &str, seq: u64) -> String {
     match kind {
         Kind::Herald => json!({"op": "pub", "topic": topic, "event": "tick", "data": data}).to_string(),
         Kind::Socketio => format!("42[\"pub\",{}]", json!({"topic": topic, "data": data})),
+        Kind::HeraldSocketio => format!("42[\"room:broadcast\",{},\"tick\",{data}]", json!(topic)),
         Kind::Supabase => String::new(),
         // The same bytes Herald writes to each subscriber for a room broadcast,
         // so the reference moves exactly as much data per delivery.

@@ -32,8 +32,16 @@ const FLOOD_TOLERANCE: Duration = Duration::from_secs(10);
 const EMIT_WAIT: Duration = Duration::from_secs(10);
 /// Time a client has to close after a server DISCONNECT before it is closed.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
-/// Packets a connection may have waiting for its task before it counts as a flood.
-pub const INBOUND_QUEUE: usize = 64;
+/// Packets a connection may have waiting for its task before it counts as a
+/// flood: the burst its rate limit allows (twice the rate), within bounds.
+/// (Engine.IO reads on its own task and cannot wait for this one.)
+fn inbound_queue(messages_per_second: u32) -> usize {
+    const MAX: usize = 16 * 1024;
+    match messages_per_second {
+        0 => MAX,
+        n => (n as usize).saturating_mul(2).clamp(64, MAX),
+    }
+}
 
 /// What Herald keeps on each Engine.IO socket: the way to its task.
 #[derive(Debug, Default)]
@@ -44,8 +52,8 @@ pub struct SocketData {
 pub type EioSocket = Socket<SocketData>;
 
 impl SocketData {
-    /// Hands a packet to the connection's task. A client that has
-    /// [`INBOUND_QUEUE`] packets waiting is flooding: false, and it is closed.
+    /// Hands a packet to the connection's task. A client whose packets fill
+    /// the queue (see `inbound_queue`) is flooding: false, and it is closed.
     pub fn forward(&self, msg: Str) -> bool {
         match self.inbound.get() {
             Some(tx) => !matches!(tx.try_send(msg), Err(TrySendError::Full(_))),
@@ -91,7 +99,7 @@ struct Conn {
 
 /// Starts the task of a new Engine.IO socket.
 pub fn start(s: AppState, socket: Arc<EioSocket>) {
-    let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+    let (tx, rx) = mpsc::channel(inbound_queue(s.limits.messages_per_second));
     if socket.data.inbound.set(tx).is_err() {
         return;
     }
