@@ -53,8 +53,9 @@ $B resume --missed $MISSED
 
 for n in $S1 $S2; do
   ev=$(( EV * 1000 / n )); [ $ev -lt 200 ] && ev=200
-  echo "== fanout over WebSocket broadcast, $n subscribers, $ev events: herald / reference / socket.io"
+  echo "== fanout over WebSocket broadcast, $n subscribers, $ev events: herald / herald's socket.io / reference / socket.io"
   start_herald;    $B --target herald    fanout --subscribers $n --events $ev --publishers 2 --publish ws
+  start_herald;    $B --target herald-socketio fanout --subscribers $n --events $ev --publishers 2 --publish ws
   start_reference; $B --url http://127.0.0.1:4100 --target reference fanout --subscribers $n --events $ev --publishers 2 --publish ws
   start_socketio;  $B --url http://127.0.0.1:4200 --target socketio  fanout --subscribers $n --events $(( ev / 4 )) --publishers 2 --publish ws --settle 30
   echo "== herald: fanout of durable progress reports (HTTP), $n subscribers, full speed"
@@ -80,6 +81,7 @@ $B topics --subscribers $S1 --workers 16 --reports $(( S1 * 20 ))
 
 echo "== idle connections: server RSS per connection"
 start_herald;   $B --server-pid $PID idle --connections $IDLE
+start_herald;   $B --target herald-socketio --server-pid $PID idle --connections $IDLE
 start_socketio; $B --url http://127.0.0.1:4200 --target socketio --server-pid $PID idle --connections $IDLE
 start_reference; $B --url http://127.0.0.1:4100 --target reference --server-pid $PID idle --connections $IDLE
 

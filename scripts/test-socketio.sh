@@ -11,6 +11,8 @@ if ! command -v node >/dev/null 2>&1; then
 fi
 
 cargo build -p herald --quiet
+# One test runs on PostgreSQL (logical replication on; a no-op when already set).
+scripts/pg-setup.sh
 
 cd clients/socketio-compat
 if [ ! -d node_modules/socket.io-client ]; then

@@ -10,6 +10,8 @@ if ! command -v node >/dev/null 2>&1; then
 fi
 
 cargo build -p herald --quiet
+# One test runs on PostgreSQL (logical replication on; a no-op when already set).
+scripts/pg-setup.sh
 
 cd clients/supabase-compat
 if [ ! -d node_modules/@supabase/realtime-js ] || [ ! -d node_modules/realtime-js-v1 ]; then

@@ -1,7 +1,7 @@
 // Shared by the client compatibility suites (supabase-compat, socketio-compat).
 // Starts the real Herald binary per test (temp --db, free port) and helps talk
 // to it: HS256 tokens signed here, the worker HTTP API, and waiting helpers.
-import { spawn } from 'node:child_process'
+import { spawn, execFileSync } from 'node:child_process'
 import { createHmac } from 'node:crypto'
 import { mkdtempSync, rmSync, openSync } from 'node:fs'
 import { createServer } from 'node:net'
@@ -157,4 +157,31 @@ export class Inbox {
       })
     }
   }
+}
+
+export const PG = 'postgres://postgres@127.0.0.1:5432'
+
+/** Runs SQL with psql against database `db` of the local PostgreSQL; returns its output. */
+export const psql = (db, sql) =>
+  execFileSync('psql', ['-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', `${PG}/${db}`, '-c', sql]).toString().trim()
+
+/**
+ * A fresh PostgreSQL database for one test, dropped (with the replication
+ * slots Herald made in it) when the test ends; returns its URL. `stop` runs
+ * first: the Herald processes using it.
+ */
+export async function freshDatabase(t, name, stop) {
+  const db = `herald_test_js_${name}_${process.pid}`
+  psql('postgres', `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`)
+  psql('postgres', `CREATE DATABASE ${db}`)
+  t.after(async () => {
+    await stop()
+    for (let i = 0; i < 50; i++) {
+      const left = psql('postgres', `SELECT count(*) FROM (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '${db}' AND NOT active) d; SELECT count(*) FROM pg_replication_slots WHERE database = '${db}'`)
+      if (left.endsWith('0')) break
+      await sleep(100)
+    }
+    psql('postgres', `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`)
+  })
+  return { name: db, url: `${PG}/${db}` }
 }

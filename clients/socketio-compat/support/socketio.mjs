@@ -68,9 +68,10 @@ export async function cuttableProxy(targetPort) {
   const { createServer, connect } = await import('node:net')
   const sockets = new Set()
   let down = false
+  let target = targetPort
   const server = createServer((client) => {
     if (down) return client.destroy()
-    const upstream = connect(targetPort, '127.0.0.1')
+    const upstream = connect(target, '127.0.0.1')
     for (const s of [client, upstream]) {
       sockets.add(s)
       s.on('error', () => {})
@@ -91,7 +92,9 @@ export async function cuttableProxy(targetPort) {
   return {
     url: `http://127.0.0.1:${server.address().port}`,
     cut,
-    restore() {
+    /** Lets connections through again, to `port` if given (another node). */
+    restore(port) {
+      if (port) target = port
       down = false
     },
     close() {

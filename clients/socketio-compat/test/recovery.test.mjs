@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { io } from 'socket.io-client'
-import { Herald, token, sleep } from '../../test-support/herald.mjs'
+import { Herald, token, sleep, freshDatabase } from '../../test-support/herald.mjs'
 import { monitor, connected, emitAck, cuttableProxy } from '../support/socketio.mjs'
 
 let h
@@ -19,8 +19,8 @@ after(async () => {
 
 const worker = token('crawler', 'worker')
 
-async function step(id, n) {
-  const [status, body] = await h.api('POST', `/v1/jobs/${id}/progress`, worker, { stage: `step-${n}`, succeeded: n })
+async function step(id, n, node = h) {
+  const [status, body] = await node.api('POST', `/v1/jobs/${id}/progress`, worker, { stage: `step-${n}`, succeeded: n })
   assert.equal(status, 200, JSON.stringify(body))
 }
 
@@ -151,5 +151,42 @@ test('an unknown session id starts a new session, as Socket.IO does', async () =
     assert.notEqual(s._pid, 'no-such-session')
   } finally {
     s.disconnect()
+  }
+})
+
+test('on PostgreSQL, a client cut from one node recovers on another: sessions are shared', async (t) => {
+  const nodes = []
+  const pg = await freshDatabase(t, 'sio', async () => {
+    for (const n of nodes) await n.stop()
+  })
+  nodes.push(await Herald.start([], { db: pg.url }))
+  nodes.push(await Herald.start([], { db: pg.url }))
+  const [a, b] = nodes
+  const id = 'two-nodes'
+  const [status] = await a.api('POST', '/v1/jobs', worker, { id, owner: 'alice', status: 'running' })
+  assert.equal(status, 201)
+  const net = await cuttableProxy(a.port)
+  const s = monitor(net.url, token('alice', 'customer'))
+  try {
+    await connected(s)
+    assert.deepEqual(await emitAck(s, 'job:subscribe', id), { ok: true })
+    await step(id, 1, a)
+    await s.inbox.until((e) => e.data?.stage === 'step-1', 10000, 'step-1 on node A')
+
+    const gone = new Promise((r) => s.once('disconnect', r))
+    net.cut()
+    await gone
+    // Written through node A while the client is away, then it reaches node B.
+    for (let n = 2; n <= 4; n++) await step(id, n, a)
+    net.restore(b.port)
+    await until(() => s.connected, 10000, 'reconnect to node B')
+    assert.equal(s.recovered, true)
+    await s.inbox.until((e) => e.data?.stage === 'step-4', 10000, 'step-4 after recovery on node B')
+    await step(id, 5, a)
+    await s.inbox.until((e) => e.data?.stage === 'step-5', 10000, 'step-5 live on node B')
+    assert.deepEqual(stages(s), ['step-1', 'step-2', 'step-3', 'step-4', 'step-5'])
+  } finally {
+    s.disconnect()
+    await net.close()
   }
 })

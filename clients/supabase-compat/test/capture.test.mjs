@@ -3,32 +3,19 @@
 // each user seeing only their rows.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createClient } from '@supabase/supabase-js'
-import { Herald, token, anonKey, subscribed, Inbox, sleep } from '../../test-support/herald.mjs'
-
-const PG = 'postgres://postgres@127.0.0.1:5432'
-const psql = (db, sql) => execFileSync('psql', ['-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', `${PG}/${db}`, '-c', sql]).toString().trim()
+import { Herald, token, anonKey, subscribed, Inbox, sleep, psql, freshDatabase } from '../../test-support/herald.mjs'
 
 test('psql INSERT/UPDATE/DELETE on a captured table reach supabase-js under row policies (seed 001)', async (t) => {
-  const db = `herald_test_js_${process.pid}`
-  psql('postgres', `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`)
-  psql('postgres', `CREATE DATABASE ${db}`)
+  let h
+  const pg = await freshDatabase(t, 'capture', () => h?.stop())
+  const db = pg.name
   psql(db, `CREATE TABLE public.agent_tasks (
     id bigserial PRIMARY KEY, org_id text NOT NULL, user_id text NOT NULL,
     agent_id int NOT NULL, title text NOT NULL, status text NOT NULL DEFAULT 'pending')`)
-  const h = await Herald.start([], { db: `${PG}/${db}` })
-  t.after(async () => {
-    await h.stop()
-    for (let i = 0; i < 50; i++) {
-      const left = psql('postgres', `SELECT count(*) FROM (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '${db}' AND NOT active) d; SELECT count(*) FROM pg_replication_slots WHERE database = '${db}'`)
-      if (left.endsWith('0')) break
-      await sleep(100)
-    }
-    psql('postgres', `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`)
-  })
+  h = await Herald.start([], { db: pg.url })
   // The capture is declared in the config file: restart with it.
   writeFileSync(join(h.dir, 'herald.toml'), '[[capture]]\ntable = "public.agent_tasks"\ntenant_column = "org_id"\nowner_column = "user_id"\n')
   h.extra = ['--config', join(h.dir, 'herald.toml')]

@@ -81,6 +81,9 @@ pub fn service(s: &AppState) -> EngineIoService<Handler> {
         .ws_max_message_size(max)
         .ws_max_frame_size(max)
         .max_buffer_size(ENGINE_BUFFER)
+        // Client messages are small; as on the native endpoint, an idle
+        // connection should not hold a large read buffer.
+        .ws_read_buffer_size(1024)
         .build();
     EngineIoService::with_config(Arc::new(Handler { s: s.clone() }), config)
 }

@@ -14,7 +14,7 @@ use crate::session::{
     authorize, authorize_existing, expiry_instant, head, token, CloseReason, Cursor, Deadline, Membership, Replay,
     ReplayPage, SessionError,
 };
-use crate::transport::conn::{self, RateLimit, Verdict};
+use crate::transport::conn::{self, Batch, RateLimit, Verdict};
 use engineioxide::{DisconnectReason, Socket, Str};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -159,7 +159,7 @@ impl Conn {
         let mut shutdown = self.s.shutdown.clone();
         let overflow = inbox.overflow_signal();
         let mut deadline = Deadline::default();
-        let mut batch: Vec<Arc<Delivery>> = Vec::with_capacity(conn::WRITE_BATCH);
+        let mut batch = Batch::default();
         loop {
             // Before CONNECT the deadline is the connect timeout (key 0: no
             // unexpired token has exp 0); after it, the token's expiry, if any.
@@ -186,11 +186,11 @@ impl Conn {
                         return end;
                     }
                 }
-                n = inbox.recv_many(&mut batch, conn::WRITE_BATCH) => {
+                n = batch.recv(inbox) => {
                     if n == 0 {
                         return End::Gone;
                     }
-                    if let Err(end) = self.deliver(&mut batch).await {
+                    if let Err(end) = self.deliver(batch.drain()).await {
                         return end;
                     }
                 }
@@ -199,8 +199,8 @@ impl Conn {
     }
 
     /// Writes queued deliveries: the topics still held, each event once.
-    async fn deliver(&mut self, batch: &mut Vec<Arc<Delivery>>) -> Result<(), End> {
-        for d in batch.drain(..) {
+    async fn deliver(&mut self, batch: impl Iterator<Item = Arc<Delivery>>) -> Result<(), End> {
+        for d in batch {
             let held = self.subs.contains_key(&*d.topic) || self.rooms.contains_key(&*d.topic);
             if !held {
                 continue;
@@ -210,7 +210,6 @@ impl Conn {
                 Payload::Broadcast { sender: Some(from), .. } if *from == self.member.conn_id() => continue,
                 _ => {}
             }
-            d.record_latency();
             for p in delivery_packets(&d).iter() {
                 self.emit(p.clone()).await?;
             }
