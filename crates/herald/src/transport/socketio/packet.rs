@@ -47,6 +47,10 @@ pub fn decode(text: &str) -> Result<ClientPacket, PacketError> {
     let Some(&kind) = bytes.first() else {
         return Err(PacketError::new("invalid_packet", "empty packet", None));
     };
+    if !kind.is_ascii_digit() {
+        let first = text.chars().next().map(|c| c.escape_default().to_string()).unwrap_or_default();
+        return Err(PacketError::new("invalid_packet", format!("unknown packet type \"{first}\""), None));
+    }
     let mut rest = &text[1..];
     // Binary events carry their data as separate Engine.IO messages, counted
     // before a `-`; read past the count so the refusal can answer the ack.
@@ -181,6 +185,8 @@ mod tests {
         let code = |t: &str| decode(t).unwrap_err().code;
         assert_eq!(code(""), "invalid_packet");
         assert_eq!(code("9"), "invalid_packet");
+        // Found by fuzzing: a first character of several bytes.
+        assert_eq!(code("é2[\"a\"]"), "invalid_packet");
         assert_eq!(code("2"), "invalid_packet");
         assert_eq!(code("2[]"), "invalid_packet");
         assert_eq!(code("2[1]"), "invalid_packet");
