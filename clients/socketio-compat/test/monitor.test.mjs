@@ -196,3 +196,26 @@ test('rooms: join with presence, broadcast to the others, nothing across tenants
     for (const s of [a, b, other]) s.disconnect()
   }
 })
+
+for (const transports of [['websocket'], ['polling']]) {
+  test(`over ${transports[0]}, an oversized packet ends only its own connection; a flood gets rate_limited`, async () => {
+    const big = monitor(h.url, token('sam', 'staff'), { transports, reconnection: false })
+    const bystander = monitor(h.url, token('sam', 'staff'), { transports })
+    const flood = monitor(h.url, token('sam', 'staff'), { transports })
+    try {
+      await Promise.all([connected(big), connected(bystander), connected(flood)])
+      const gone = new Promise((r) => big.once('disconnect', r))
+      big.emit('room:broadcast', 'ops', 'huge', 'x'.repeat(70 * 1024))
+      assert.match(await gone, /^transport (close|error)$/)
+      assert.deepEqual(await emitAck(bystander, 'jobs:subscribe'), { ok: true })
+
+      // 100 packets a second, bursts of 200: the rest are dropped, with one error a second.
+      for (let i = 0; i < 400; i++) flood.emit('jobs:subscribe')
+      const err = await flood.inbox.until((e) => e.name === 'herald:error' && e.data.code === 'rate_limited', 5000, 'rate_limited')
+      assert.match(err.data.message, /messages per second/)
+      assert.ok(flood.connected, 'a short flood is not closed')
+    } finally {
+      for (const s of [big, bystander, flood]) s.disconnect()
+    }
+  })
+}

@@ -102,6 +102,7 @@ pub enum Verdict {
 /// a flood let a few messages through, and those do not end it; a client that
 /// keeps sending faster than the limit stays in the episode, and once it is
 /// older than `close_after` the next dropped message closes the connection.
+#[derive(Debug)]
 pub struct RateLimit {
     /// Refill per second; 0 for no limit.
     per_second: f64,

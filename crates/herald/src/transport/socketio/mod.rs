@@ -52,9 +52,11 @@ impl EngineIoHandler for Handler {
     }
 
     fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<EioSocket>) {
-        if !socket.data.forward(msg) {
-            tracing::debug!("a Socket.IO client flooded its connection; closing it");
-            metrics::counter!("herald_socketio_closes_total", "reason" => "flood").increment(1);
+        if let Err(why) = socket.data.forward(&socket, msg) {
+            tracing::debug!(why = why.name(), "closing a Socket.IO connection that cannot take a packet");
+            if why != session::Refused::Ended {
+                metrics::counter!("herald_socketio_closes_total", "reason" => why.name()).increment(1);
+            }
             socket.close(DisconnectReason::PacketParsingError);
         }
     }

@@ -32,32 +32,76 @@ const FLOOD_TOLERANCE: Duration = Duration::from_secs(10);
 const EMIT_WAIT: Duration = Duration::from_secs(10);
 /// Time a client has to close after a server DISCONNECT before it is closed.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
-/// Packets a connection may have waiting for its task before it counts as a
-/// flood: the burst its rate limit allows (twice the rate), within bounds.
-/// (Engine.IO reads on its own task and cannot wait for this one.)
+/// Packets a connection may have waiting for its task: twice the burst its
+/// rate limit allows, within bounds. The limit is applied as packets arrive
+/// (Engine.IO reads on its own task and cannot wait for this one), so a full
+/// queue means the task has stalled behind a client that stays in its rate.
 fn inbound_queue(messages_per_second: u32) -> usize {
     const MAX: usize = 16 * 1024;
     match messages_per_second {
         0 => MAX,
-        n => (n as usize).saturating_mul(2).clamp(64, MAX),
+        n => (n as usize).saturating_mul(4).clamp(64, MAX),
     }
 }
 
 /// What Herald keeps on each Engine.IO socket: the way to its task.
 #[derive(Debug, Default)]
 pub struct SocketData {
-    inbound: OnceLock<mpsc::Sender<Str>>,
+    inbound: OnceLock<Inbound>,
+}
+
+#[derive(Debug)]
+struct Inbound {
+    tx: mpsc::Sender<Str>,
+    rate: parking_lot::Mutex<RateLimit>,
+    per_second: u32,
 }
 
 pub type EioSocket = Socket<SocketData>;
 
+/// Why a socket cannot take a client's packet and is to be closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Over the rate limit for longer than the flood tolerance.
+    RateLimited,
+    /// The connection's task fell too far behind the client.
+    Backlog,
+    /// The connection's task has ended (it closes the socket as it ends;
+    /// this covers the moment between).
+    Ended,
+}
+
+impl Refused {
+    pub fn name(self) -> &'static str {
+        match self {
+            Refused::RateLimited => "rate_limited",
+            Refused::Backlog => "backlog",
+            Refused::Ended => "ended",
+        }
+    }
+}
+
 impl SocketData {
-    /// Hands a packet to the connection's task. A client whose packets fill
-    /// the queue (see `inbound_queue`) is flooding: false, and it is closed.
-    pub fn forward(&self, msg: Str) -> bool {
-        match self.inbound.get() {
-            Some(tx) => !matches!(tx.try_send(msg), Err(TrySendError::Full(_))),
-            None => true,
+    /// Takes a client's packet as it arrives: within the rate limit it goes
+    /// to the connection's task; over it, it is dropped (with a
+    /// `herald:error` at most once a second); an error closes the socket.
+    pub fn forward(&self, socket: &EioSocket, msg: Str) -> Result<(), Refused> {
+        let Some(inbound) = self.inbound.get() else { return Ok(()) };
+        let verdict = inbound.rate.lock().check();
+        match verdict {
+            Verdict::Allow => match inbound.tx.try_send(msg) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => Err(Refused::Backlog),
+                Err(TrySendError::Closed(_)) => Err(Refused::Ended),
+            },
+            Verdict::Drop => Ok(()),
+            Verdict::Warn => {
+                let why = format!("over {} messages per second; messages are being dropped", inbound.per_second);
+                let body = json!({ "code": "rate_limited", "message": why });
+                let _ = socket.emit(packet::event("herald:error", &body.to_string()));
+                Ok(())
+            }
+            Verdict::Close => Err(Refused::RateLimited),
         }
     }
 }
@@ -94,19 +138,33 @@ struct Conn {
     rooms: BTreeMap<String, Option<Value>>,
     /// Positions are global and deliveries arrive in order: one cursor for all topics.
     cursor: Cursor,
-    rate: RateLimit,
 }
 
 /// Starts the task of a new Engine.IO socket.
 pub fn start(s: AppState, socket: Arc<EioSocket>) {
-    let (tx, rx) = mpsc::channel(inbound_queue(s.limits.messages_per_second));
-    if socket.data.inbound.set(tx).is_err() {
+    let per_second = s.limits.messages_per_second;
+    let (tx, rx) = mpsc::channel(inbound_queue(per_second));
+    let rate = parking_lot::Mutex::new(RateLimit::new(per_second, Some(FLOOD_TOLERANCE)));
+    if socket.data.inbound.set(Inbound { tx, rate, per_second }).is_err() {
         return;
     }
     tokio::spawn(run(s, socket, rx));
 }
 
+/// Closes the Engine.IO socket when the connection's task ends, whichever
+/// way it ends (a panic included): no socket outlives its task.
+struct CloseOnDrop(Arc<EioSocket>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if !self.0.is_closed() {
+            self.0.close(DisconnectReason::TransportError);
+        }
+    }
+}
+
 async fn run(s: AppState, socket: Arc<EioSocket>, mut inbound: mpsc::Receiver<Str>) {
+    let _close = CloseOnDrop(Arc::clone(&socket));
     let (member, mut inbox) = Membership::new(&s, s.limits.outbox_capacity);
     let mut c = Conn {
         s: s.clone(),
@@ -118,7 +176,6 @@ async fn run(s: AppState, socket: Arc<EioSocket>, mut inbound: mpsc::Receiver<St
         subs: BTreeMap::new(),
         rooms: BTreeMap::new(),
         cursor: Cursor::default(),
-        rate: RateLimit::new(s.limits.messages_per_second, Some(FLOOD_TOLERANCE)),
     };
     let end = c.drive(&mut inbound, &mut inbox).await;
     // Give back hub topics and presence at once (the drop would, too).
@@ -264,20 +321,6 @@ impl Conn {
     }
 
     async fn on_message(&mut self, msg: Str) -> Result<(), End> {
-        match self.rate.check() {
-            Verdict::Allow => {}
-            Verdict::Drop => return Ok(()),
-            Verdict::Close => return Err(End::Transport(CloseReason::RateLimited)),
-            Verdict::Warn => {
-                let limit = self.s.limits.messages_per_second;
-                return self
-                    .error_event(
-                        "rate_limited",
-                        &format!("over {limit} messages per second; messages are being dropped"),
-                    )
-                    .await;
-            }
-        }
         let packet = match packet::decode(msg.as_str()) {
             Ok(p) => p,
             Err(e) => {
