@@ -41,6 +41,17 @@ impl Deadline {
         }
     }
 
+    /// The deadline of a connection: before it authenticates, `authenticate_by`;
+    /// after, its token's expiry, if any. (Key 0 stands for the first: no
+    /// unexpired token has `exp` 0.)
+    pub fn set_for(&mut self, principal: Option<&Principal>, authenticate_by: tokio::time::Instant) {
+        let key = match principal {
+            None => Some(0),
+            Some(p) => p.exp,
+        };
+        self.set(key, |exp| if exp == 0 { authenticate_by } else { expiry_instant(exp) });
+    }
+
     pub fn is_armed(&self) -> bool {
         self.sleep.is_some()
     }

@@ -11,8 +11,8 @@ use crate::hub::{Delivery, Inbox, Payload, TopicKey};
 use crate::model::{Position, Role, Topic};
 use crate::session::rooms::{self, Broadcast};
 use crate::session::{
-    authorize, authorize_existing, expiry_instant, head, token, CloseReason, Cursor, Deadline, Membership, Replay,
-    ReplayPage, SessionError,
+    authorize, authorize_existing, head, token, CloseReason, Cursor, Deadline, Membership, Replay, ReplayPage,
+    SessionError,
 };
 use crate::transport::conn::{self, Batch, RateLimit, Verdict};
 use engineioxide::{DisconnectReason, Socket, Str};
@@ -218,13 +218,7 @@ impl Conn {
         let mut deadline = Deadline::default();
         let mut batch = Batch::default();
         loop {
-            // Before CONNECT the deadline is the connect timeout (key 0: no
-            // unexpired token has exp 0); after it, the token's expiry, if any.
-            let key = match &self.principal {
-                None => Some(0),
-                Some(p) => p.exp,
-            };
-            deadline.set(key, |exp| if exp == 0 { connect_deadline } else { expiry_instant(exp) });
+            deadline.set_for(self.principal.as_ref(), connect_deadline);
             tokio::select! {
                 biased;
                 reason = conn::interrupted(&mut shutdown, &overflow) => return End::Transport(reason),

@@ -10,8 +10,7 @@ use crate::model::topic::{inbox_topic, TENANT_TOPIC};
 use crate::model::{Position, Topic};
 use crate::session::rooms::{self, Broadcast};
 use crate::session::{
-    authorize, expiry_instant, head, snapshot, token, CloseReason, Cursor, Deadline, Membership, Replay, ReplayPage,
-    SessionError,
+    authorize, head, snapshot, token, CloseReason, Cursor, Deadline, Membership, Replay, ReplayPage, SessionError,
 };
 use crate::transport::conn::{self, Batch, Frame, Heartbeat, RateLimit, Read, Verdict, Written, WsSink, WsStream};
 use crate::transport::http::extract::MAX_JSON_DEPTH;
@@ -106,13 +105,7 @@ impl Session {
         let overflow = inbox.overflow_signal();
         let mut deadline = Deadline::default();
         loop {
-            // Before authentication the deadline is the auth timeout (key 0: no
-            // unexpired token has exp 0); after it, the token's expiry, if any.
-            let key = match &self.principal {
-                None => Some(0),
-                Some(p) => p.exp,
-            };
-            deadline.set(key, |exp| if exp == 0 { auth_deadline } else { expiry_instant(exp) });
+            deadline.set_for(self.principal.as_ref(), auth_deadline);
             tokio::select! {
                 biased;
                 reason = conn::interrupted(&mut shutdown, &overflow) => return Some((reason, reason.advice().into())),
