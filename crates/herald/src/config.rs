@@ -84,6 +84,12 @@ pub struct ServeArgs {
     /// text or json [default: text].
     #[arg(long, env = "HERALD_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Run as one node of a cluster: the broker that carries room broadcasts,
+    /// presence and node heartbeats between nodes, `redis://host:6379` or
+    /// `nats://host:4222` (needs --db postgres://...; the nodes of one cluster
+    /// share its database).
+    #[arg(long, env = "HERALD_CLUSTER")]
+    pub cluster: Option<String>,
     /// Start a demo tenant with simulated workers.
     #[arg(long, env = "HERALD_DEMO")]
     pub demo: bool,
@@ -123,6 +129,7 @@ struct FileConfig {
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
     log_format: Option<LogFormat>,
+    cluster: Option<String>,
     demo: Option<bool>,
     /// The tenant of captured rows whose table names no tenant column.
     default_tenant: Option<String>,
@@ -212,6 +219,8 @@ pub struct Config {
     /// An HTTP connection with no byte moving either way for this long is closed.
     pub idle_timeout: Duration,
     pub log_format: LogFormat,
+    /// The cluster's broker, if this node is one of several.
+    pub cluster: Option<crate::broker::BrokerUrl>,
     pub demo: bool,
     pub limits: Limits,
     /// Application tables to stream (PostgreSQL only), with tenants resolved.
@@ -320,6 +329,12 @@ impl Config {
             header_timeout: dur(args.header_timeout, &file.header_timeout, "header_timeout", DEFAULT_HEADER_TIMEOUT)?,
             idle_timeout: dur(args.idle_timeout, &file.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
             log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            cluster: match args.cluster.or(file.cluster).filter(|c| !c.is_empty()) {
+                Some(url) => Some(crate::broker::BrokerUrl::parse(&url).map_err(|e| {
+                    ConfigError::Invalid(format!("--cluster (HERALD_CLUSTER, cluster in the config file): {e}"))
+                })?),
+                None => None,
+            },
             demo: args.demo || file.demo.unwrap_or(false),
             limits,
             capture: file
@@ -356,6 +371,11 @@ impl Config {
             if matches!(self.db, Database::Sqlite(_)) {
                 return Err(ConfigError::Invalid(format!("{what}: capturing tables needs --db postgres://...")));
             }
+        }
+        if self.cluster.is_some() && matches!(self.db, Database::Sqlite(_)) {
+            return Err(ConfigError::Invalid(
+                "--cluster needs --db postgres://...: the nodes of a cluster share the database and its log".into(),
+            ));
         }
         let l = &self.limits;
         let invalid = |name: &str, why: String| {
@@ -530,6 +550,19 @@ mod tests {
         refused(ServeArgs { max_subscriptions: Some(0), ..Default::default() }, "--max-subscriptions");
         refused(ServeArgs { body_limit: Some(0), ..Default::default() }, "--body-limit");
         refused(ServeArgs { ws_max_message: Some(0), ..Default::default() }, "--ws-max-message");
+        // A cluster shares its database: not a SQLite file.
+        refused(
+            ServeArgs { cluster: Some("redis://127.0.0.1:6379".into()), ..Default::default() },
+            "--cluster needs --db postgres",
+        );
+        let pg = Some("postgres://herald@127.0.0.1/herald".to_string());
+        refused(
+            ServeArgs { db: pg.clone(), cluster: Some("kafka://x:9092".into()), ..Default::default() },
+            "--cluster",
+        );
+        let ok =
+            Config::resolve(ServeArgs { db: pg, cluster: Some("nats://127.0.0.1:4222".into()), ..Default::default() });
+        assert!(ok.is_ok(), "{ok:?}");
         refused(
             ServeArgs {
                 heartbeat_interval: Some(Duration::from_secs(30)),

@@ -56,6 +56,7 @@ pub fn build(config: &Config, shutdown: tokio::sync::watch::Receiver<bool>) -> R
     // The recorder first, so the hub can register its series at zero.
     let metrics = metrics_handle();
     let hub = Hub::new(config.max_connections_per_tenant);
+    let mut channel = None;
     let (store, catalog): (DynStore, _) = match &config.db {
         Database::Sqlite(path) => {
             let (store, feed) = SqliteStore::open(path, config.durability)?;
@@ -64,7 +65,9 @@ pub fn build(config: &Config, shutdown: tokio::sync::watch::Receiver<bool>) -> R
             (Arc::new(store), Arc::default())
         }
         Database::Postgres(url) => {
-            let (store, tail, catalog) = PgStore::open(&PgUrl::parse(url)?, &config.capture)?;
+            let url = PgUrl::parse(url)?;
+            channel = Some(url.cluster_channel());
+            let (store, tail, catalog) = PgStore::open(&url, &config.capture)?;
             crate::feed::spawn(tail, Arc::clone(&hub));
             (Arc::new(store), catalog)
         }
@@ -76,10 +79,15 @@ pub fn build(config: &Config, shutdown: tokio::sync::watch::Receiver<bool>) -> R
         role_claim: config.role_claim.clone(),
         leeway_secs: 0,
     })?;
+    let broker: Arc<dyn crate::broker::Broker> = match (&config.cluster, channel) {
+        (Some(url), Some(channel)) => crate::broker::cluster::ClusterBroker::start(Arc::clone(&hub), url, &channel)
+            .map_err(|e| crate::config::ConfigError::Invalid(format!("--cluster: {e}")))?,
+        _ => crate::broker::LocalBroker::new(Arc::clone(&hub)),
+    };
     Ok(AppState {
         auth: Authenticator::new(jwt, Arc::clone(&store)),
         store,
-        broker: crate::broker::LocalBroker::new(Arc::clone(&hub)),
+        broker,
         hub,
         limits: Arc::new(config.limits.clone()),
         metrics,
@@ -123,6 +131,7 @@ pub async fn run(
     tracing::info!(
         addr = %listener.local_addr()?,
         db = %config.db,
+        cluster = ?config.cluster,
         max_connections = limits.max_connections,
         "herald listening"
     );
@@ -138,6 +147,11 @@ pub async fn run(
     }
     if let Some(d) = demo {
         d.abort();
+    }
+    // Tell the other nodes at once, rather than after the heartbeat timeout.
+    state.broker.leave();
+    if config.cluster.is_some() {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     state.store.close().await;
     tracing::info!("stopped");

@@ -82,7 +82,7 @@ pub fn drop_pg_database(db: &str) {
         .output();
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

@@ -38,7 +38,7 @@ struct Shard {
 }
 
 /// Live connection and subscription counts of one tenant.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct TenantCounts {
     pub connections: u64,
     pub subscriptions: u64,
@@ -61,6 +61,8 @@ pub struct Hub {
     max_connections_per_tenant: u64,
     /// Which columns of which captured tables have equality subscribers.
     indexes: index::Indexes,
+    /// In a cluster: the counts each other node last reported, per tenant.
+    remote_counts: Mutex<HashMap<String, HashMap<String, TenantCounts>>>,
 }
 
 impl Hub {
@@ -74,6 +76,7 @@ impl Hub {
             presence: presence::Presence::default(),
             max_connections_per_tenant,
             indexes: index::Indexes::default(),
+            remote_counts: Mutex::default(),
         })
     }
 
@@ -82,11 +85,14 @@ impl Hub {
     }
 
     /// Counts a new connection of `tenant`, or refuses it at the tenant's limit.
+    /// In a cluster the limit counts every node (as their last reports say).
     pub fn connect(self: &Arc<Self>, tenant: &str) -> Result<ConnectionGuard, TooManyConnections> {
+        let elsewhere = if self.max_connections_per_tenant > 0 { self.remote_connections(tenant) } else { 0 };
         let mut tenants = self.tenants.lock();
         let counts = tenants.entry(Arc::from(tenant)).or_default();
-        if self.max_connections_per_tenant > 0 && counts.connections >= self.max_connections_per_tenant {
-            return Err(TooManyConnections(counts.connections));
+        let total = counts.connections + elsewhere;
+        if self.max_connections_per_tenant > 0 && total >= self.max_connections_per_tenant {
+            return Err(TooManyConnections(total));
         }
         counts.connections += 1;
         drop(tenants);
@@ -180,6 +186,32 @@ impl Hub {
         let n = self.deliver(Delivery::new(Arc::from(tenant), Arc::from(topic), payload));
         metrics::counter!("herald_deliveries_total").increment(n as u64);
         n
+    }
+
+    /// Records what another node reports it holds (cluster heartbeats).
+    pub fn set_node_counts(&self, node: &str, counts: HashMap<String, TenantCounts>) {
+        self.remote_counts.lock().insert(node.to_string(), counts);
+    }
+
+    /// Forgets a node that stopped or went silent.
+    pub fn drop_node_counts(&self, node: &str) {
+        self.remote_counts.lock().remove(node);
+    }
+
+    fn remote_connections(&self, tenant: &str) -> u64 {
+        self.remote_counts.lock().values().filter_map(|c| c.get(tenant)).map(|c| c.connections).sum()
+    }
+
+    /// A tenant's counts over the whole cluster (this node's plus the others'
+    /// last reports), and how many nodes that is.
+    pub fn cluster_counts(&self, tenant: &str) -> (TenantCounts, usize) {
+        let mut total = self.tenants.lock().get(tenant).copied().unwrap_or_default();
+        let remote = self.remote_counts.lock();
+        for c in remote.values().filter_map(|c| c.get(tenant)) {
+            total.connections += c.connections;
+            total.subscriptions += c.subscriptions;
+        }
+        (total, remote.len() + 1)
     }
 
     /// Connection and subscription counts per tenant, and the number of live topics.

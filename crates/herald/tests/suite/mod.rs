@@ -1,5 +1,6 @@
 mod bad_input;
 mod capture;
+mod cluster;
 mod core_flow;
 mod dashboard;
 mod durability;

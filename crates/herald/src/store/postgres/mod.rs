@@ -72,6 +72,24 @@ impl PgUrl {
         Ok(PgUrl { config, display })
     }
 
+    /// Where the nodes that share this database meet on the cluster broker
+    /// (a Redis channel, a NATS subject): one name per server and database.
+    pub fn cluster_channel(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let db = self.config.get_dbname().unwrap_or("postgres");
+        let clean: String = format!("{host}_{port}_{db}")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+            .collect();
+        format!("herald.cluster.{clean}")
+    }
+
     /// The replication slot of this database: one per database, shared by the
     /// Herald processes that use it (only the sequencer reads it).
     pub fn slot(&self) -> String {

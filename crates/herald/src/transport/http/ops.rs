@@ -112,8 +112,14 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 
 #[derive(Serialize, ToSchema)]
 pub struct Stats {
-    /// Connections and subscriptions of the caller's tenant.
+    /// Connections and subscriptions of the caller's tenant, on every node of
+    /// the cluster (the other nodes as of their last heartbeat, at most a
+    /// second or two old).
     pub tenant: TenantCounts,
+    /// The same, on this node only.
+    pub node: TenantCounts,
+    /// Nodes counted: 1 without a cluster.
+    pub nodes: usize,
     /// Topics with at least one subscriber, on this node, all tenants.
     pub topics: usize,
 }
@@ -125,7 +131,8 @@ pub async fn stats(State(s): State<AppState>, Auth(p): Auth) -> Result<Json<Stat
         return Err(ApiError::forbidden("stats are for admin, staff and service roles"));
     }
     let (tenants, topics) = s.hub.stats();
-    Ok(Json(Stats { tenant: tenants.get(&*p.tenant).copied().unwrap_or_default(), topics }))
+    let (tenant, nodes) = s.hub.cluster_counts(&p.tenant);
+    Ok(Json(Stats { tenant, node: tenants.get(&*p.tenant).copied().unwrap_or_default(), nodes, topics }))
 }
 
 #[cfg(test)]
