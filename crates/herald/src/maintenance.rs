@@ -1,4 +1,5 @@
-//! Background upkeep: stall detection and log retention.
+//! Background upkeep: stall detection and log retention, run by one process
+//! per database (on PostgreSQL, whichever holds the maintenance lock).
 
 use crate::app::AppState;
 use crate::config::Config;
@@ -16,6 +17,9 @@ pub fn spawn(s: AppState, config: &Config) -> tokio::task::JoinHandle<()> {
         let mut last_prune = tokio::time::Instant::now();
         loop {
             tick.tick().await;
+            if !s.store.leads_maintenance().await {
+                continue;
+            }
             let cmd = Command::DetectStalls { timeout_ms: stall.as_millis() as i64 };
             match s.write("", cmd, None).await {
                 Ok(r) => {

@@ -27,14 +27,19 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// The Prometheus recorder is process-wide; install it once.
-pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+/// The Prometheus recorder is process-wide; install it once. A cluster node
+/// labels every series with `node` (its id), so nodes can be told apart.
+pub fn metrics_handle(node: Option<&str>) -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
             let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+            if let Some(node) = node {
+                builder = builder.add_global_label("node", node);
+            }
+            let recorder = builder
                 .set_buckets(&buckets)
                 .and_then(|b| {
                     b.set_buckets_for_metric(
@@ -53,8 +58,10 @@ pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle>
 
 /// Opens the store and builds the shared state.
 pub fn build(config: &Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<AppState, ServerError> {
+    // A cluster node's id labels its metrics and its messages.
+    let node = config.cluster.as_ref().map(|_| crate::broker::cluster::new_node_id());
     // The recorder first, so the hub can register its series at zero.
-    let metrics = metrics_handle();
+    let metrics = metrics_handle(node.as_deref());
     let hub = Hub::new(config.max_connections_per_tenant);
     let mut channel = None;
     let (store, catalog): (DynStore, _) = match &config.db {
@@ -79,9 +86,11 @@ pub fn build(config: &Config, shutdown: tokio::sync::watch::Receiver<bool>) -> R
         role_claim: config.role_claim.clone(),
         leeway_secs: 0,
     })?;
-    let broker: Arc<dyn crate::broker::Broker> = match (&config.cluster, channel) {
-        (Some(url), Some(channel)) => crate::broker::cluster::ClusterBroker::start(Arc::clone(&hub), url, &channel)
-            .map_err(|e| crate::config::ConfigError::Invalid(format!("--cluster: {e}")))?,
+    let broker: Arc<dyn crate::broker::Broker> = match (&config.cluster, channel, node) {
+        (Some(url), Some(channel), Some(node)) => {
+            crate::broker::cluster::ClusterBroker::start(Arc::clone(&hub), node, url, &channel)
+                .map_err(|e| crate::config::ConfigError::Invalid(format!("--cluster: {e}")))?
+        }
         _ => crate::broker::LocalBroker::new(Arc::clone(&hub)),
     };
     Ok(AppState {

@@ -70,11 +70,17 @@ pub struct ClusterBroker {
     out: mpsc::Sender<Bytes>,
 }
 
+/// A new node's id: every process is a new node, so a node that restarts
+/// never revives what the cluster knew of its previous life.
+pub fn new_node_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
 impl ClusterBroker {
-    /// Joins the cluster that meets on `channel` of the broker at `url`.
-    pub fn start(hub: Arc<Hub>, url: &BrokerUrl, channel: &str) -> Result<Arc<ClusterBroker>, String> {
+    /// Joins, as `node`, the cluster that meets on `channel` of the broker at `url`.
+    pub fn start(hub: Arc<Hub>, node: String, url: &BrokerUrl, channel: &str) -> Result<Arc<ClusterBroker>, String> {
         let (out, incoming) = bus::start(url, channel)?;
-        let node: Arc<str> = Arc::from(&uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let node: Arc<str> = Arc::from(node);
         tracing::info!(node = %node, broker = %url, channel, "joining the cluster");
         let broker = Arc::new(ClusterBroker { hub, node, out });
         let seen = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));

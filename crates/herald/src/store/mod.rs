@@ -144,6 +144,13 @@ pub trait Writer: Send + Sync + 'static {
     async fn submit(&self, work: Box<dyn Work>) -> Result<(), StoreError>;
     /// Flushes pending writes and stops the writer.
     async fn close(&self);
+    /// Whether this process runs the duties that must run once per database
+    /// (stall detection, retention): always for a store only it uses; on
+    /// PostgreSQL, the one process holding a lock, which moves to another
+    /// when its holder dies.
+    async fn leads_maintenance(&self) -> bool {
+        true
+    }
 }
 
 /// Reads of rows.

@@ -277,3 +277,58 @@ async fn a_broker_outage_mid_burst_loses_no_event_and_presence_converges_after()
     assert_eq!(keys(&d["joins"]), ["ann"], "{d}");
     redis.stop();
 }
+
+/// Whether a node says (in /metrics) it runs stall detection and retention.
+async fn leads_maintenance(s: &Server) -> bool {
+    let text = reqwest::get(s.url("/metrics")).await.unwrap().text().await.unwrap();
+    text.lines().any(|l| l.starts_with("herald_maintenance_leader") && l.trim_end().ends_with(" 1"))
+}
+
+/// Counts `job.stalled` events of a job in the log.
+async fn stalls(s: &Server, job: &str) -> usize {
+    let staff = token("sam", "acme", "staff");
+    let (st, v) = s.get(&staff, &format!("/v1/events?topic=job:{job}&since=0")).await;
+    assert_eq!(st, 200, "{v}");
+    v["events"].as_array().unwrap().iter().filter(|e| e["type"] == "job.stalled").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_detection_runs_on_exactly_one_node_and_moves_when_it_dies() {
+    if !on_postgres() {
+        return;
+    }
+    let args = ["--stall-timeout", "1s"];
+    let a = Server::start_pg_app("cluster_stall_a", "", "", &args).await;
+    let b = Server::start_sharing(&a, "cluster_stall_b", &args).await;
+    let mut nodes = [a, b];
+    let worker = token("w", "acme", "worker");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        let (la, lb) = (leads_maintenance(&nodes[0]).await, leads_maintenance(&nodes[1]).await);
+        assert!(!(la && lb), "two nodes lead maintenance");
+        if la || lb {
+            break usize::from(lb);
+        }
+        assert!(Instant::now() < deadline, "no node took up maintenance");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let first = create_job(&nodes[0], &worker, json!({"status": "running"})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stalls(&nodes[0], &first).await == 0 {
+        assert!(Instant::now() < deadline, "the silent job never stalled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stalls(&nodes[0], &first).await, 1, "stalled once, by one node");
+
+    // The leader dies; the other node takes the duty over.
+    nodes[leader].kill9();
+    let other = &nodes[1 - leader];
+    let second = create_job(other, &worker, json!({"status": "running"})).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stalls(other, &second).await == 0 {
+        assert!(Instant::now() < deadline, "no node detected stalls after the leader died");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(leads_maintenance(other).await);
+}

@@ -42,6 +42,9 @@ const WRITERS: usize = 4;
 pub struct PgStore {
     writer: WriterHandle,
     pool: Pool,
+    /// How to reach the database for the maintenance lock, and the session holding it.
+    pg: tokio_postgres::Config,
+    maintenance: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
 }
 
 /// A PostgreSQL URL, parsed, with the form of it that is safe to print.
@@ -140,7 +143,8 @@ impl PgStore {
             Arc::clone(&appended),
         );
         let tail = tail::LogTail::start(pool.clone(), url.config.clone(), appended);
-        Ok((PgStore { writer, pool }, tail, catalog))
+        let maintenance = Arc::new(tokio::sync::Mutex::new(None));
+        Ok((PgStore { writer, pool, pg: url.config.clone(), maintenance }, tail, catalog))
     }
 }
 
@@ -152,6 +156,28 @@ impl Writer for PgStore {
 
     async fn close(&self) {
         self.writer.close().await
+    }
+
+    async fn leads_maintenance(&self) -> bool {
+        // A session lock goes with its connection: a dead holder frees it.
+        let mut held = self.maintenance.lock().await;
+        if held.as_ref().is_some_and(|c| !c.is_closed()) {
+            return true;
+        }
+        *held = None;
+        let Ok(client) = sequencer::connect(&self.pg).await else { return false };
+        match client.query_one("SELECT pg_try_advisory_lock($1)", &[&schema::MAINTENANCE_LOCK]).await {
+            Ok(row) if row.get::<_, bool>(0) => {
+                tracing::info!("this process runs stall detection and retention");
+                metrics::gauge!("herald_maintenance_leader").set(1.0);
+                *held = Some(client);
+                true
+            }
+            _ => {
+                metrics::gauge!("herald_maintenance_leader").set(0.0);
+                false
+            }
+        }
     }
 }
 

@@ -13,6 +13,8 @@ use crate::store::StoreError;
 /// Advisory lock keys (an arbitrary constant namespace: "herald" in ASCII).
 pub const MIGRATION_LOCK: i64 = 0x6865_7261_6c64_0001;
 pub const SEQUENCER_LOCK: i64 = 0x6865_7261_6c64_0002;
+/// Held by the one process that runs stall detection and retention.
+pub const MAINTENANCE_LOCK: i64 = 0x6865_7261_6c64_0003;
 
 /// The publication every captured table is part of.
 pub const PUBLICATION: &str = "herald_changes";
