@@ -26,7 +26,12 @@ export class HeraldClient extends Emitter {
     if (!options.token && !options.getToken) {
       throw new HeraldError('invalid_option', 'createClient: give `token` or `getToken`');
     }
-    this.url = baseUrl(options.url);
+    // One server, or the nodes of a cluster: a connection that fails or drops
+    // tries the next one (positions are the cluster's, so resume works anywhere).
+    const urls = Array.isArray(options.url) ? options.url : [options.url];
+    if (urls.length === 0) throw new HeraldError('invalid_option', 'createClient: `url` is an empty list');
+    this.urls = urls.map((u) => baseUrl(u));
+    this._urlIndex = 0;
     this.options = {
       transports: options.transports || TRANSPORTS,
       heartbeatMs: options.heartbeatMs,
@@ -58,6 +63,16 @@ export class HeraldClient extends Emitter {
       window.addEventListener('online', this._onOnline);
       window.addEventListener('offline', this._onOffline);
     }
+  }
+
+  /** The server (node) in use now. */
+  get url() {
+    return this.urls[this._urlIndex];
+  }
+
+  /** Moves on to the next node of the list, if there is more than one. */
+  _nextUrl() {
+    if (this.urls.length > 1) this._urlIndex = (this._urlIndex + 1) % this.urls.length;
   }
 
   /** `connecting | connected | reconnecting | offline | error` */

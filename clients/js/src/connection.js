@@ -154,6 +154,8 @@ export class Connection {
         }
         refusals = 0;
       }
+      // The connection failed or dropped: with several nodes, try the next one.
+      c._nextUrl();
       const delay = outcome.immediate ? 0 : backoffDelay(this._attempt++, c.options.backoff.initialMs, c.options.backoff.maxMs);
       c._setStatus(this._offline() ? 'offline' : this._wasConnected ? 'reconnecting' : 'connecting', err);
       await this._wait(outcome.retryAfterMs ?? delay);

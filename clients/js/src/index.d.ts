@@ -104,8 +104,12 @@ export class HeraldError extends Error {
 }
 
 export interface ClientOptions {
-  /** Server base URL, e.g. `https://herald.example.com`. Defaults to the page's origin in a browser. */
-  url?: string;
+  /**
+   * Server base URL, e.g. `https://herald.example.com` (defaults to the page's
+   * origin in a browser), or the nodes of a cluster: a connection that fails
+   * or drops moves on to the next, and subscriptions resume there.
+   */
+  url?: string | string[];
   /** A JWT or worker API key. */
   token?: string;
   /** Called for the first token and again before it expires (refreshed in place) or after an auth failure. */
@@ -160,7 +164,10 @@ type Unsubscribe = () => void;
 
 export class HeraldClient {
   constructor(options: ClientOptions);
+  /** The server (node) in use now. */
   readonly url: string;
+  /** Every node the client may use, in order. */
+  readonly urls: string[];
   readonly status: Status;
   readonly transport: TransportKind | null;
   /** Who the token says we are (from the token's claims, then the server's `welcome`). */

@@ -362,3 +362,25 @@ test('ProgressReporter: the worker flow, retried requests never count twice, bur
   // A bad request is not retried: it fails at once with the server's code.
   await assert.rejects(rep.jobStarted(id), (e) => e.code === 'illegal_transition');
 });
+
+test('with a list of nodes, a client whose node goes away moves on to the next and resumes there', async () => {
+  const s = await server('nodes');
+  const id = `n-${uid()}`;
+  await makeJob(s, id);
+  // Node 1 is a proxy that will vanish; node 2 reaches the same log.
+  const node1 = await startProxy(s.url);
+  const c = client({ url: [node1.url, s.url], token: staff });
+  assert.deepEqual(c.urls, [node1.url, s.url]);
+  const r = record(c, `job:${id}`, { since: 0 });
+  await waitFor(() => c.status === 'connected' && r.seen.length === 1, 'connected through node 1');
+  assert.equal(c.url, node1.url);
+  for (let i = 1; i <= 10; i++) await progress(s, id, i);
+  await waitFor(() => r.seen.length === 11, 'live events through node 1');
+
+  await node1.close();
+  for (let i = 11; i <= 20; i++) await progress(s, id, i);
+  await waitFor(() => c.status === 'connected' && c.url === s.url, 'connected to node 2');
+  await waitFor(() => r.seen.length >= 21, 'the missed events, resumed on node 2');
+  await sleep(300);
+  assertExactlyTheLog(r.seen, await s.log_events(staff, `job:${id}`), 'across nodes');
+});

@@ -30,6 +30,10 @@ pub struct Common {
     /// Base URL of the server under test.
     #[arg(long, global = true, default_value = "http://127.0.0.1:4000")]
     pub url: String,
+    /// Nodes of a cluster the subscribers connect to, round-robin
+    /// (comma-separated base URLs); publishers and setup use --url.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub subscribe_urls: Vec<String>,
     /// Which server speaks at --url.
     #[arg(long, global = true, value_enum, default_value = "herald")]
     pub target: target::Kind,
@@ -55,6 +59,16 @@ pub struct Common {
     /// A label stored with the result (e.g. a commit or a change being measured).
     #[arg(long, global = true, default_value = "")]
     pub label: String,
+}
+
+impl Common {
+    /// The server subscriber `i` connects to.
+    pub fn subscriber_url(&self, i: usize) -> &str {
+        match self.subscribe_urls.len() {
+            0 => &self.url,
+            n => &self.subscribe_urls[i % n],
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

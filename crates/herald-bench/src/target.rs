@@ -77,7 +77,7 @@ async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
 
 /// Opens connection `i` and subscribes it to `topic`; returns once the server confirmed.
 pub async fn subscribe(c: &Common, i: usize, topic: &str, token: &str) -> anyhow::Result<Ws> {
-    let (addr, base) = conn::server_addr(&c.url)?;
+    let (addr, base) = conn::server_addr(c.subscriber_url(i))?;
     let source = conn::source_for(i, c.sources);
     match c.target {
         Kind::Herald => {
