@@ -508,3 +508,10 @@ pub async fn create_job(s: &Server, worker: &str, body: Value) -> String {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// Keys of a presence map (`{key: {metas: [...]}}`), sorted.
+pub fn presence_keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    k.sort();
+    k
+}

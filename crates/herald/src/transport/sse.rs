@@ -2,7 +2,7 @@
 //! WebSocket, one ordered stream for several topics, resumed by `Last-Event-ID`.
 
 use super::http::error::ApiError;
-use super::http::extract::bearer;
+use super::http::extract::{bearer, parse_query};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::hub::{ConnectionGuard, Delivery, Payload, WireFormat};
@@ -65,7 +65,7 @@ fn delivery_frame(d: &Delivery) -> Bytes {
 
 pub async fn stream(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let (parts, _) = req.into_parts();
-    let q: SseQuery = serde_urlencoded_query(parts.uri.query().unwrap_or(""))?;
+    let q: SseQuery = parse_query(parts.uri.query().unwrap_or(""))?;
     let token = bearer(&parts).or(q.token).ok_or(crate::auth::AuthError::Missing)?;
     let p = s.auth.authenticate(&token).await?;
     let last_event_id = parts
@@ -105,14 +105,6 @@ pub async fn stream(State(s): State<AppState>, req: Request) -> Result<Response,
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
-}
-
-fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(q: &str) -> Result<T, ApiError> {
-    let uri: axum::http::Uri =
-        format!("/?{q}").parse().map_err(|_| ApiError::bad_request("invalid_query", "bad query string"))?;
-    axum::extract::Query::<T>::try_from_uri(&uri)
-        .map(|axum::extract::Query(v)| v)
-        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
 }
 
 /// Feeds one SSE stream until the client goes away, the token expires, the

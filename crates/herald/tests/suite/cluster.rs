@@ -5,7 +5,7 @@
 //! stats count every node, and a broker outage loses no event. Runs in the
 //! PostgreSQL pass of the suite (`HERALD_TEST_STORE=postgres`).
 
-use crate::harness::{create_job, free_port, on_postgres, settle, token, Server, Ws};
+use crate::harness::{create_job, free_port, on_postgres, presence_keys, settle, token, Server, Ws};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,12 +38,6 @@ async fn converged(nodes: &[&Server], want: u64) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn keys(v: &Value) -> Vec<String> {
-    let mut k: Vec<String> = v.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
-    k.sort();
-    k
 }
 
 /// The next presence diff on `ws` (skipping other frames).
@@ -85,11 +79,11 @@ async fn broadcasts_presence_and_events_cross_nodes(broker: &str, name: &str) {
     let r = on_a.request(json!({"op": "presence", "topic": "room:ops", "meta": {"at": "a"}})).await;
     assert_eq!(r["op"], "ack", "{r}");
     let d = presence_diff(&mut on_b, Duration::from_secs(5)).await;
-    assert_eq!(keys(&d["joins"]), ["ann"], "{d}");
+    assert_eq!(presence_keys(&d["joins"]), ["ann"], "{d}");
     let mut late = c.ws(&token("lou", "acme", "staff")).await;
     late.sub("room:ops", None).await;
     let st = late.expect_op("presence_state").await;
-    assert_eq!(keys(&st["state"]), ["ann"], "{st}");
+    assert_eq!(presence_keys(&st["state"]), ["ann"], "{st}");
     assert_eq!(st["state"]["ann"]["metas"][0]["at"], "a");
 
     // Events: a worker writes through A; subscribers on B and C get all, in order.
@@ -148,7 +142,7 @@ async fn a_killed_node_takes_its_presence_with_it_and_limits_and_stats_count_eve
     let r = on_c.request(json!({"op": "presence", "topic": "room:ops", "meta": {"at": "c"}})).await;
     assert_eq!(r["op"], "ack", "{r}");
     let d = presence_diff(&mut watcher, Duration::from_secs(5)).await;
-    assert_eq!(keys(&d["joins"]), ["cid"], "{d}");
+    assert_eq!(presence_keys(&d["joins"]), ["cid"], "{d}");
 
     // Stats count every node: 2 connections of acme, one each on B and C.
     let admin = token("root", "acme", "admin");
@@ -174,12 +168,12 @@ async fn a_killed_node_takes_its_presence_with_it_and_limits_and_stats_count_eve
     let killed = Instant::now();
     c.kill9();
     let d = presence_diff(&mut watcher, Duration::from_secs(9)).await;
-    assert_eq!(keys(&d["leaves"]), ["cid"], "{d}");
+    assert_eq!(presence_keys(&d["leaves"]), ["cid"], "{d}");
     assert!(killed.elapsed() < Duration::from_secs(8), "left after {:?}", killed.elapsed());
     let mut late = b.ws(&token("lou", "acme", "staff")).await;
     late.sub("room:ops", None).await;
     let st = late.expect_op("presence_state").await;
-    assert_eq!(keys(&st["state"]), Vec::<String>::new(), "no ghost: {st}");
+    assert_eq!(presence_keys(&st["state"]), Vec::<String>::new(), "no ghost: {st}");
     converged(&[&a, &b], 2).await;
 }
 
@@ -274,7 +268,7 @@ async fn a_broker_outage_mid_burst_loses_no_event_and_presence_converges_after()
     let r = on_a.request(json!({"op": "presence", "topic": "room:ops", "meta": {"at": "a"}})).await;
     assert_eq!(r["op"], "ack");
     let d = presence_diff(&mut on_b, Duration::from_secs(5)).await;
-    assert_eq!(keys(&d["joins"]), ["ann"], "{d}");
+    assert_eq!(presence_keys(&d["joins"]), ["ann"], "{d}");
     redis.stop();
 }
 

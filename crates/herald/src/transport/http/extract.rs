@@ -188,12 +188,12 @@ impl<T: DeserializeOwned> FromRequestParts<AppState> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
         let q = parts.uri.query().unwrap_or("");
-        let de = serde_urlencoded_de(q);
-        de.map(Query)
+        parse_query(q).map(Query)
     }
 }
 
-fn serde_urlencoded_de<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
+/// A query string into `T`, with errors in the API's shape (`invalid_query`).
+pub fn parse_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
     axum::extract::Query::<T>::try_from_uri(
         &format!("/?{q}").parse().map_err(|_| ApiError::bad_request("invalid_query", "bad query string"))?,
     )

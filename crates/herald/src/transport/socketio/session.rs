@@ -672,6 +672,5 @@ fn query_token(query: &str) -> Option<String> {
     struct Q {
         token: Option<String>,
     }
-    let uri: axum::http::Uri = format!("/?{query}").parse().ok()?;
-    axum::extract::Query::<Q>::try_from_uri(&uri).ok()?.0.token
+    crate::transport::http::extract::parse_query::<Q>(query).ok()?.token
 }
