@@ -219,3 +219,28 @@ for (const transports of [['websocket'], ['polling']]) {
     }
   })
 }
+
+test('task:updated, job:cancelled and job:stalled arrive under their names, with jobId', async () => {
+  const fast = await Herald.start(['--stall-timeout', '1s'])
+  const staff = monitor(fast.url, token('sam', 'staff'))
+  try {
+    await connected(staff)
+    assert.deepEqual(await emitAck(staff, 'jobs:subscribe'), { ok: true })
+    const worker = token('crawler', 'worker')
+    await fast.api('POST', '/v1/jobs', worker, { id: 'quiet', status: 'running' })
+    await fast.api('POST', '/v1/jobs', worker, { id: 'dropped', status: 'running' })
+    assert.deepEqual(await emitAck(staff, 'job:subscribe', 'dropped'), { ok: true })
+    await fast.api('PUT', '/v1/jobs/dropped/tasks/t1', worker, { status: 'running' })
+    await fast.api('PUT', '/v1/jobs/dropped/tasks/t1', worker, { status: 'succeeded' })
+    await fast.api('POST', '/v1/jobs/dropped/progress', worker, { status: 'cancelled' })
+    const task = await staff.inbox.until((e) => e.name === 'task:updated', 8000, 'task:updated')
+    assert.equal(task.data.jobId, 'dropped')
+    const cancelled = await staff.inbox.until((e) => e.name === 'job:cancelled', 8000, 'job:cancelled')
+    assert.equal(cancelled.data.jobId, 'dropped')
+    const stalled = await staff.inbox.until((e) => e.name === 'job:stalled' && e.data.jobId === 'quiet', 10000, 'job:stalled')
+    assert.equal(stalled.data.status, 'stalled')
+  } finally {
+    staff.disconnect()
+    await fast.stop()
+  }
+})
