@@ -55,4 +55,7 @@ if ! node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)'; then
   NODE_FLAGS+=(--experimental-websocket)
 fi
 # One file at a time: each spawns servers and a browser, and the machine may have two cores.
+# test/package.test.mjs packs the package (npm pack, which builds dist/ with esbuild), installs the
+# tarball into a scratch project with `npm install --offline` (React is copied from node_modules here)
+# and uses it from Node (import and require), TypeScript, esbuild and against the server.
 node "${NODE_FLAGS[@]}" --test --test-concurrency=1 --test-timeout=180000 test/*.test.mjs

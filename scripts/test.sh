@@ -4,7 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's wall time is printed as it ends and summed up at the end, so a
+# slow suite shows itself.
+START=$SECONDS
+LAST_STEP="" LAST_START=$SECONDS TIMES=""
+step() {
+  if [ -n "$LAST_STEP" ]; then
+    TIMES+=$(printf '%5ss  %s' "$((SECONDS - LAST_START))" "$LAST_STEP")$'\n'
+  fi
+  LAST_STEP="$*" LAST_START=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
 
 step "toolchain"
 if ! command -v cargo >/dev/null 2>&1; then
@@ -43,3 +53,4 @@ for suite in scripts/test-bench.sh scripts/test-js.sh scripts/test-supabase.sh s
 done
 
 step "all tests passed"
+printf '%s%5ss  total\n' "$TIMES" "$((SECONDS - START))"

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict'
 import { io } from 'socket.io-client'
 import { Inbox } from '../../test-support/herald.mjs'
+export { cuttableProxy } from '../../test-support/herald.mjs'
 
 /** The events a job monitor listens to (seed 004's list plus Herald's own). */
 const JOB_EVENTS = [
@@ -60,47 +61,3 @@ export const SEED_SEQUENCE = [
 ]
 
 
-/**
- * A TCP proxy in front of Herald: `cut()` drops every connection through it
- * and refuses new ones until `restore()` — a network cut.
- */
-export async function cuttableProxy(targetPort) {
-  const { createServer, connect } = await import('node:net')
-  const sockets = new Set()
-  let down = false
-  let target = targetPort
-  const server = createServer((client) => {
-    if (down) return client.destroy()
-    const upstream = connect(target, '127.0.0.1')
-    for (const s of [client, upstream]) {
-      sockets.add(s)
-      s.on('error', () => {})
-      s.on('close', () => {
-        sockets.delete(s)
-        client.destroy()
-        upstream.destroy()
-      })
-    }
-    client.pipe(upstream)
-    upstream.pipe(client)
-  })
-  await new Promise((r) => server.listen(0, '127.0.0.1', r))
-  const cut = () => {
-    down = true
-    for (const s of sockets) s.destroy()
-  }
-  return {
-    url: `http://127.0.0.1:${server.address().port}`,
-    cut,
-    /** Lets connections through again, to `port` if given (another node). */
-    restore(port) {
-      if (port) target = port
-      down = false
-    },
-    close() {
-      const closed = new Promise((r) => server.close(r))
-      cut()
-      return closed
-    },
-  }
-}

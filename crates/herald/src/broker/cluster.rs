@@ -134,6 +134,10 @@ impl ClusterBroker {
 }
 
 impl Broker for ClusterBroker {
+    fn is_clustered(&self) -> bool {
+        true
+    }
+
     fn publish(&self, tenant: &str, topic: &str, payload: Payload) -> usize {
         let msg = match &payload {
             Payload::Broadcast { event, data, from, .. } => Some(Message::Broadcast {

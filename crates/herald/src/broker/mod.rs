@@ -18,6 +18,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// This node is stopping: tell the others, so its presence leaves at once.
     fn leave(&self) {}
+
+    /// Whether other nodes share this node's store (what one node remembers
+    /// for a client must then be kept where the others can read it).
+    fn is_clustered(&self) -> bool {
+        false
+    }
 }
 
 /// The broker of a single process: straight into the hub.

@@ -5,6 +5,8 @@
 //! stats count every node, and a broker outage loses no event. Runs in the
 //! PostgreSQL pass of the suite (`HERALD_TEST_STORE=postgres`).
 
+use super::live::log_positions;
+use super::sse::Sse;
 use crate::harness::{create_job, free_port, on_postgres, presence_keys, settle, token, Server, Ws};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
@@ -335,9 +337,14 @@ async fn subscribers_of_a_killed_node_resume_on_another_with_nothing_lost_or_twi
     let (a, b, mut c) = three_nodes("cluster_loss", NATS, &[]).await;
     let worker = token("w", "acme", "worker");
     let job = create_job(&a, &worker, json!({"title": "burst"})).await;
+    let topic = format!("job:{job}");
+    let start = log_positions(&a, &worker, &topic, 0).await.last().copied().unwrap();
     let staff = token("sam", "acme", "staff");
+    // One subscriber per transport on C: native WebSocket, SSE, long-poll.
     let mut on_c = c.ws(&staff).await;
-    on_c.sub(&format!("job:{job}"), None).await;
+    on_c.sub(&topic, None).await;
+    let mut sse = Sse::open(&c, &format!("topic={topic}&token={staff}"), Some(start)).await;
+    let mut poll = LongPoll { since: start, seen: Vec::new() };
 
     // A burst written through A while C serves the subscriber; C dies in the middle.
     let writer = {
@@ -352,6 +359,7 @@ async fn subscribers_of_a_killed_node_resume_on_another_with_nothing_lost_or_twi
         })
     };
     let mut seen = on_c.events(30, Duration::from_secs(10)).await;
+    poll.poll(&c, &staff, &topic).await.expect("node C answers while it lives");
     c.kill9();
     // Whatever C had sent before it died, then the rest from B, resumed by position.
     while let Some(f) = on_c.next(Duration::from_millis(200)).await {
@@ -367,5 +375,47 @@ async fn subscribers_of_a_killed_node_resume_on_another_with_nothing_lost_or_twi
     let rest = on_b.events(100 - seen.len(), Duration::from_secs(10)).await;
     seen.extend(rest);
     let counts: Vec<u64> = seen.iter().map(|e| e["data"]["succeeded"].as_u64().unwrap_or(0)).collect();
-    assert_eq!(counts, (1..=100).collect::<Vec<u64>>(), "every report once, in order, across the node's death");
+    let every: Vec<u64> = (1..=100).collect();
+    assert_eq!(counts, every, "WebSocket: every report once, in order, across the node's death");
+
+    // SSE: what C sent before it died, then B from the last id seen.
+    let mut streamed = Vec::new();
+    while let Some(m) = sse.next(Duration::from_secs(2)).await {
+        streamed.push(m);
+    }
+    let last_id = streamed.last().and_then(|m| m.id).unwrap_or(start);
+    let mut sse = Sse::open(&b, &format!("topic={topic}&token={staff}"), Some(last_id)).await;
+    while streamed.len() < 100 {
+        streamed.push(sse.next(Duration::from_secs(10)).await.expect("B streams the rest"));
+    }
+    let counts: Vec<u64> = streamed.iter().map(|m| m.data["data"]["succeeded"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(counts, every, "SSE: every report once, in order, across the node's death");
+
+    // Long-poll: C is gone, so the next poll fails and the client polls B from where it was.
+    assert!(poll.poll(&c, &staff, &topic).await.is_none(), "node C is dead");
+    while poll.seen.len() < 100 {
+        poll.poll(&b, &staff, &topic).await.expect("B answers");
+    }
+    assert_eq!(poll.seen, every, "long-poll: every report once, in order, across the node's death");
+}
+
+/// A long-poll client of `GET /v1/events`, moving `since` on with each page.
+struct LongPoll {
+    since: u64,
+    seen: Vec<u64>,
+}
+
+impl LongPoll {
+    /// One poll of `node`; `None` when the node does not answer.
+    async fn poll(&mut self, node: &Server, tok: &str, topic: &str) -> Option<()> {
+        let url = node.url(&format!("/v1/events?topic={topic}&since={}&wait=2", self.since));
+        let resp = node.http.get(url).bearer_auth(tok).timeout(Duration::from_secs(5)).send().await.ok()?;
+        assert_eq!(resp.status(), 200);
+        let page: Value = resp.json().await.ok()?;
+        for e in page["events"].as_array().expect("events") {
+            self.seen.push(e["data"]["succeeded"].as_u64().unwrap_or(0));
+        }
+        self.since = page["next"].as_u64().expect("next");
+        Some(())
+    }
 }

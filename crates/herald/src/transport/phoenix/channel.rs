@@ -117,6 +117,8 @@ pub struct Channel {
     pub bindings: Vec<Binding>,
     /// Herald topic → last position sent on it to this channel.
     pub feeds: HashMap<String, Position>,
+    /// `feeds` as last stored for the other nodes of a cluster.
+    pub checkpointed: HashMap<String, Position>,
     /// Presence state was sent, so diffs may follow.
     pub presence_synced: bool,
     pub tracked: bool,

@@ -31,10 +31,17 @@ impl Phoenix {
     /// Makes the endpoint's state and, inside a runtime, records the log head at
     /// startup (the resume point of clients that reconnect after a restart).
     pub fn new(state: &AppState) -> Phoenix {
-        let book = Arc::new(ResumeBook::default());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(session::record_startup_head(state.clone(), Arc::clone(&book)));
-        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return Phoenix { book: Arc::new(ResumeBook::default()) };
+        };
+        // In a cluster a client may come back on another node: the book is shared through the store.
+        let book = Arc::new(if state.broker.is_clustered() {
+            let _entered = rt.enter();
+            ResumeBook::shared(state.clone())
+        } else {
+            ResumeBook::default()
+        });
+        rt.spawn(session::record_startup_head(state.clone(), Arc::clone(&book)));
         Phoenix { book }
     }
 }

@@ -10,12 +10,25 @@
 //! start — the clients coming back, realtime-js retries within 10 s — replay
 //! from the head of the log at startup, so nothing committed since the restart
 //! is lost (a fresh page in that window also gets those changes).
+//!
+//! In a cluster the client may come back on another node, or its node may die
+//! with `kill -9`; so the book is also kept in the store's `sessions` table
+//! ([`Shared`]): a channel's final position when its socket drops, a tombstone
+//! when it leaves on purpose, and a checkpoint every [`CHECKPOINT_EVERY`] while
+//! it lives. A channel whose node died resumes from its last checkpoint: nothing
+//! is missed, and what it was sent in the last interval may come again.
 
+use crate::app::AppState;
+use crate::model::time::now_ms;
 use crate::model::Position;
+use crate::rules::Command;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// How long a position is kept for a client that has not come back.
 const KEEP: Duration = Duration::from_secs(10 * 60);
@@ -23,6 +36,12 @@ const KEEP: Duration = Duration::from_secs(10 * 60);
 pub const RESTART_WINDOW: Duration = Duration::from_secs(30);
 /// Most entries kept; the oldest go first.
 const MAX_ENTRIES: usize = 100_000;
+/// How often a live channel's position is checkpointed in a cluster: the
+/// bound on what a channel of a killed node may receive twice.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Stored positions waiting for the writer; beyond this a checkpoint is
+/// skipped (the next one carries the same news).
+const SHARED_QUEUE: usize = 65_536;
 
 /// Who a resume position belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -37,25 +56,65 @@ pub struct ResumeKey {
 /// Positions per Herald topic.
 pub type Cursors = HashMap<String, Position>;
 
+impl ResumeKey {
+    /// The key's row id in the `sessions` table: a digest, since bindings may
+    /// be long, under a prefix no Socket.IO session id (hex) can have.
+    fn stored_id(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [self.sub.as_bytes(), self.topic.as_bytes(), self.bindings.as_bytes()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        let digest = h.finalize();
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        format!("phx:{hex}")
+    }
+}
+
 /// Shared by every Phoenix connection of the server.
 pub struct ResumeBook {
     entries: Mutex<HashMap<ResumeKey, (Cursors, Instant)>>,
     started: Instant,
     /// Head of the log when the server started, once known.
     pub startup_head: OnceLock<Position>,
+    /// The store's copy, in a cluster.
+    shared: Option<Shared>,
 }
 
 impl Default for ResumeBook {
     fn default() -> Self {
-        ResumeBook { entries: Mutex::default(), started: Instant::now(), startup_head: OnceLock::new() }
+        ResumeBook { entries: Mutex::default(), started: Instant::now(), startup_head: OnceLock::new(), shared: None }
     }
 }
 
 impl ResumeBook {
+    /// A book whose positions are also kept in the store, for the other nodes
+    /// of a cluster. Spawns the task that writes them, so call it in a runtime.
+    pub fn shared(s: AppState) -> ResumeBook {
+        let (tx, rx) = mpsc::channel(SHARED_QUEUE);
+        tokio::spawn(write_shared(s.clone(), rx));
+        ResumeBook { shared: Some(Shared { s, tx }), ..ResumeBook::default() }
+    }
+
+    /// Whether live channels should be checkpointed ([`ResumeBook::checkpoint`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Records a live channel's position for the other nodes (a cluster only).
+    pub fn checkpoint(&self, key: &ResumeKey, cursors: &Cursors) {
+        if let Some(shared) = &self.shared {
+            shared.put(key, Some(cursors));
+        }
+    }
+
     /// Remembers where a channel stopped.
     pub fn save(&self, key: ResumeKey, cursors: Cursors) {
         if cursors.is_empty() {
             return;
+        }
+        if let Some(shared) = &self.shared {
+            shared.put(&key, Some(&cursors));
         }
         let mut entries = self.entries.lock();
         let now = Instant::now();
@@ -72,11 +131,22 @@ impl ResumeBook {
 
     /// Forgets a channel that left on purpose.
     pub fn forget(&self, key: &ResumeKey) {
+        if let Some(shared) = &self.shared {
+            shared.put(key, None);
+        }
         self.entries.lock().remove(key);
     }
 
-    /// Where a rejoining channel should resume from, per Herald topic.
-    pub fn lookup(&self, key: &ResumeKey) -> Option<Cursors> {
+    /// Where a rejoining channel should resume from, per Herald topic: this
+    /// node's memory, else (in a cluster) the store's copy.
+    pub async fn lookup(&self, key: &ResumeKey) -> Option<Cursors> {
+        if let Some(local) = self.lookup_local(key) {
+            return Some(local);
+        }
+        self.shared.as_ref()?.get(key).await
+    }
+
+    fn lookup_local(&self, key: &ResumeKey) -> Option<Cursors> {
         let entries = self.entries.lock();
         let (cursors, at) = entries.get(key)?;
         (at.elapsed() < KEEP).then(|| cursors.clone())
@@ -88,19 +158,102 @@ impl ResumeBook {
     }
 }
 
+/// A channel's position as stored: `cursors` empty once it left on purpose.
+#[derive(Serialize, Deserialize)]
+struct StoredCursors {
+    cursors: Cursors,
+    /// When it was written (ms since the epoch): older than [`KEEP`] is forgotten.
+    at_ms: i64,
+}
+
+/// The store's copy of the book, written in order by one task.
+struct Shared {
+    s: AppState,
+    tx: mpsc::Sender<Put>,
+}
+
+/// One position (or tombstone) to store.
+struct Put {
+    tenant: Arc<str>,
+    sub: Arc<str>,
+    id: String,
+    doc: String,
+}
+
+impl Shared {
+    fn put(&self, key: &ResumeKey, cursors: Option<&Cursors>) {
+        let stored = StoredCursors { cursors: cursors.cloned().unwrap_or_default(), at_ms: now_ms() };
+        let Ok(doc) = serde_json::to_string(&stored) else { return };
+        let put = Put { tenant: Arc::clone(&key.tenant), sub: Arc::clone(&key.sub), id: key.stored_id(), doc };
+        if self.tx.try_send(put).is_err() {
+            metrics::counter!("herald_phoenix_checkpoints_skipped_total").increment(1);
+        }
+    }
+
+    async fn get(&self, key: &ResumeKey) -> Option<Cursors> {
+        let (sub, doc) = match self.s.store.session(&key.tenant, &key.stored_id()).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(error = %e, "a Phoenix channel's stored position could not be read; it starts live");
+                return None;
+            }
+        };
+        let stored: StoredCursors = serde_json::from_str(&doc).ok()?;
+        let age_ms = now_ms().saturating_sub(stored.at_ms);
+        let fresh = u128::try_from(age_ms).is_ok_and(|age| age < KEEP.as_millis());
+        (sub == *key.sub && fresh && !stored.cursors.is_empty()).then_some(stored.cursors)
+    }
+}
+
+/// Writes queued positions, the newest per channel, in batches: a burst of
+/// checkpoints becomes one group commit, never a queue of stale ones.
+async fn write_shared(s: AppState, mut rx: mpsc::Receiver<Put>) {
+    let mut batch: Vec<Put> = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        let mut newest: HashMap<(Arc<str>, String), Put> = HashMap::with_capacity(batch.len());
+        for put in batch.drain(..) {
+            newest.insert((Arc::clone(&put.tenant), put.id.clone()), put);
+        }
+        let writes = newest.into_values().map(|put| {
+            let s = &s;
+            async move {
+                let cmd = Command::SaveSession { id: put.id, sub: put.sub.to_string(), doc: put.doc };
+                if let Err(e) = s.write(&put.tenant, cmd, None).await {
+                    tracing::warn!(error = %e, "a Phoenix channel's position could not be stored");
+                }
+            }
+        });
+        futures_util::future::join_all(writes).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn saves_looks_up_and_forgets() {
+    #[tokio::test]
+    async fn saves_looks_up_and_forgets() {
         let book = ResumeBook::default();
         let key = ResumeKey { tenant: "t".into(), sub: "a".into(), topic: "realtime:x".into(), bindings: "[]".into() };
-        assert!(book.lookup(&key).is_none());
+        assert!(book.lookup(&key).await.is_none());
         book.save(key.clone(), HashMap::from([("jobs".to_string(), Position::from_u64(7))]));
-        assert_eq!(book.lookup(&key).unwrap()["jobs"], Position::from_u64(7));
+        assert_eq!(book.lookup(&key).await.unwrap()["jobs"], Position::from_u64(7));
         book.forget(&key);
-        assert!(book.lookup(&key).is_none());
+        assert!(book.lookup(&key).await.is_none());
         assert!(book.is_young());
+    }
+
+    #[test]
+    fn stored_ids_tell_keys_apart_even_when_parts_shift() {
+        let key = |sub: &str, topic: &str, bindings: &str| ResumeKey {
+            tenant: "t".into(),
+            sub: sub.into(),
+            topic: topic.into(),
+            bindings: bindings.into(),
+        };
+        let a = key("ab", "c", "[]").stored_id();
+        assert_eq!(a, key("ab", "c", "[]").stored_id());
+        assert_ne!(a, key("a", "bc", "[]").stored_id());
+        assert!(a.starts_with("phx:") && a.len() == 36, "{a}");
     }
 }

@@ -6,7 +6,7 @@ use super::auth::{identify, topics_for, Credential};
 use super::changes::{change_data, change_json, Change};
 use super::channel::{binding_id, channel_of, parse_join, room_of, Binding, Channel, JoinRequest};
 use super::codec::{self, decode_binary, decode_text, encode, encode_raw, reply, Inbound, Out, Vsn};
-use super::resume::ResumeBook;
+use super::resume::{ResumeBook, CHECKPOINT_EVERY};
 use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::hub::{ConnectionGuard, Delivery, Inbox, Payload, TopicKey};
@@ -99,6 +99,9 @@ impl Session {
         let overflow = inbox.overflow_signal();
         let mut batch = Batch::default();
         let mut deadline = Deadline::default();
+        let mut checkpoints = tokio::time::interval(CHECKPOINT_EVERY);
+        checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let checkpointing = self.book.is_shared();
         loop {
             deadline.set(self.next_expiry(), expiry_instant);
             tokio::select! {
@@ -146,6 +149,7 @@ impl Session {
                         }
                     }
                 }
+                _ = checkpoints.tick(), if checkpointing => self.checkpoint(),
                 // A beat that pinged loops on; an `Err` pattern here would disable the arm.
                 beat = heartbeat.ping(sink) => {
                     if let Err(dead) = beat {
@@ -362,11 +366,12 @@ impl Session {
             request: req,
             bindings,
             feeds,
+            checkpointed: HashMap::new(),
             presence_synced: false,
             tracked: false,
             anon,
         };
-        let resume = self.resume_points(&ch, rejoin);
+        let resume = self.resume_points(&ch, rejoin).await;
         for t in ch.hub_topics() {
             self.member.join(&ch.principal.tenant, &t);
             self.by_hub.entry(t).or_default().push(ch.topic.clone());
@@ -402,6 +407,9 @@ impl Session {
                 for (t, cursor) in ch.feeds.iter_mut() {
                     *cursor = resume.iter().find(|(r, _)| r == t).map_or(head, |(_, since)| *since);
                 }
+                // Where it starts is stored at once: its node may die before the first tick.
+                self.book.checkpoint(&ch.resume_key(), &ch.feeds);
+                ch.checkpointed.clone_from(&ch.feeds);
             }
         }
         self.reply(sink, &m, "ok", json!({ "postgres_changes": echo })).await?;
@@ -423,7 +431,7 @@ impl Session {
     /// binding, else the position the book kept for a channel like it that was
     /// lost, else — on a socket opened just after a server start — the head at
     /// that start.
-    fn resume_points(&self, ch: &Channel, rejoin: bool) -> Vec<(String, Position)> {
+    async fn resume_points(&self, ch: &Channel, rejoin: bool) -> Vec<(String, Position)> {
         let mut points: HashMap<String, Position> = HashMap::new();
         for b in &ch.bindings {
             if let Some(since) = b.spec.since.map(Position::from_u64) {
@@ -434,7 +442,7 @@ impl Session {
             }
         }
         {
-            let kept = self.book.lookup(&ch.resume_key());
+            let kept = self.book.lookup(&ch.resume_key()).await;
             let floor = if self.after_restart && !rejoin { self.book.startup_head.get().copied() } else { None };
             for t in ch.feeds.keys() {
                 if points.contains_key(t) {
@@ -764,6 +772,17 @@ impl Session {
                     ))
                 });
                 out.push(Out::Text(frame));
+            }
+        }
+    }
+
+    /// Stores the position of every channel that moved since the last tick
+    /// (in a cluster): what a channel resumes from if this node dies.
+    fn checkpoint(&mut self) {
+        for ch in self.channels.values_mut() {
+            if ch.feeds != ch.checkpointed {
+                self.book.checkpoint(&ch.resume_key(), &ch.feeds);
+                ch.checkpointed.clone_from(&ch.feeds);
             }
         }
     }
