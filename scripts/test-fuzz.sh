@@ -5,12 +5,16 @@
 # blow-up. Installs cargo-fuzz if it is missing; skips, saying so, when it
 # cannot be installed.
 #
-#   FUZZ_SECONDS   time per target (default 20)
+#   FUZZ_SECONDS   time per target (default 10)
 #   FUZZ_TARGETS   targets to run, space-separated (default: all)
+#
+# `scripts/test-fuzz.sh build` only builds (scripts/test.sh does that in the
+# background, niced, while the other suites run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seconds="${FUZZ_SECONDS:-20}"
+seconds="${FUZZ_SECONDS:-10}"
+mode="${1:-run}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "cargo-fuzz is missing: installing it"
@@ -29,6 +33,9 @@ flags=(--fuzz-dir fuzz --sanitizer none --debug-assertions)
 
 cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
 cargo fuzz build "${flags[@]}"
+if [ "$mode" = build ]; then
+  exit 0
+fi
 
 read -r -a targets <<<"${FUZZ_TARGETS:-$(cargo fuzz list --fuzz-dir fuzz | tr '\n' ' ')}"
 # New inputs go to a scratch corpus; the committed seeds stay as they are.

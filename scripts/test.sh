@@ -36,6 +36,17 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+step "Rust build (every target)"
+cargo test --workspace --no-run --quiet
+
+# The fuzz targets take minutes to build in their own workspace; that happens
+# niced in the background while the suites below (mostly waiting on sockets)
+# run, and test-fuzz.sh runs them at the end.
+FUZZ_BUILD_LOG=$(mktemp)
+nice -n 19 scripts/test-fuzz.sh build >"$FUZZ_BUILD_LOG" 2>&1 &
+FUZZ_BUILD=$!
+trap 'kill "$FUZZ_BUILD" 2>/dev/null || true; rm -f "$FUZZ_BUILD_LOG"' EXIT
+
 step "Rust tests (unit + integration against the real binary)"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo test --workspace
@@ -45,12 +56,20 @@ step "Rust behavioural suite again, on PostgreSQL (HERALD_TEST_STORE=postgres)"
 # resolve features differently and rebuild half the dependency tree.
 HERALD_TEST_STORE=postgres cargo test --workspace
 
-for suite in scripts/test-bench.sh scripts/test-js.sh scripts/test-supabase.sh scripts/test-socketio.sh scripts/test-api.sh scripts/test-soak.sh scripts/test-fuzz.sh; do
+for suite in scripts/test-bench.sh scripts/test-js.sh scripts/test-supabase.sh scripts/test-socketio.sh scripts/test-python.sh scripts/test-api.sh scripts/test-soak.sh; do
   if [ -x "$suite" ]; then
     step "$suite"
     "$suite"
   fi
 done
+
+step "fuzz smoke (scripts/test-fuzz.sh)"
+if ! wait "$FUZZ_BUILD"; then
+  cat "$FUZZ_BUILD_LOG"
+  echo "the fuzz targets did not build"
+  exit 1
+fi
+scripts/test-fuzz.sh
 
 step "all tests passed"
 printf '%s%5ss  total\n' "$TIMES" "$((SECONDS - START))"

@@ -238,10 +238,17 @@ async fn an_unreachable_database_is_one_line_naming_the_url_without_password_and
     assert!(!stderr.contains("s3cret"), "the password was printed: {stderr}");
 }
 
-/// Drops the database's replication slot once no process streams it.
+/// Drops the database's replication slot, ending whichever walsender streams
+/// it (the new leader may have taken the slot over already: on a loaded
+/// machine the old one's exit and the new one's start are close together).
 fn drop_slot_when_free(db: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
+        psql(
+            db,
+            "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots
+             WHERE database = current_database() AND active",
+        );
         let dropped = psql(
             db,
             "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots
