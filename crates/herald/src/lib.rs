@@ -22,3 +22,4 @@ pub mod session;
 pub mod store;
 pub mod tail;
 pub mod transport;
+pub mod worker_cli;

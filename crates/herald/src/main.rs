@@ -1,8 +1,10 @@
-//! The `herald` binary: `serve`, `token`, `key create` and `tail`.
+//! The `herald` binary: `serve`, `token`, `key create`, `tail`, and the worker
+//! commands `job ...` and `notify`.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use herald::config::{Config, LogFormat, ServeArgs};
+use herald::worker_cli::{Connection, JobCmd, NotifyArgs};
 
 #[derive(Parser)]
 #[command(name = "herald", version, about = "Realtime server for watching background work")]
@@ -53,6 +55,20 @@ enum Cmd {
         tenant: String,
         #[command(flatten)]
         serve: ServeArgs,
+    },
+    /// Report a job's progress from a script (exit codes in docs/SDKS.md).
+    Job {
+        #[command(subcommand)]
+        command: JobCmd,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Send a notification to a user.
+    Notify {
+        #[command(flatten)]
+        args: NotifyArgs,
+        #[command(flatten)]
+        connection: Connection,
     },
 }
 
@@ -140,6 +156,14 @@ fn main() -> Result<()> {
                 None => mint(&config(serve)?, "herald-tail", &tenant, "admin", 24 * 3600)?,
             };
             rt.block_on(herald::tail::run(&url, &token, &topic, since))
+        }
+        Cmd::Job { command, connection } => {
+            let code = rt.block_on(herald::worker_cli::job(&connection, command));
+            std::process::exit(code)
+        }
+        Cmd::Notify { args, connection } => {
+            let code = rt.block_on(herald::worker_cli::notify(&connection, args));
+            std::process::exit(code)
         }
     }
 }

@@ -2,15 +2,13 @@
 //! every change to them. Pure data and rules; no I/O.
 
 pub mod event;
-pub mod ids;
-pub mod job;
-pub mod notification;
-pub mod position;
 pub mod role;
 pub mod table;
-pub mod task;
-pub mod time;
 pub mod topic;
+
+// The wire model (rows, statuses and their rules, request bodies) is its own
+// crate, shared with the Rust SDK.
+pub use herald_model::{ids, job, notification, position, requests, task, time, Artifact};
 
 pub use event::{Event, EventType};
 pub use job::{Job, JobStatus};
@@ -20,16 +18,3 @@ pub use role::{JobVisibility, Role};
 pub use table::{CapturedTable, Catalog};
 pub use task::{Task, TaskStatus};
 pub use topic::Topic;
-
-/// An artifact a job produced along the way (a screenshot URL, an OCR result, a label).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Artifact {
-    pub id: String,
-    pub job_id: String,
-    pub kind: String,
-    #[schema(value_type = Object)]
-    pub payload: serde_json::Value,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "crate::model::time::rfc3339")]
-    pub created_at: i64,
-}

@@ -8,7 +8,8 @@ use crate::auth::Principal;
 use crate::hub::{ConnectionGuard, Delivery, Payload, WireFormat};
 use crate::model::{Event, Position, Topic};
 use crate::session::{
-    authorize, expiry_instant, snapshot, CloseReason, Cursor, Deadline, Membership, Replay, ReplayPage, SessionError,
+    authorize, expiry_instant, head, snapshot, CloseReason, Cursor, Deadline, Membership, Replay, ReplayPage,
+    SessionError,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -145,7 +146,21 @@ async fn feed(
     if tx.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
         return None;
     }
-    if let Some(since) = since {
+    let Some(since) = since else {
+        // A live stream starts after the head, and says so in an id-only
+        // message: a client (EventSource too) that drops before its first event
+        // resumes from there. Subscribed already, so nothing after it is missed.
+        let Ok(h) = head(s).await else { return Some(CloseReason::Unavailable) };
+        if tx.send(Bytes::from(format!("id: {}\n\n", h.get()))).await.is_err() {
+            return None;
+        }
+        cursor.advance(h);
+        return live(s, p, tx, inbox, cursor).await;
+    };
+    // The client has everything up to `since`: a live copy of an older event
+    // (another node may deliver it late) is not sent again.
+    cursor.advance(Position::from_u64(since));
+    {
         let names = topics.iter().map(|(_, raw)| raw.clone()).collect();
         let mut replay = Replay::new(Arc::clone(&p.tenant), names, Position::from_u64(since));
         loop {
@@ -179,6 +194,17 @@ async fn feed(
             }
         }
     }
+    live(s, p, tx, inbox, cursor).await
+}
+
+/// The live part of a stream, after any replay: deliveries past `cursor`.
+async fn live(
+    s: &AppState,
+    p: &Principal,
+    tx: &mpsc::Sender<Bytes>,
+    inbox: &mut crate::hub::Inbox,
+    mut cursor: Cursor,
+) -> Option<CloseReason> {
     let mut keepalive = tokio::time::interval(s.limits.sse_keepalive);
     keepalive.tick().await;
     let mut shutdown = s.shutdown.clone();

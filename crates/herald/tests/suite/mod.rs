@@ -14,5 +14,6 @@ mod postgres;
 mod postgrest;
 mod presence;
 mod resume;
+mod sdk;
 mod session_limits;
 mod sse;

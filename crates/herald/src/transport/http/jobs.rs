@@ -5,6 +5,7 @@ use super::extract::{check_id, idempotency_key, Auth, JsonBody, Path, Query};
 use crate::app::AppState;
 use crate::auth::{can_write_jobs, Principal};
 use crate::model::job::ProgressReport;
+use crate::model::requests::{CreateJob, NewArtifact};
 use crate::model::task::TaskUpsert;
 use crate::model::{Artifact, Job, JobStatus, Task};
 use crate::rules::{Command, NewJob, Reply};
@@ -18,40 +19,6 @@ use utoipa::{IntoParams, ToSchema};
 
 /// Longest free-text field (title, stage, current item, error), in bytes.
 pub const MAX_TEXT: usize = 4096;
-
-/// Body of `POST /v1/jobs`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateJob {
-    /// Caller-chosen id; a UUIDv7 is made when absent.
-    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
-    pub id: Option<String>,
-    #[schema(max_length = 256)]
-    pub kind: Option<String>,
-    #[schema(max_length = 4096)]
-    pub title: Option<String>,
-    /// The `sub` of the customer who owns (and may watch) the job.
-    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
-    pub owner: Option<String>,
-    pub total: Option<u64>,
-    /// `queued` (default) or `running`.
-    pub status: Option<JobStatus>,
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<serde_json::Value>,
-    #[schema(max_items = 10000)]
-    pub tasks: Option<Vec<TaskUpsert>>,
-}
-
-/// Body of `POST /v1/jobs/{id}/artifacts`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewArtifact {
-    /// What it is: `screenshot`, `ocr`, `label`...
-    #[schema(min_length = 1, max_length = 256)]
-    pub kind: String,
-    #[schema(value_type = Object)]
-    pub payload: serde_json::Value,
-}
 
 /// Query of `GET /v1/jobs`.
 #[derive(Debug, Deserialize, IntoParams)]

@@ -5,7 +5,7 @@ use super::extract::{check_id, idempotency_key, Auth, JsonBody, Path, Query};
 use super::jobs::reply_response;
 use crate::app::AppState;
 use crate::auth::Role;
-use crate::model::notification::Level;
+use crate::model::requests::CreateNotification;
 use crate::model::Notification;
 use crate::rules::{Command, NewNotification};
 use axum::extract::State;
@@ -14,23 +14,6 @@ use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateNotification {
-    /// The `sub` it is for.
-    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
-    pub recipient: String,
-    #[serde(default)]
-    pub level: Level,
-    /// 1–1024 bytes.
-    #[schema(min_length = 1, max_length = 1024)]
-    pub title: String,
-    #[schema(max_length = 16384)]
-    pub body: Option<String>,
-    #[schema(max_length = 2048)]
-    pub link: Option<String>,
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -369,6 +369,11 @@ impl Session {
         self.send(sink, frames::ack(id, json!({ "topic": raw, "position": position }))).await?;
         let Some(since) = since else { return Ok(()) };
         let since = Position::from_u64(since);
+        // The client has everything up to `since`: a late live copy of an older
+        // event (from another node) is not sent again.
+        if let Some(sub) = self.subs.get_mut(raw) {
+            sub.cursor.advance(since);
+        }
         let mut replay = Replay::new(Arc::clone(&p.tenant), vec![raw.to_string()], since);
         loop {
             let page = match replay.next_page(&self.s).await {

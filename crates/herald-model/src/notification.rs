@@ -1,9 +1,9 @@
 //! A notification for one recipient.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     #[default]
@@ -13,7 +13,8 @@ pub enum Level {
     Error,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Notification {
     pub id: String,
     /// The `sub` this notification is for.
@@ -25,10 +26,10 @@ pub struct Notification {
     /// The job that caused it, for notifications Herald creates itself.
     pub job_id: Option<String>,
     pub read: bool,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "crate::model::time::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    #[serde(with = "crate::time::rfc3339")]
     pub created_at: i64,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "crate::model::time::rfc3339_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    #[serde(with = "crate::time::rfc3339_opt")]
     pub read_at: Option<i64>,
 }

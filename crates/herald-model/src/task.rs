@@ -1,9 +1,9 @@
 //! A task: one item of a job (a directory submission, a scan target, an agent step).
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Pending,
@@ -29,7 +29,8 @@ impl TaskStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Task {
     pub id: String,
     pub job_id: String,
@@ -38,32 +39,36 @@ pub struct Task {
     /// How many times the task has been started.
     pub attempts: u32,
     pub error: Option<String>,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "crate::model::time::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    #[serde(with = "crate::time::rfc3339")]
     pub created_at: i64,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "crate::model::time::rfc3339_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    #[serde(with = "crate::time::rfc3339_opt")]
     pub started_at: Option<i64>,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "crate::model::time::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    #[serde(with = "crate::time::rfc3339")]
     pub updated_at: i64,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "crate::model::time::rfc3339_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    #[serde(with = "crate::time::rfc3339_opt")]
     pub finished_at: Option<i64>,
 }
 
 /// Body of `PUT /v1/jobs/{id}/tasks/{task_id}` (and of tasks given at job creation).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TaskUpsert {
     /// Only used when tasks are given inline at job creation.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
     pub id: Option<String>,
-    #[schema(max_length = 4096)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<TaskStatus>,
-    #[schema(max_length = 16384)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 16384))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 

@@ -1,7 +1,6 @@
 //! A job: long work someone watches, and the rules for changing it.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 /// How many entries the bounded error log keeps (the oldest are dropped first).
 pub const ERROR_LOG_LIMIT: usize = 50;
@@ -17,7 +16,8 @@ pub const METADATA_LIMIT: usize = 64 * 1024;
 
 /// Lifecycle of a job. Legal moves: queued→running→completed|failed|cancelled,
 /// running↔stalled, queued→cancelled|failed; nothing leaves a terminal state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Queued,
@@ -81,16 +81,18 @@ impl JobStatus {
 }
 
 /// One entry of a job's bounded error log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobError {
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "crate::model::time::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    #[serde(with = "crate::time::rfc3339")]
     pub at: i64,
     pub message: String,
 }
 
 /// A job as stored, returned by the API and carried by `job.*` events.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     pub id: String,
     pub tenant: String,
@@ -106,20 +108,20 @@ pub struct Job {
     pub progress: f64,
     pub stage: Option<String>,
     pub current_item: Option<String>,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Value,
     pub errors: Vec<JobError>,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "crate::model::time::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    #[serde(with = "crate::time::rfc3339")]
     pub created_at: i64,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "crate::model::time::rfc3339_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    #[serde(with = "crate::time::rfc3339_opt")]
     pub started_at: Option<i64>,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "crate::model::time::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    #[serde(with = "crate::time::rfc3339")]
     pub updated_at: i64,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "crate::model::time::rfc3339_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    #[serde(with = "crate::time::rfc3339_opt")]
     pub finished_at: Option<i64>,
     /// Increases by one with every change.
     pub version: u64,
@@ -132,27 +134,37 @@ pub struct Job {
 }
 
 /// What a progress report may change. Absent fields are left alone.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProgressReport {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<JobStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
     /// Absolute count of items that succeeded so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub succeeded: Option<u64>,
     /// Absolute count of items that failed so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<u64>,
     /// Explicit percent 0–100; overrides the percent derived from counts.
-    #[schema(minimum = 0, maximum = 100)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,
-    #[schema(max_length = 4096)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
-    #[schema(max_length = 4096)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_item: Option<String>,
     /// JSON merge patch (RFC 7386) applied to the job's metadata.
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
     /// Appended to the job's bounded error log.
-    #[schema(max_length = 16384)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 16384))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 

@@ -1,0 +1,406 @@
+//! The worker side: a job's progress reported in order, bursts coalesced,
+//! nothing lost while Herald restarts, nothing counted twice.
+//!
+//! Every call is queued and sent by one background task, in call order. While
+//! a progress report waits (for its coalescing window, or because Herald is
+//! unreachable and earlier requests are being retried), later progress of the
+//! same job merges into it: latest values win, metadata merges key by key, and
+//! two `error`s never share one report. Status changes, tasks, artifacts and
+//! notifications are never merged or dropped; a progress report queued before
+//! one is sent first, at once. The queue holds at most `capacity` requests;
+//! when it is full a call that cannot merge fails with [`Error::QueueFull`]
+//! and nothing is queued.
+
+use crate::client::{segment, Client};
+use crate::error::{Error, Result};
+use herald_model::{CreateJob, CreateNotification, JobStatus, NewArtifact, ProgressReport, TaskStatus, TaskUpsert};
+use reqwest::Method;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
+
+/// Options of a [`Reporter`].
+#[derive(Debug, Clone)]
+pub struct ReporterOptions {
+    /// How long a progress report waits for more to merge into it; zero sends
+    /// every call as its own request (coalescing off). Default 250 ms.
+    pub coalesce: Duration,
+    /// Most requests waiting to be sent. Default 10,000.
+    pub capacity: usize,
+}
+
+impl Default for ReporterOptions {
+    fn default() -> Self {
+        ReporterOptions { coalesce: Duration::from_millis(250), capacity: 10_000 }
+    }
+}
+
+/// Herald's answer to one queued request (the job, task, artifact or
+/// notification as stored). `.await` it, or drop it: the request is sent
+/// either way (so it is not a `Future` itself, which would have to be awaited).
+#[must_use = "the request is sent either way; await the receipt to see Herald's answer"]
+pub struct Receipt(oneshot::Receiver<Result<Value>>);
+
+/// A [`Receipt`] being awaited.
+pub struct Answer(oneshot::Receiver<Result<Value>>);
+
+impl Future for Answer {
+    type Output = Result<Value>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+impl IntoFuture for Receipt {
+    type Output = Result<Value>;
+    type IntoFuture = Answer;
+
+    fn into_future(self) -> Answer {
+        Answer(self.0)
+    }
+}
+
+impl Receipt {
+    fn failed(e: Error) -> Receipt {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(e));
+        Receipt(rx)
+    }
+}
+
+/// What a job is when [`Reporter::job_started`] has to create it.
+#[derive(Debug, Clone, Default)]
+pub struct JobStart {
+    pub title: Option<String>,
+    pub kind: Option<String>,
+    /// The `sub` of the customer who may watch it.
+    pub owner: Option<String>,
+    pub total: Option<u64>,
+    pub stage: Option<String>,
+    pub metadata: Option<Value>,
+}
+
+enum Request {
+    Create(CreateJob),
+    /// Marks the job running, creating it first when it does not exist.
+    Start(String, JobStart),
+    Progress(String, ProgressReport),
+    /// A status change (completed, failed): a report that nothing merges into.
+    Status(String, ProgressReport),
+    Task(String, String, TaskUpsert),
+    Artifact(String, NewArtifact),
+    Notify(CreateNotification),
+    /// Resolves once everything queued before it was sent.
+    Flush,
+}
+
+impl Request {
+    fn job(&self) -> Option<&str> {
+        match self {
+            Request::Create(c) => c.id.as_deref(),
+            Request::Start(j, _)
+            | Request::Progress(j, _)
+            | Request::Status(j, _)
+            | Request::Task(j, _, _)
+            | Request::Artifact(j, _) => Some(j),
+            Request::Notify(_) | Request::Flush => None,
+        }
+    }
+}
+
+struct Queued {
+    request: Request,
+    at: Instant,
+    waiters: Vec<oneshot::Sender<Result<Value>>>,
+}
+
+struct Shared {
+    /// Held for a few queue operations, never across an `.await`.
+    queue: Mutex<State>,
+    wake: Notify,
+    opts: ReporterOptions,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding it; if something did, the queue is still whole.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct State {
+    queue: VecDeque<Queued>,
+    closed: bool,
+}
+
+/// Reports jobs' progress to Herald. Cheap to clone; one background task
+/// sends for all clones.
+#[derive(Clone)]
+pub struct Reporter {
+    shared: Arc<Shared>,
+}
+
+impl Reporter {
+    /// A reporter sending through `client`, with the default options. Call
+    /// it inside a tokio runtime: it spawns its sending task.
+    pub fn new(client: Client) -> Reporter {
+        Reporter::with_options(client, ReporterOptions::default())
+    }
+
+    pub fn with_options(client: Client, opts: ReporterOptions) -> Reporter {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(State { queue: VecDeque::new(), closed: false }),
+            wake: Notify::new(),
+            opts,
+        });
+        tokio::spawn(send_loop(client, Arc::clone(&shared)));
+        Reporter { shared }
+    }
+
+    fn push(&self, request: Request) -> Receipt {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.shared.lock();
+            if state.closed {
+                return Receipt::failed(Error::Closed);
+            }
+            if state.queue.len() >= self.shared.opts.capacity && !matches!(request, Request::Flush) {
+                return Receipt::failed(Error::QueueFull(state.queue.len()));
+            }
+            state.queue.push_back(Queued { request, at: Instant::now(), waiters: vec![tx] });
+        }
+        self.shared.wake.notify_one();
+        Receipt(rx)
+    }
+
+    /// Creates a job (idempotent for the same id and body).
+    pub fn create_job(&self, job: CreateJob) -> Receipt {
+        self.push(Request::Create(job))
+    }
+
+    /// The job started: it becomes `running`, and is created first (with
+    /// `start`'s title, kind, owner...) when Herald does not know it.
+    pub fn job_started(&self, job_id: &str, start: JobStart) -> Receipt {
+        self.push(Request::Start(job_id.to_string(), start))
+    }
+
+    /// A task of the job (a page, a submission, an agent step) started.
+    pub fn task_started(&self, job_id: &str, task_id: &str, name: Option<&str>) -> Receipt {
+        let task =
+            TaskUpsert { name: name.map(str::to_string), status: Some(TaskStatus::Running), ..TaskUpsert::default() };
+        self.push(Request::Task(job_id.to_string(), task_id.to_string(), task))
+    }
+
+    pub fn task_succeeded(&self, job_id: &str, task_id: &str) -> Receipt {
+        let task = TaskUpsert { status: Some(TaskStatus::Succeeded), ..TaskUpsert::default() };
+        self.push(Request::Task(job_id.to_string(), task_id.to_string(), task))
+    }
+
+    pub fn task_failed(&self, job_id: &str, task_id: &str, error: impl std::fmt::Display) -> Receipt {
+        let task =
+            TaskUpsert { status: Some(TaskStatus::Failed), error: Some(error.to_string()), ..TaskUpsert::default() };
+        self.push(Request::Task(job_id.to_string(), task_id.to_string(), task))
+    }
+
+    /// Progress (counts, percent, stage, current item, metadata, an error
+    /// line): merged with the job's progress still waiting to be sent.
+    pub fn progress(&self, job_id: &str, report: ProgressReport) -> Receipt {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.shared.lock();
+            if state.closed {
+                return Receipt::failed(Error::Closed);
+            }
+            let coalescing = !self.shared.opts.coalesce.is_zero();
+            // The job's newest queued request, if it is progress, takes this one in.
+            let target = state.queue.iter_mut().rev().find(|q| q.request.job() == Some(job_id));
+            if let Some(Queued { request: Request::Progress(_, pending), waiters, .. }) = target {
+                if coalescing && !(pending.error.is_some() && report.error.is_some()) {
+                    merge(pending, report);
+                    waiters.push(tx);
+                    return Receipt(rx);
+                }
+            }
+            if state.queue.len() >= self.shared.opts.capacity {
+                return Receipt::failed(Error::QueueFull(state.queue.len()));
+            }
+            let request = Request::Progress(job_id.to_string(), report);
+            state.queue.push_back(Queued { request, at: Instant::now(), waiters: vec![tx] });
+        }
+        self.shared.wake.notify_one();
+        Receipt(rx)
+    }
+
+    /// Records something the job produced (a screenshot URL, OCR text, a label).
+    pub fn artifact(&self, job_id: &str, kind: &str, payload: Value) -> Receipt {
+        self.push(Request::Artifact(job_id.to_string(), NewArtifact { kind: kind.to_string(), payload }))
+    }
+
+    /// Sends a notification to `notification.recipient`.
+    pub fn notify(&self, notification: CreateNotification) -> Receipt {
+        self.push(Request::Notify(notification))
+    }
+
+    pub fn job_completed(&self, job_id: &str) -> Receipt {
+        self.status(job_id, JobStatus::Completed, None)
+    }
+
+    pub fn job_failed(&self, job_id: &str, error: impl std::fmt::Display) -> Receipt {
+        self.status(job_id, JobStatus::Failed, Some(error.to_string()))
+    }
+
+    /// A status change: never merged with progress.
+    fn status(&self, job_id: &str, status: JobStatus, error: Option<String>) -> Receipt {
+        let report = ProgressReport { status: Some(status), error, ..ProgressReport::default() };
+        self.push(Request::Status(job_id.to_string(), report))
+    }
+
+    /// Waits until everything queued so far was sent (or failed).
+    pub async fn flush(&self) {
+        let _ = self.push(Request::Flush).await;
+    }
+
+    /// Sends what is queued, then stops taking requests.
+    pub async fn close(&self) {
+        self.flush().await;
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
+
+    /// Runs `work` as job `job_id`: started before, completed after, failed
+    /// with the error's message if it returns `Err`. Herald's answer to the
+    /// final status is awaited, so the job's state is stored on return.
+    pub async fn run_job<F, Fut, T, E>(&self, job_id: &str, start: JobStart, work: F) -> Result<Result<T, E>>
+    where
+        F: FnOnce(Reporter) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        self.job_started(job_id, start).await?;
+        let outcome = work(self.clone()).await;
+        match &outcome {
+            Ok(_) => self.job_completed(job_id).await?,
+            Err(e) => self.job_failed(job_id, e).await?,
+        };
+        Ok(outcome)
+    }
+
+    /// How many requests wait to be sent.
+    pub fn pending(&self) -> usize {
+        self.shared.lock().queue.len()
+    }
+}
+
+/// Later values win; metadata merges key by key (as the server's merge patch
+/// would apply the two in turn).
+fn merge(into: &mut ProgressReport, later: ProgressReport) {
+    let ProgressReport { status, total, succeeded, failed, progress, stage, current_item, metadata, error } = later;
+    into.status = status.or(into.status);
+    into.total = total.or(into.total);
+    into.succeeded = succeeded.or(into.succeeded);
+    into.failed = failed.or(into.failed);
+    into.progress = progress.or(into.progress);
+    into.stage = stage.or(into.stage.take());
+    into.current_item = current_item.or(into.current_item.take());
+    into.error = error.or(into.error.take());
+    into.metadata = match (into.metadata.take(), metadata) {
+        (Some(Value::Object(mut a)), Some(Value::Object(b))) => {
+            a.extend(b);
+            Some(Value::Object(a))
+        }
+        (a, b) => b.or(a),
+    };
+}
+
+/// Sends the queue, in order, until the reporter is closed.
+async fn send_loop(client: Client, shared: Arc<Shared>) {
+    loop {
+        let next = {
+            let mut state = shared.lock();
+            match state.queue.front() {
+                None if state.closed => return,
+                None => None,
+                Some(front) => {
+                    // A lone progress report waits out its window for more to merge;
+                    // anything queued behind it (a status change, a flush) sends it now.
+                    let wait = match front.request {
+                        Request::Progress(..) if state.queue.len() == 1 => {
+                            shared.opts.coalesce.saturating_sub(front.at.elapsed())
+                        }
+                        _ => Duration::ZERO,
+                    };
+                    if wait.is_zero() {
+                        state.queue.pop_front().map(Ok)
+                    } else {
+                        Some(Err(wait))
+                    }
+                }
+            }
+        };
+        match next {
+            None => shared.wake.notified().await,
+            Some(Err(wait)) => {
+                // Woken early by a new request behind it, or at the window's end.
+                let _ = tokio::time::timeout(wait, shared.wake.notified()).await;
+            }
+            Some(Ok(queued)) => {
+                let result = send(&client, queued.request).await;
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "a report to Herald failed");
+                }
+                for w in queued.waiters {
+                    let _ = w.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+async fn send(client: &Client, request: Request) -> Result<Value> {
+    match request {
+        Request::Create(job) => client.request(Method::POST, "/v1/jobs", Some(&job)).await,
+        Request::Start(job_id, start) => {
+            let report = ProgressReport {
+                status: Some(JobStatus::Running),
+                total: start.total,
+                stage: start.stage.clone(),
+                ..ProgressReport::default()
+            };
+            let path = format!("/v1/jobs/{}/progress", segment(&job_id));
+            match client.request(Method::POST, &path, Some(&report)).await {
+                Err(e) if e.code() == "not_found" => {
+                    let job = CreateJob {
+                        id: Some(job_id),
+                        kind: start.kind,
+                        title: start.title,
+                        owner: start.owner,
+                        total: start.total,
+                        status: Some(JobStatus::Running),
+                        metadata: start.metadata,
+                        tasks: None,
+                    };
+                    client.request(Method::POST, "/v1/jobs", Some(&job)).await
+                }
+                other => other,
+            }
+        }
+        Request::Progress(job_id, report) | Request::Status(job_id, report) => {
+            client.request(Method::POST, &format!("/v1/jobs/{}/progress", segment(&job_id)), Some(&report)).await
+        }
+        Request::Task(job_id, task_id, task) => {
+            let path = format!("/v1/jobs/{}/tasks/{}", segment(&job_id), segment(&task_id));
+            client.request(Method::PUT, &path, Some(&task)).await
+        }
+        Request::Artifact(job_id, artifact) => {
+            client.request(Method::POST, &format!("/v1/jobs/{}/artifacts", segment(&job_id)), Some(&artifact)).await
+        }
+        Request::Notify(n) => client.request(Method::POST, "/v1/notifications", Some(&n)).await,
+        Request::Flush => Ok(Value::Null),
+    }
+}
