@@ -8,6 +8,79 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The flags of the commands beside `serve` that read the local setup
+/// (`token`, `key create`, `tail`): where the config, the database and the
+/// JWT secret are. The rest of `serve`'s flags would only clutter their help.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LocalArgs {
+    /// Config file [default: ./herald.toml when it exists].
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Database: a SQLite file, or a PostgreSQL URL [default: ./herald.db].
+    #[arg(long, env = "HERALD_DB")]
+    pub db: Option<String>,
+    /// HS256 secret for JWTs [default: the development secret kept beside the database].
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Claim holding the tenant [default: tenant].
+    #[arg(long, env = "HERALD_TENANT_CLAIM")]
+    pub tenant_claim: Option<String>,
+    /// Claim holding the role [default: role].
+    #[arg(long, env = "HERALD_ROLE_CLAIM")]
+    pub role_claim: Option<String>,
+}
+
+impl From<LocalArgs> for ServeArgs {
+    fn from(a: LocalArgs) -> ServeArgs {
+        ServeArgs {
+            config: a.config,
+            db: a.db,
+            jwt_secret: a.jwt_secret,
+            tenant_claim: a.tenant_claim,
+            role_claim: a.role_claim,
+            ..ServeArgs::default()
+        }
+    }
+}
+
+/// Which browser origins may call Herald's HTTP routes (CORS).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Cors {
+    /// No CORS headers: only same-origin pages (and non-browser clients).
+    #[default]
+    Off,
+    /// Any origin (`*`): for development.
+    Any,
+    /// These origins, exactly (`scheme://host[:port]`).
+    Origins(Vec<String>),
+}
+
+impl Cors {
+    fn parse(list: Vec<String>) -> Result<Cors, ConfigError> {
+        let list: Vec<String> = list.into_iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect();
+        if list.is_empty() {
+            return Ok(Cors::Off);
+        }
+        if list.iter().any(|o| o == "*") {
+            if list.len() > 1 {
+                return Err(ConfigError::Invalid("--cors-origins: `*` allows every origin; give it alone".into()));
+            }
+            return Ok(Cors::Any);
+        }
+        for o in &list {
+            let well_formed = o.split_once("://").is_some_and(|(scheme, host)| {
+                matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains('/') && o.is_ascii()
+            });
+            if !well_formed {
+                return Err(ConfigError::Invalid(format!(
+                    "--cors-origins: {o:?} is not an origin; expected scheme://host[:port] (no path), or `*`"
+                )));
+            }
+        }
+        Ok(Cors::Origins(list))
+    }
+}
+
 /// Flags (and their environment variables) of `herald serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -90,6 +163,11 @@ pub struct ServeArgs {
     /// share its database).
     #[arg(long, env = "HERALD_CLUSTER")]
     pub cluster: Option<String>,
+    /// Origins whose pages may call the HTTP API, SSE and long-poll from the
+    /// browser (CORS), comma-separated (`https://app.example.com`), or `*` for
+    /// any (development) [default: none; WebSockets need no CORS].
+    #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
     /// Start a demo tenant with simulated workers.
     #[arg(long, env = "HERALD_DEMO")]
     pub demo: bool,
@@ -130,6 +208,7 @@ struct FileConfig {
     idle_timeout: Option<String>,
     log_format: Option<LogFormat>,
     cluster: Option<String>,
+    cors_origins: Option<Vec<String>>,
     demo: Option<bool>,
     /// The tenant of captured rows whose table names no tenant column.
     default_tenant: Option<String>,
@@ -221,6 +300,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The cluster's broker, if this node is one of several.
     pub cluster: Option<crate::broker::BrokerUrl>,
+    /// Which browser origins may call the HTTP routes (CORS).
+    pub cors: Cors,
     pub demo: bool,
     pub limits: Limits,
     /// Application tables to stream (PostgreSQL only), with tenants resolved.
@@ -335,6 +416,7 @@ impl Config {
                 })?),
                 None => None,
             },
+            cors: Cors::parse(args.cors_origins.or(file.cors_origins).unwrap_or_default())?,
             demo: args.demo || file.demo.unwrap_or(false),
             limits,
             capture: file

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use herald::config::{Config, LogFormat, ServeArgs};
+use herald::config::{Config, LocalArgs, LogFormat, ServeArgs};
 use herald::worker_cli::{Connection, JobCmd, NotifyArgs};
 
 #[derive(Parser)]
@@ -30,7 +30,7 @@ enum Cmd {
         #[arg(long, default_value = "1h", value_parser = herald::config::parse_duration)]
         ttl: std::time::Duration,
         #[command(flatten)]
-        serve: ServeArgs,
+        serve: LocalArgs,
     },
     /// Manage worker API keys.
     Key {
@@ -54,7 +54,7 @@ enum Cmd {
         #[arg(long, default_value = "demo")]
         tenant: String,
         #[command(flatten)]
-        serve: ServeArgs,
+        serve: LocalArgs,
     },
     /// Report a job's progress from a script (exit codes in docs/SDKS.md).
     Job {
@@ -84,7 +84,7 @@ enum KeyCmd {
         #[arg(long, default_value = "worker")]
         role: String,
         #[command(flatten)]
-        serve: ServeArgs,
+        serve: LocalArgs,
     },
 }
 
@@ -97,8 +97,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn config(args: ServeArgs) -> Result<Config> {
-    let mut config = Config::resolve(args)?;
+fn config(args: impl Into<ServeArgs>) -> Result<Config> {
+    let mut config = Config::resolve(args.into())?;
     if let Some(path) = config.resolve_secret()? {
         tracing::warn!(path = %path.display(), "using a development JWT secret kept beside the database; set HERALD_JWT_SECRET in production");
     }

@@ -129,6 +129,9 @@ pub async fn run(
         })
     });
     let mut app = router(state.clone());
+    if let Some(cors) = crate::transport::http::cors::layer(&config.cors) {
+        app = app.layer(cors);
+    }
     if let Database::Sqlite(path) = &config.db {
         app = app.layer(axum::Extension(crate::transport::http::ops::DbFile(Arc::new(path.clone()))));
     }

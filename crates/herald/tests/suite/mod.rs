@@ -2,6 +2,7 @@ mod bad_input;
 mod capture;
 mod cluster;
 mod core_flow;
+mod cors;
 mod dashboard;
 mod durability;
 mod hardening;

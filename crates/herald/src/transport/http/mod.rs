@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state, and the middleware around them.
 
 pub mod broadcast;
+pub mod cors;
 pub mod error;
 pub mod events;
 pub mod extract;
