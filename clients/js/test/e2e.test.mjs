@@ -149,9 +149,26 @@ test('signing in with a pasted token, and a bad one is refused', async () => {
   const ctx = await browser.newContext();
   const page = await ctx.newPage();
   await page.goto(server.url + '/');
+  const signedOut = async () => {
+    // Nothing of the signed-in shell shows while signed out.
+    for (const id of ['#nav', '#conn', '#bell-wrap', '#who', '#signout']) {
+      assert.equal(await page.locator(id).isVisible(), false, `${id} is hidden while signed out`);
+    }
+  };
+  await signedOut();
   await page.locator('#token-input').fill('not a token');
   await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   await page.getByText('does not look like a token').waitFor();
+  // Well-formed but refused: told why before entering, and still signed out.
+  await page.locator('#token-input').fill(token('bob', TENANT, 'customer', 3600, 'some-other-secret'));
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  await page.getByText("not signed with this server's secret").waitFor();
+  await signedOut();
+  await page.screenshot({ path: path.join(SHOTS, 'sign-in-refused.png') });
+  await page.locator('#token-input').fill(token('bob', TENANT, 'customer', -10));
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  await page.getByText('This token has expired').waitFor();
+  await signedOut();
   await page.locator('#token-input').fill(token('bob', TENANT, 'customer'));
   await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   await page.locator('#conn[data-status="connected"]').waitFor();

@@ -32,12 +32,12 @@ export function freePort() {
 
 const b64url = (x) => Buffer.from(x).toString('base64url');
 
-/** An HS256 JWT for the test secret, as `herald token` would mint it. */
-export function token(sub, tenant, role, ttlSeconds = 3600) {
+/** An HS256 JWT for the test secret (or `secret`), as `herald token` would mint it. */
+export function token(sub, tenant, role, ttlSeconds = 3600, secret = SECRET) {
   const now = Math.floor(Date.now() / 1000);
   const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
   const body = b64url(JSON.stringify({ sub, tenant, role, iat: now, exp: now + ttlSeconds }));
-  const sig = createHmac('sha256', SECRET).update(`${head}.${body}`).digest('base64url');
+  const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
   return `${head}.${body}.${sig}`;
 }
 

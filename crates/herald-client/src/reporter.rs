@@ -20,9 +20,8 @@ use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{watch, Notify};
 
 /// Options of a [`Reporter`].
 #[derive(Debug, Clone)]
@@ -43,33 +42,32 @@ impl Default for ReporterOptions {
 /// Herald's answer to one queued request (the job, task, artifact or
 /// notification as stored). `.await` it, or drop it: the request is sent
 /// either way (so it is not a `Future` itself, which would have to be awaited).
+/// Progress calls merged into one request share that request's answer.
 #[must_use = "the request is sent either way; await the receipt to see Herald's answer"]
-pub struct Receipt(oneshot::Receiver<Result<Value>>);
+pub struct Receipt(watch::Receiver<Option<Result<Value>>>);
 
 /// A [`Receipt`] being awaited.
-pub struct Answer(oneshot::Receiver<Result<Value>>);
-
-impl Future for Answer {
-    type Output = Result<Value>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(Error::Closed)))
-    }
-}
+pub type Answer = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
 
 impl IntoFuture for Receipt {
     type Output = Result<Value>;
     type IntoFuture = Answer;
 
     fn into_future(self) -> Answer {
-        Answer(self.0)
+        let mut rx = self.0;
+        Box::pin(async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(answer) => answer.clone().unwrap_or(Err(Error::Closed)),
+                // The sending task is gone without an answer.
+                Err(_) => Err(Error::Closed),
+            }
+        })
     }
 }
 
 impl Receipt {
     fn failed(e: Error) -> Receipt {
-        let (tx, rx) = oneshot::channel();
-        let _ = tx.send(Err(e));
+        let (_, rx) = watch::channel(Some(Err(e)));
         Receipt(rx)
     }
 }
@@ -117,7 +115,15 @@ impl Request {
 struct Queued {
     request: Request,
     at: Instant,
-    waiters: Vec<oneshot::Sender<Result<Value>>>,
+    /// Herald's answer, once sent; every receipt of the request watches it.
+    answer: watch::Sender<Option<Result<Value>>>,
+}
+
+impl Queued {
+    fn new(request: Request) -> (Queued, Receipt) {
+        let (answer, rx) = watch::channel(None);
+        (Queued { request, at: Instant::now(), answer }, Receipt(rx))
+    }
 }
 
 struct Shared {
@@ -164,8 +170,7 @@ impl Reporter {
     }
 
     fn push(&self, request: Request) -> Receipt {
-        let (tx, rx) = oneshot::channel();
-        {
+        let receipt = {
             let mut state = self.shared.lock();
             if state.closed {
                 return Receipt::failed(Error::Closed);
@@ -173,10 +178,12 @@ impl Reporter {
             if state.queue.len() >= self.shared.opts.capacity && !matches!(request, Request::Flush) {
                 return Receipt::failed(Error::QueueFull(state.queue.len()));
             }
-            state.queue.push_back(Queued { request, at: Instant::now(), waiters: vec![tx] });
-        }
+            let (queued, receipt) = Queued::new(request);
+            state.queue.push_back(queued);
+            receipt
+        };
         self.shared.wake.notify_one();
-        Receipt(rx)
+        receipt
     }
 
     /// Creates a job (idempotent for the same id and body).
@@ -211,8 +218,7 @@ impl Reporter {
     /// Progress (counts, percent, stage, current item, metadata, an error
     /// line): merged with the job's progress still waiting to be sent.
     pub fn progress(&self, job_id: &str, report: ProgressReport) -> Receipt {
-        let (tx, rx) = oneshot::channel();
-        {
+        let receipt = {
             let mut state = self.shared.lock();
             if state.closed {
                 return Receipt::failed(Error::Closed);
@@ -220,21 +226,21 @@ impl Reporter {
             let coalescing = !self.shared.opts.coalesce.is_zero();
             // The job's newest queued request, if it is progress, takes this one in.
             let target = state.queue.iter_mut().rev().find(|q| q.request.job() == Some(job_id));
-            if let Some(Queued { request: Request::Progress(_, pending), waiters, .. }) = target {
-                if coalescing && !(pending.error.is_some() && report.error.is_some()) {
+            if let Some(Queued { request: Request::Progress(_, pending), answer, .. }) = target {
+                if coalescing && mergeable(pending, &report) {
                     merge(pending, report);
-                    waiters.push(tx);
-                    return Receipt(rx);
+                    return Receipt(answer.subscribe());
                 }
             }
             if state.queue.len() >= self.shared.opts.capacity {
                 return Receipt::failed(Error::QueueFull(state.queue.len()));
             }
-            let request = Request::Progress(job_id.to_string(), report);
-            state.queue.push_back(Queued { request, at: Instant::now(), waiters: vec![tx] });
-        }
+            let (queued, receipt) = Queued::new(Request::Progress(job_id.to_string(), report));
+            state.queue.push_back(queued);
+            receipt
+        };
         self.shared.wake.notify_one();
-        Receipt(rx)
+        receipt
     }
 
     /// Records something the job produced (a screenshot URL, OCR text, a label).
@@ -297,8 +303,50 @@ impl Reporter {
     }
 }
 
-/// Later values win; metadata merges key by key (as the server's merge patch
-/// would apply the two in turn).
+/// Whether `later` can ride in the same request as `pending`: two error
+/// lines cannot, nor two metadata patches whose composition would differ
+/// from applying them in turn.
+fn mergeable(pending: &ProgressReport, later: &ProgressReport) -> bool {
+    if pending.error.is_some() && later.error.is_some() {
+        return false;
+    }
+    match (&pending.metadata, &later.metadata) {
+        (Some(a), Some(b)) => composable(a, b),
+        _ => true,
+    }
+}
+
+/// Two JSON merge patches (RFC 7386) compose into one unless the second
+/// patches into an object where the first set a non-object (or deleted it):
+/// in turn that replaces the value, composed it would merge into the old one.
+fn composable(first: &Value, second: &Value) -> bool {
+    let (Value::Object(a), Value::Object(b)) = (first, second) else { return true };
+    b.iter().all(|(k, bv)| match (a.get(k), bv) {
+        (Some(av @ Value::Object(_)), Value::Object(_)) => composable(av, bv),
+        (Some(_), Value::Object(_)) => false,
+        _ => true,
+    })
+}
+
+/// Applies merge patch `second` on top of patch `first` (see [`composable`]).
+fn compose(first: &mut Value, second: Value) {
+    match (first, second) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, bv) in b {
+                match a.get_mut(&k) {
+                    Some(av @ Value::Object(_)) if bv.is_object() => compose(av, bv),
+                    _ => {
+                        a.insert(k, bv);
+                    }
+                }
+            }
+        }
+        (first, second) => *first = second,
+    }
+}
+
+/// Later values win; metadata patches compose (the same result as sending
+/// them in turn).
 fn merge(into: &mut ProgressReport, later: ProgressReport) {
     let ProgressReport { status, total, succeeded, failed, progress, stage, current_item, metadata, error } = later;
     into.status = status.or(into.status);
@@ -310,9 +358,9 @@ fn merge(into: &mut ProgressReport, later: ProgressReport) {
     into.current_item = current_item.or(into.current_item.take());
     into.error = error.or(into.error.take());
     into.metadata = match (into.metadata.take(), metadata) {
-        (Some(Value::Object(mut a)), Some(Value::Object(b))) => {
-            a.extend(b);
-            Some(Value::Object(a))
+        (Some(mut a), Some(b)) => {
+            compose(&mut a, b);
+            Some(a)
         }
         (a, b) => b.or(a),
     };
@@ -354,9 +402,7 @@ async fn send_loop(client: Client, shared: Arc<Shared>) {
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, "a report to Herald failed");
                 }
-                for w in queued.waiters {
-                    let _ = w.send(result.clone());
-                }
+                queued.answer.send_replace(Some(result));
             }
         }
     }
@@ -402,5 +448,63 @@ async fn send(client: &Client, request: Request) -> Result<Value> {
         }
         Request::Notify(n) => client.request(Method::POST, "/v1/notifications", Some(&n)).await,
         Request::Flush => Ok(Value::Null),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// RFC 7386's algorithm, to check a composition against applying in turn.
+    fn apply(target: &mut Value, patch: &Value) {
+        let Value::Object(p) = patch else {
+            *target = patch.clone();
+            return;
+        };
+        if !target.is_object() {
+            *target = json!({});
+        }
+        if let Value::Object(t) = target {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    apply(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn composed_metadata_patches_equal_applying_them_in_turn() {
+        let original = json!({ "a": { "x": 1 }, "b": 5, "c": { "keep": true } });
+        let cases = [
+            (json!({ "a": { "y": 2 } }), json!({ "a": { "z": 3 }, "b": null })),
+            (json!({ "b": 1 }), json!({ "b": 2, "n": { "deep": { "v": 1 } } })),
+            (json!({ "c": { "keep": null } }), json!({ "c": { "new": 1 } })),
+            (json!({ "a": null }), json!({ "a": 7 })),
+        ];
+        for (p1, p2) in cases {
+            assert!(composable(&p1, &p2), "{p1} then {p2}");
+            let mut in_turn = original.clone();
+            apply(&mut in_turn, &p1);
+            apply(&mut in_turn, &p2);
+            let mut combined = p1.clone();
+            compose(&mut combined, p2.clone());
+            let mut at_once = original.clone();
+            apply(&mut at_once, &combined);
+            assert_eq!(at_once, in_turn, "{p1} then {p2} composed as {combined}");
+        }
+        // An object patched where the first patch put a scalar (or deleted): not composable.
+        assert!(!composable(&json!({ "b": 1 }), &json!({ "b": { "x": 1 } })));
+        assert!(!composable(&json!({ "a": null }), &json!({ "a": { "x": 1 } })));
+    }
+
+    #[test]
+    fn two_error_lines_never_share_a_report() {
+        let e = |m: &str| ProgressReport { error: Some(m.into()), ..ProgressReport::default() };
+        assert!(!mergeable(&e("one"), &e("two")));
+        assert!(mergeable(&e("one"), &ProgressReport { succeeded: Some(3), ..ProgressReport::default() }));
     }
 }

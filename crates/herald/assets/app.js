@@ -102,6 +102,23 @@ function signOut() {
 
 // ------------------------------------------------------------ sign-in page
 
+/** Why the server refuses `token`, in words, or null when it accepts it. */
+async function checkToken(token) {
+  let r;
+  try {
+    r = await fetch('/v1/notifications?limit=1', { headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' });
+  } catch {
+    return 'The server cannot be reached; try again in a moment.';
+  }
+  if (r.status !== 401) return null; // accepted (a 403 is a role that reads no notifications)
+  const body = await r.json().catch(() => ({}));
+  const { code = 'unauthorized', message = '' } = body.error || {};
+  if (code === 'token_expired') return 'This token has expired. Ask for a new one (e.g. herald token).';
+  if (/signature/i.test(message)) return "This token was not signed with this server's secret.";
+  if (/API key/i.test(message)) return 'This API key is not known to this server.';
+  return `This server does not accept this token: ${message || code}.`;
+}
+
 async function renderSignIn(message) {
   for (const id of ['nav', 'conn', 'bell-wrap', 'who', 'signout']) $('#' + id).hidden = true;
   const main = $('#main');
@@ -115,11 +132,17 @@ async function renderSignIn(message) {
     </form>
     <div id="demo" hidden><h2>Demo</h2><p class="muted">This server runs with <code>--demo</code>: sign in as</p><div id="demo-buttons" class="row"></div></div>
   </section>`;
-  $('#token-form').addEventListener('submit', (e) => {
+  $('#token-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const token = $('#token-input').value.trim();
     if (!decodeToken(token) && !token.startsWith('hk_')) {
       renderSignIn('That does not look like a token.');
+      return;
+    }
+    // Asked before entering: a refused token never leaves a half-signed-in page.
+    const refusal = await checkToken(token);
+    if (refusal) {
+      renderSignIn(refusal);
       return;
     }
     signIn({ token });

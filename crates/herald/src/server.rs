@@ -140,12 +140,15 @@ pub async fn run(
         header_timeout: config.header_timeout,
         idle_timeout: config.idle_timeout,
     };
+    let addr = listener.local_addr()?;
     tracing::info!(
-        addr = %listener.local_addr()?,
+        url = %format!("http://{addr}/"),
         db = %config.db,
+        demo = config.demo,
         cluster = ?config.cluster,
         max_connections = limits.max_connections,
-        "herald listening"
+        "herald listening{}",
+        if config.demo { " (demo mode: simulated workers in tenant demo)" } else { "" }
     );
     let stop = async move {
         signal.await;
