@@ -166,3 +166,33 @@ impl Event {
         self.row.get_or_init(|| serde_json::from_str(self.data.get()).unwrap_or_default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the server writes is what the SDKs (`herald_model::WireEvent`) read.
+    #[test]
+    fn the_wire_json_parses_as_the_sdk_event() {
+        let e = Event {
+            position: Position::from_u64(42),
+            tenant: Arc::from("acme"),
+            kind: EventType::JobUpdated,
+            topics: vec!["job:j1".into()],
+            job_id: Some("j1".into()),
+            owner: None,
+            data: Arc::from(RawValue::from_string(r#"{"id":"j1","status":"running"}"#.into()).unwrap()),
+            old: Some(Arc::from(RawValue::from_string(r#"{"id":"j1"}"#.into()).unwrap())),
+            table: None,
+            time: 1_700_000_000_123,
+            row: OnceLock::new(),
+        };
+        let parsed: herald_model::WireEvent = serde_json::from_str(&e.wire_json(Some("event"), "job:j1")).unwrap();
+        assert_eq!(parsed.topic, "job:j1");
+        assert_eq!(parsed.position, Position::from_u64(42));
+        assert_eq!(parsed.kind, "job.updated");
+        assert_eq!(parsed.data["status"], "running");
+        assert_eq!(parsed.old, Some(serde_json::json!({ "id": "j1" })));
+        assert_eq!(parsed.time, "2023-11-14T22:13:20.123Z");
+    }
+}
