@@ -130,6 +130,11 @@ test('customer watches a job to 100% through a server kill, with notification, p
 
   // Mark as read from the bell.
   await alice.locator('#bell').click();
+  // The completion reads as a success at a glance (a stall would read as a warning).
+  const done = alice.locator('li.note.lvl-success', { hasText: `${title} completed` });
+  await done.waitFor();
+  assert.equal(await done.locator('b').evaluate((b) => getComputedStyle(b, '::before').content), '"✓"');
+  await alice.screenshot({ path: path.join(SHOTS, 'bell-panel.png') });
   await alice.locator('#read-all').click();
   await alice.locator('#bell-count').waitFor({ state: 'hidden' });
 

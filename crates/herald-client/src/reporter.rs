@@ -456,25 +456,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// RFC 7386's algorithm, to check a composition against applying in turn.
-    fn apply(target: &mut Value, patch: &Value) {
-        let Value::Object(p) = patch else {
-            *target = patch.clone();
-            return;
-        };
-        if !target.is_object() {
-            *target = json!({});
-        }
-        if let Value::Object(t) = target {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    apply(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-    }
+    // The server's own merge patch: a composition must equal applying in turn.
+    use herald_model::job::merge_patch as apply;
 
     #[test]
     fn composed_metadata_patches_equal_applying_them_in_turn() {
