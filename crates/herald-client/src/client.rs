@@ -161,13 +161,14 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
         idempotency_key: Option<&str>,
+        extra_time: Duration,
     ) -> Result<T> {
         let mut req = self
             .inner
             .http
             .request(method.clone(), format!("{}{path}", self.inner.base))
             .bearer_auth(&self.inner.token)
-            .timeout(self.inner.timeout);
+            .timeout(self.inner.timeout + extra_time);
         if let Some(key) = idempotency_key {
             req = req.header("Idempotency-Key", key);
         }
@@ -193,6 +194,17 @@ impl Client {
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T> {
+        self.request_waiting(method, path, body, Duration::ZERO).await
+    }
+
+    /// [`Client::request`] for a request the server may hold open for `wait`.
+    async fn request_waiting<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+        wait: Duration,
+    ) -> Result<T> {
         let body = body
             .map(serde_json::to_vec)
             .transpose()
@@ -202,7 +214,7 @@ impl Client {
         let retry = &self.inner.retry;
         let mut attempt = 0u32;
         loop {
-            let result = self.attempt(&method, path, body.as_deref(), key.as_deref()).await;
+            let result = self.attempt(&method, path, body.as_deref(), key.as_deref(), wait).await;
             let err = match result {
                 Ok(v) => return Ok(v),
                 Err(e) if !e.is_retryable() => return Err(e),
@@ -272,7 +284,7 @@ impl Client {
             since.get(),
             wait.as_secs()
         );
-        self.request(Method::GET, &path, None::<&()>).await
+        self.request_waiting(Method::GET, &path, None::<&()>, wait).await
     }
 }
 

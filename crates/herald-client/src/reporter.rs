@@ -307,10 +307,16 @@ impl Reporter {
 /// lines cannot, nor two metadata patches whose composition would differ
 /// from applying them in turn.
 fn mergeable(pending: &ProgressReport, later: &ProgressReport) -> bool {
+    // A status is a move of its own: two in one report would skip the first.
+    if pending.status.is_some() || later.status.is_some() {
+        return false;
+    }
     if pending.error.is_some() && later.error.is_some() {
         return false;
     }
     match (&pending.metadata, &later.metadata) {
+        // A null patch is no patch on the wire: it cannot carry another one.
+        (Some(Value::Null), Some(_)) | (Some(_), Some(Value::Null)) => false,
         (Some(a), Some(b)) => composable(a, b),
         _ => true,
     }
@@ -489,5 +495,10 @@ mod tests {
         let e = |m: &str| ProgressReport { error: Some(m.into()), ..ProgressReport::default() };
         assert!(!mergeable(&e("one"), &e("two")));
         assert!(mergeable(&e("one"), &ProgressReport { succeeded: Some(3), ..ProgressReport::default() }));
+        let running = ProgressReport { status: Some(JobStatus::Running), ..ProgressReport::default() };
+        assert!(!mergeable(
+            &running,
+            &ProgressReport { status: Some(JobStatus::Completed), ..ProgressReport::default() }
+        ));
     }
 }

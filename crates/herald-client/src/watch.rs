@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use herald_model::{Position, WireEvent};
 use serde::Deserialize;
 use serde_json::Value;
+use std::time::Duration;
 
 /// What a watch yields.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +31,12 @@ pub struct Watch {
     stream: Option<reqwest::Response>,
     buf: Vec<u8>,
     failures: u32,
+    /// The current stream has handed out an update.
+    delivered: bool,
 }
+
+/// Three of Herald's 15-second keep-alives missed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
 #[derive(Deserialize)]
 struct ResyncBody {
@@ -50,6 +56,7 @@ impl Client {
             stream: None,
             buf: Vec::new(),
             failures: 0,
+            delivered: false,
         }
     }
 
@@ -82,13 +89,20 @@ impl Watch {
                 continue;
             }
             let chunk = match self.stream.as_mut() {
-                Some(resp) => resp.chunk().await,
+                // Herald sends a keep-alive every 15 s: silence past this is a dead connection.
+                Some(resp) => tokio::time::timeout(IDLE_TIMEOUT, resp.chunk()).await,
                 None => continue,
             };
             match chunk {
-                Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
-                // The stream ended (a goodbye, a restart, a cut): resume.
-                Ok(None) | Err(_) => self.drop_stream(),
+                Ok(Ok(Some(bytes))) => self.buf.extend_from_slice(&bytes),
+                // The stream ended (a goodbye, a restart, a cut) or went silent: resume.
+                Ok(Ok(None) | Err(_)) | Err(_) => {
+                    if !self.delivered {
+                        // Accepted and ended without an event: back off as after a failure.
+                        self.failures += 1;
+                    }
+                    self.drop_stream();
+                }
             }
         }
     }
@@ -117,6 +131,7 @@ impl Watch {
             let err = match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
                     self.stream = Some(resp);
+                    self.delivered = false;
                     return Ok(());
                 }
                 Ok(resp) => {
@@ -155,10 +170,11 @@ impl Watch {
                     _ => {}
                 }
             }
-            if let Some(p) = id {
-                self.position = Some(p);
-            }
             if data.is_empty() {
+                // An id-only message: where the stream starts.
+                if let Some(p) = id {
+                    self.position = Some(p);
+                }
                 continue;
             }
             match event.as_str() {
@@ -167,6 +183,7 @@ impl Watch {
                         .map_err(|e| Error::Invalid(format!("a resync message did not parse: {e}")))?;
                     self.position = Some(body.position);
                     self.failures = 0;
+                    self.delivered = true;
                     return Ok(Some(Update::Resync { position: body.position, snapshot: body.snapshot }));
                 }
                 // The server is ending the stream; the next read sees the end and resumes.
@@ -176,6 +193,7 @@ impl Watch {
                         .map_err(|e| Error::Invalid(format!("an event did not parse: {e}")))?;
                     self.position = Some(e.position);
                     self.failures = 0;
+                    self.delivered = true;
                     return Ok(Some(Update::Event(e)));
                 }
             }

@@ -57,7 +57,12 @@ pub enum Cors {
 
 impl Cors {
     fn parse(list: Vec<String>) -> Result<Cors, ConfigError> {
-        let list: Vec<String> = list.into_iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect();
+        // Browsers send origins in lowercase, without a trailing slash.
+        let list: Vec<String> = list
+            .into_iter()
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect();
         if list.is_empty() {
             return Ok(Cors::Off);
         }

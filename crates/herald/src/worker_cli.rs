@@ -206,7 +206,7 @@ pub async fn notify(c: &Connection, args: NotifyArgs) -> i32 {
 async fn run_job(client: &Client, cmd: JobCmd) -> Result<(Value, String), Error> {
     let job_line = |j: &herald_client::Job| {
         let counts = match j.total {
-            Some(t) => format!("{}/{} ({:.0}%)", j.succeeded + j.failed, t, j.progress),
+            Some(t) => format!("{}/{} ({:.0}%)", j.succeeded.saturating_add(j.failed), t, j.progress),
             None => format!("{:.0}%", j.progress),
         };
         format!("job {} {} {counts}", j.id, j.status.as_str())

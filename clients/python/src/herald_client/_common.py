@@ -3,15 +3,17 @@ request bodies, and the mapping of transport failures to typed errors."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
+import time
 import uuid
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import quote
 
 import httpx
 
-from .errors import HeraldError, Unavailable
+from .errors import HeraldError, Unavailable, error_from_response, is_retryable_status
 
 #: A JSON object as the server sends and takes it.
 JSON = Dict[str, Any]
@@ -110,51 +112,37 @@ def put(target: JSON, /, **fields: Any) -> JSON:
     return target
 
 
+#: The plain fields of a job in ``POST /v1/jobs``, in the order they are sent.
+JOB_FIELDS = ("kind", "title", "owner", "total", "status")
+
+
 def job_body(
     job_id: Optional[str],
     *,
-    title: Optional[str],
-    kind: Optional[str],
-    owner: Optional[str],
-    total: Optional[int],
-    status: Optional[str],
     metadata: Optional[Mapping[str, Any]],
     tasks: Optional[Sequence[Mapping[str, Any]]],
+    **fields: Any,
 ) -> JSON:
-    """The body of ``POST /v1/jobs``."""
-    return put(
-        {},
-        id=job_id,
-        kind=kind,
-        title=title,
-        owner=owner,
-        total=total,
-        status=status,
-        metadata=json_copy(metadata) if metadata is not None else None,
-        tasks=json_copy(list(tasks)) if tasks is not None else None,
-    )
+    """The body of ``POST /v1/jobs``; ``fields``: the other ``create_job``
+    keywords (:data:`JOB_FIELDS`), sent as they are."""
+    assert fields.keys() == set(JOB_FIELDS), sorted(fields)
+    body = put({}, id=job_id, **{k: fields[k] for k in JOB_FIELDS})
+    if metadata is not None:
+        body["metadata"] = json_copy(metadata)
+    if tasks is not None:
+        body["tasks"] = json_copy(list(tasks))
+    return body
 
 
 def progress_body(
-    *,
-    succeeded: Optional[int] = None,
-    failed: Optional[int] = None,
-    total: Optional[int] = None,
-    progress: Optional[float] = None,
-    stage: Optional[str] = None,
-    current_item: Optional[str] = None,
-    metadata: Optional[Mapping[str, Any]] = None,
-    error: Optional[object] = None,
+    *, metadata: Optional[Mapping[str, Any]] = None, error: Optional[object] = None, **fields: Any
 ) -> JSON:
-    """The body of a ``POST /v1/jobs/{id}/progress`` without a status."""
+    """The body of a ``POST /v1/jobs/{id}/progress`` without a status;
+    ``fields``: the other keywords of ``progress()`` (counts, ``progress``,
+    ``stage``, ``current_item``), sent as they are."""
     return put(
         {},
-        succeeded=succeeded,
-        failed=failed,
-        total=total,
-        progress=progress,
-        stage=stage,
-        current_item=current_item,
+        **fields,
         metadata=json_copy(metadata) if metadata is not None else None,
         error=error_text(error) if error is not None else None,
     )
@@ -244,15 +232,7 @@ def progress_path(job_id: str) -> str:
 
 
 def job_started_spec(
-    job_id: str,
-    *,
-    title: Optional[str],
-    kind: Optional[str],
-    owner: Optional[str],
-    total: Optional[int],
-    stage: Optional[str],
-    metadata: Optional[Mapping[str, Any]],
-    tasks: Optional[Sequence[Mapping[str, Any]]],
+    job_id: str, *, total: Optional[int], stage: Optional[str], metadata: Optional[Mapping[str, Any]], **fields: Any
 ) -> Spec:
     """``job_started``: a report that moves the job to running and, when the
     job does not exist (404 ``not_found``), the ``POST /v1/jobs`` that creates
@@ -260,9 +240,7 @@ def job_started_spec(
     report = put({"status": "running"}, total=total, stage=stage)
     if metadata is not None:
         report["metadata"] = json_copy(metadata)
-    create = job_body(
-        job_id, title=title, kind=kind, owner=owner, total=total, status="running", metadata=metadata, tasks=tasks
-    )
+    create = job_body(job_id, total=total, status="running", metadata=metadata, **fields)
     return Spec(job_id, "POST", progress_path(job_id), report, create=create, stage_after_create=stage)
 
 
@@ -290,24 +268,12 @@ def pair(value: Tuple[float, float], name: str) -> Tuple[float, float]:
     return float(initial), float(maximum)
 
 
-def create_job_spec(
-    job_id: Optional[str],
-    *,
-    title: Optional[str],
-    kind: Optional[str],
-    owner: Optional[str],
-    total: Optional[int],
-    status: Optional[str],
-    metadata: Optional[Mapping[str, Any]],
-    tasks: Optional[Sequence[Mapping[str, Any]]],
-) -> Spec:
+def create_job_spec(job_id: Optional[str], **fields: Any) -> Spec:
+    """``create_job``; ``fields``: its keywords, as :func:`job_body` takes them."""
     # A job without an id gets one from the server: nothing else can be
     # queued behind it, so it has a lane of its own.
     lane = job_id if job_id is not None else private_lane("create:" + new_key())
-    body = job_body(
-        job_id, title=title, kind=kind, owner=owner, total=total, status=status, metadata=metadata, tasks=tasks
-    )
-    return Spec(lane, "POST", "/v1/jobs", body)
+    return Spec(lane, "POST", "/v1/jobs", job_body(job_id, **fields))
 
 
 def job_finished_spec(
@@ -315,7 +281,7 @@ def job_finished_spec(
 ) -> Spec:
     body = progress_body(stage=stage, metadata=metadata, error=error)
     body["status"] = status
-    return Spec(job_id, "POST", progress_path(job_id), body)
+    return progress_spec(job_id, body)
 
 
 def artifact_spec(job_id: str, kind: str, payload: Any) -> Spec:
@@ -366,3 +332,68 @@ class ReporterStats:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)}" for k in self.__slots__)
         return f"ReporterStats({fields})"
+
+
+def progress_spec(job_id: str, body: JSON) -> Spec:
+    """A progress report (``progress()``, ``job_completed``, ``job_failed``)."""
+    return Spec(job_id, "POST", progress_path(job_id), body)
+
+
+def http_options(url: str, timeout: float, transport: Any, max_in_flight: int) -> Dict[str, Any]:
+    """The options of a reporter's ``httpx.Client`` / ``httpx.AsyncClient``."""
+    return dict(
+        base_url=url,
+        timeout=timeouts(timeout),
+        transport=transport,
+        headers={"User-Agent": USER_AGENT},
+        limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
+    )
+
+
+async def call_token_getter(get_token: Optional[Callable[[], Union[str, Awaitable[str]]]]) -> str:
+    """Calls an asyncio flavour's ``get_token``: a plain or a coroutine function."""
+    assert get_token is not None
+    value = get_token()
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class Attempts:
+    """The retry policy of one logical request, without I/O: retried under
+    one Idempotency-Key on network errors, 5xx, 408 and 429 for up to
+    ``retry_timeout``; a first 401 refreshes the token (when there is a
+    getter) and retries at once; any other 4xx raises at once."""
+
+    def __init__(self, backoff: Tuple[float, float], retry_timeout: Optional[float], can_refresh: bool) -> None:
+        self.backoff = backoff
+        self.retry_timeout = retry_timeout
+        self.started = time.monotonic()
+        self.attempt = 0
+        self.refreshed = not can_refresh
+
+    def judge(self, answer: Union[httpx.Response, httpx.TransportError]) -> Union[JSON, float, None]:
+        """What one attempt's ``answer`` means: the answer's JSON object on
+        success; None to refresh the token and try again at once; else the
+        seconds to wait before the next attempt. Raises the error when the
+        request must not (or may no longer) be retried."""
+        wait: Optional[float] = None
+        if isinstance(answer, httpx.TransportError):
+            err = transport_error(answer)
+        else:
+            if answer.is_success:
+                return parse_json_object(answer.content)
+            err = error_from_response(answer.status_code, answer.content)
+            if answer.status_code == 401 and not self.refreshed:
+                self.refreshed = True
+                return None
+            if not is_retryable_status(answer.status_code):
+                raise err
+            wait = retry_after(answer.headers)
+        delay = backoff_delay(self.attempt, *self.backoff)
+        if wait is not None:
+            delay = max(delay, min(wait, self.backoff[1]))
+        self.attempt += 1
+        if self.retry_timeout is not None and time.monotonic() + delay - self.started > self.retry_timeout:
+            raise err
+        return delay

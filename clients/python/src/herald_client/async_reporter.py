@@ -10,42 +10,34 @@ answer: ``await`` that future, or ``await reporter.flush()``, to wait for it.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from contextlib import nullcontext
+from typing import Any, Awaitable, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import httpx
 
 from ._common import (
     JSON,
-    USER_AGENT,
-    ReporterStats,
+    Attempts,
     Spec,
     artifact_spec,
-    backoff_delay,
-    base_url,
+    call_token_getter,
     create_job_spec,
-    dumps,
     headers,
+    http_options,
     job_finished_spec,
     job_started_spec,
-    new_key,
     notify_spec,
-    pair,
-    parse_json_object,
     progress_body,
-    progress_path,
-    retry_after,
-    split_token,
+    progress_spec,
     task_spec,
     task_status_body,
-    timeouts,
-    transport_error,
 )
-from ._queue import Lanes, Request
-from .errors import Conflict, HeraldError, NotFound, QueueFull, Unavailable, error_from_response, is_retryable_status
+from ._queue import Request
+from ._reporter_base import ReporterBase, delivery
+from .errors import HeraldError
 
 log = logging.getLogger("herald_client")
 
@@ -84,7 +76,7 @@ async def _wait(event: asyncio.Event, timeout: Optional[float]) -> bool:
         return False
 
 
-class AsyncReporter:
+class AsyncReporter(ReporterBase["asyncio.Future[JSON]"]):
     """Reports jobs to Herald from asyncio code. Options as for
     :class:`herald_client.Reporter`; ``get_token`` may be a coroutine
     function. Use it from one event loop, and close it (``async with`` or
@@ -107,34 +99,13 @@ class AsyncReporter:
         on_error: Optional[Callable[[HeraldError], None]] = None,
         transport: Optional[httpx.AsyncBaseTransport] = None,
     ) -> None:
-        if coalesce < 0:
-            raise ValueError("coalesce: seconds, 0 to send every progress report")
-        if max_queue < 1 or max_in_flight < 1:
-            raise ValueError("max_queue and max_in_flight must be at least 1")
-        self.url = base_url(url)
-        self._token = split_token(token, get_token is not None)
-        self._get_token = get_token
-        self._coalesce = float(coalesce)
-        self._max_queue = max_queue
-        self._queue_timeout = float(queue_timeout)
-        self._retry_timeout = retry_timeout
-        self._backoff = pair(backoff, "backoff")
-        self._timeout = float(timeout)
-        self._max_in_flight = max_in_flight
-        self._on_error = on_error
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            timeout=timeouts(timeout),
-            transport=transport,
-            headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
+        self._configure(
+            url, token, get_token is not None, coalesce, max_queue, queue_timeout, retry_timeout, backoff, timeout,
+            max_in_flight, on_error
         )
-        self._lanes: Lanes[asyncio.Future[JSON]] = Lanes()
-        self._failures: Dict[str, List[HeraldError]] = {}
-        self._stats = ReporterStats()
+        self._get_token = get_token
+        self._http = httpx.AsyncClient(**http_options(self.url, timeout, transport, max_in_flight))
         self._loop_state: Optional[_Loop] = None
-        self._closed = False
-        self._stopping = False
 
     @property
     def _ev(self) -> _Loop:
@@ -213,40 +184,22 @@ class AsyncReporter:
     ) -> asyncio.Future[JSON]:
         """See :meth:`herald_client.Reporter.progress`."""
         body = progress_body(
-            succeeded=succeeded,
-            failed=failed,
-            total=total,
-            progress=progress,
-            stage=stage,
-            current_item=current_item,
-            metadata=metadata,
-            error=error,
+            succeeded=succeeded, failed=failed, total=total, progress=progress, stage=stage, current_item=current_item,
+            metadata=metadata, error=error,
         )
-        spec = Spec(job_id, "POST", progress_path(job_id), body)
+        spec = progress_spec(job_id, body)
         self._check_open()
         ev = self._ev
         deadline: Optional[float] = None
         while True:
-            buf = self._lanes.buffer(job_id)
-            if buf is not None:
-                if buf.merge(body):
-                    self._stats.coalesced += 1
-                    return buf.future
-                self._close_buffer(job_id)  # cannot share a request: send that one first
-            if self._lanes.size < self._max_queue:
+            folded, room = self._fold_progress(job_id, spec.body)
+            if folded is not None:
+                return folded
+            if room:
                 break
-            # Full: fold into this job's newest report that is not sent yet.
-            tail = self._lanes.tail(job_id)
-            if tail is not None and tail.merge(body):
-                self._stats.coalesced += 1
-                return tail.future
             deadline = await self._wait_for_room(deadline, spec)
         fut = self._new_future()
-        req = Request(spec, fut, progress=True)
-        if self._coalesce > 0:
-            self._lanes.open_buffer(req, time.monotonic() + self._coalesce)
-        else:
-            self._lanes.push(req)
+        self._queue_progress(spec, fut)
         self._start_senders()
         ev.work.set()
         return fut
@@ -305,14 +258,11 @@ class AsyncReporter:
 
     async def flush(self, job_id: Optional[str] = None, timeout: Optional[float] = None) -> None:
         """See :meth:`herald_client.Reporter.flush`."""
-        for lane in [job_id] if job_id is not None else self._lanes.buffered_lanes():
-            self._close_buffer(lane)
-        pending = [r.future for r in self._lanes.outstanding(job_id)]
+        pending = self._pending(job_id)
         if pending:
             self._ev.work.set()
             _, not_done = await asyncio.wait(pending, timeout=timeout)
-            if not_done:
-                raise Unavailable("flush_timeout", f"{len(not_done)} reports still unanswered after {timeout} s")
+            self._raise_flush_timeout(len(not_done), timeout)
         self._raise_failures(job_id)
 
     async def close(self, timeout: Optional[float] = 30.0) -> None:
@@ -323,9 +273,7 @@ class AsyncReporter:
         st = self._loop_state
         not_done: List[asyncio.Future[JSON]] = []
         if st is not None:
-            for lane in self._lanes.buffered_lanes():
-                self._close_buffer(lane)
-            pending = [r.future for r in self._lanes.outstanding()]
+            pending = self._pending(None)
             st.work.set()
             st.room.set()
             if pending:
@@ -334,10 +282,7 @@ class AsyncReporter:
             self._stopping = True
             if not_done:
                 st.abandoned.set()
-                for req in self._lanes.abandon():
-                    self._settle(
-                        req, None, HeraldError("closed", "the reporter was closed before this report was sent")
-                    )
+                self._settle_lost(self._lanes.abandon())
             st.work.set()
             if st.tasks:
                 # A request in flight ends within its HTTP timeout.
@@ -345,15 +290,9 @@ class AsyncReporter:
                 for t in stuck:
                     t.cancel()
         await self._http.aclose()
-        if not_done:
-            self._failures.clear()
-            raise Unavailable("closed", f"{len(not_done)} reports were not delivered within {timeout} s")
-        self._raise_failures(None)
+        self._raise_after_close(len(not_done), timeout)
 
     aclose = close
-
-    def stats(self) -> ReporterStats:
-        return self._stats.copy(self._lanes.size)
 
     async def __aenter__(self) -> AsyncReporter:
         return self
@@ -367,13 +306,24 @@ class AsyncReporter:
         try:
             await self.close()
         except HeraldError as e:  # the exception in flight matters more
-            log.warning("herald: closing the reporter: %s", e)
+            self._log_close_error(e)
 
     # The queue.
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise HeraldError("closed", "the reporter is closed")
+    def _guard(self) -> ContextManager[Any]:
+        return nullcontext()  # one event loop: nothing runs between two awaits
+
+    def _room_freed(self) -> None:
+        if self._loop_state is not None:
+            self._loop_state.room.set()
+
+    def _resolve(self, future: asyncio.Future[JSON], result: JSON, error: Optional[HeraldError]) -> None:
+        if future.done():  # cancelled by its caller: nobody waits for it
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
     def _new_future(self) -> asyncio.Future[JSON]:
         fut: asyncio.Future[JSON] = self._ev.loop.create_future()
@@ -384,11 +334,7 @@ class AsyncReporter:
         self._check_open()
         ev = self._ev
         deadline: Optional[float] = None
-        while True:
-            # A status change never overtakes the progress reported before it.
-            self._close_buffer(spec.lane)
-            if self._lanes.size < self._max_queue:
-                break
+        while not self._has_room(spec):
             deadline = await self._wait_for_room(deadline, spec)
         fut = self._new_future()
         self._lanes.push(Request(spec, fut))
@@ -397,25 +343,12 @@ class AsyncReporter:
         return fut
 
     async def _wait_for_room(self, deadline: Optional[float], spec: Spec) -> float:
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + self._queue_timeout
-        if now >= deadline:
-            raise QueueFull(
-                f"{self._lanes.size} reports are waiting for Herald (max_queue {self._max_queue}); "
-                f"{spec.method} {spec.path} was not queued after {self._queue_timeout} s"
-            )
+        deadline, left = self._room_wait(deadline, spec)
         room = self._ev.room
         room.clear()
-        await _wait(room, deadline - now)
+        await _wait(room, left)
         self._check_open()
         return deadline
-
-    def _close_buffer(self, lane: str) -> None:
-        merged = self._lanes.close_buffer(lane)
-        self._stats.coalesced += merged
-        if merged and self._loop_state is not None:
-            self._loop_state.room.set()
 
     def _start_senders(self) -> None:
         st = self._ev
@@ -428,13 +361,9 @@ class AsyncReporter:
         st = self._ev
         while True:
             now = time.monotonic()
-            for lane in self._lanes.due(now):
-                self._close_buffer(lane)
-            req = self._lanes.take()
-            if req is not None:
+            req, stop = self._poll(now)
+            if req is not None or stop:
                 return req
-            if self._stopping and self._lanes.size == 0:
-                return None
             deadline = self._lanes.next_deadline()
             # No await between the checks above and clear(): no wake-up is lost.
             st.work.clear()
@@ -452,123 +381,67 @@ class AsyncReporter:
                 result = await self._execute(req)
             except HeraldError as e:
                 error = e
-            except Exception as e:  # a bug here or in a library: fail this report, keep the sender
-                log.exception("herald: unexpected error sending %s", req.describe())
-                error = HeraldError("internal", f"{type(e).__name__}: {e}")
+            except Exception as e:
+                error = self._unexpected(req, e)
             self._settle(req, result, error)
             self._lanes.done(req)
             st.room.set()
             st.work.set()
 
-    def _settle(self, req: Request[asyncio.Future[JSON]], result: Optional[JSON], error: Optional[HeraldError]) -> None:
-        if error is not None:
-            error.request = req.describe()
-            self._failures.setdefault(req.lane, []).append(error)
-            self._stats.failed += 1
-        else:
-            self._stats.sent += 1
-        for f in req.futures():
-            if f.done():  # cancelled by its caller: nobody waits for it
-                continue
-            if error is not None:
-                f.set_exception(error)
-            else:
-                f.set_result(result if result is not None else {})
-        if error is not None:
-            if self._on_error is not None:
-                try:
-                    self._on_error(error)
-                except Exception:
-                    log.exception("herald: on_error raised")
-            else:
-                log.warning("herald: %s failed: %s", req.describe(), error)
-
-    def _raise_failures(self, job_id: Optional[str]) -> None:
-        if job_id is not None:
-            failures = self._failures.pop(job_id, [])
-        else:
-            failures = [e for errs in self._failures.values() for e in errs]
-            self._failures.clear()
-        if failures:
-            raise failures[0]
-
     # Sending.
 
     async def _execute(self, req: Request[asyncio.Future[JSON]]) -> JSON:
-        spec = req.spec
+        """Makes the requests of :func:`delivery`."""
+        plan = delivery(req)
         try:
-            return await self._send(spec.method, spec.path, req.content(), req.key)
-        except NotFound as e:
-            if spec.create is None or e.code != "not_found":
-                raise
-        # job_started on a job that does not exist yet: create it running.
-        try:
-            job = await self._send("POST", "/v1/jobs", dumps(spec.create), new_key())
-        except Conflict as e:
-            if e.code != "conflict":
-                raise
-            # Created meanwhile with other fields: report to it as planned.
-            return await self._send(spec.method, spec.path, req.content(), req.key)
-        if spec.stage_after_create is not None:
-            job = await self._send("POST", spec.path, dumps({"stage": spec.stage_after_create}), new_key())
-        return job
+            call = next(plan)
+            while True:
+                try:
+                    answer = await self._send(*call)
+                except HeraldError as e:
+                    call = plan.throw(e)
+                else:
+                    call = plan.send(answer)
+        except StopIteration as done:
+            result: JSON = done.value
+            return result
 
     async def _send(self, method: str, path: str, content: bytes, key: str) -> JSON:
         """See :meth:`herald_client.Reporter._send`."""
         st = self._ev
-        started = time.monotonic()
-        attempt = 0
-        refreshed = False
+        attempts = Attempts(self._backoff, self._retry_timeout, self._get_token is not None)
         while True:
             if st.abandoned.is_set():
                 raise HeraldError("closed", "the reporter was closed before this report was answered")
             token = await self._token_value()
             self._stats.attempts += 1
-            wait: Optional[float] = None
+            answer: Any
             try:
-                resp = await self._http.request(method, path, content=content, headers=headers(token, key))
+                answer = await self._http.request(method, path, content=content, headers=headers(token, key))
             except httpx.TransportError as e:
-                err = transport_error(e)
-            else:
-                if resp.is_success:
-                    return parse_json_object(resp.content)
-                err = error_from_response(resp.status_code, resp.content)
-                if resp.status_code == 401 and self._get_token is not None and not refreshed:
-                    refreshed = True
-                    await self._refresh_token(token)
-                    continue
-                if not is_retryable_status(resp.status_code):
-                    raise err
-                wait = retry_after(resp.headers)
-            delay = backoff_delay(attempt, *self._backoff)
-            if wait is not None:
-                delay = max(delay, min(wait, self._backoff[1]))
-            attempt += 1
-            if self._retry_timeout is not None and time.monotonic() + delay - started > self._retry_timeout:
-                raise err
+                answer = e
+            delay = attempts.judge(answer)
+            if isinstance(delay, dict):
+                return delay
+            if delay is None:
+                await self._refresh_token(token)
+                continue
             self._stats.retries += 1
             if await _wait(st.abandoned, delay):
                 raise HeraldError("closed", "the reporter was closed before this report was answered")
-
-    async def _call_get_token(self) -> str:
-        assert self._get_token is not None
-        value = self._get_token()
-        if inspect.isawaitable(value):
-            return await value
-        return value
 
     async def _token_value(self) -> str:
         if self._token is not None:
             return self._token
         async with self._ev.token_lock:
             if self._token is None:
-                self._token = await self._call_get_token()
+                self._token = await call_token_getter(self._get_token)
             return self._token
 
     async def _refresh_token(self, stale: str) -> None:
         async with self._ev.token_lock:
             if self._token == stale:
-                self._token = await self._call_get_token()
+                self._token = await call_token_getter(self._get_token)
 
 
 class AsyncJobReporter:

@@ -16,38 +16,29 @@ import weakref
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import httpx
 
 from ._common import (
     JSON,
-    USER_AGENT,
-    ReporterStats,
+    Attempts,
     Spec,
     artifact_spec,
-    backoff_delay,
-    base_url,
     create_job_spec,
-    dumps,
     headers,
+    http_options,
     job_finished_spec,
     job_started_spec,
-    new_key,
     notify_spec,
-    pair,
-    parse_json_object,
     progress_body,
-    progress_path,
-    retry_after,
-    split_token,
+    progress_spec,
     task_spec,
     task_status_body,
-    timeouts,
-    transport_error,
 )
-from ._queue import Lanes, Request
-from .errors import Conflict, HeraldError, NotFound, QueueFull, Unavailable, error_from_response, is_retryable_status
+from ._queue import Request
+from ._reporter_base import ReporterBase, delivery
+from .errors import HeraldError
 
 log = logging.getLogger("herald_client")
 
@@ -67,7 +58,7 @@ def _close_at_exit() -> None:
 atexit.register(_close_at_exit)
 
 
-class Reporter:
+class Reporter(ReporterBase["Future[JSON]"]):
     """Reports jobs to Herald over its HTTP API, from any number of threads.
 
     ``url``: Herald's base URL. ``token``: a JWT (role worker, service or
@@ -105,28 +96,12 @@ class Reporter:
         on_error: Optional[Callable[[HeraldError], None]] = None,
         transport: Optional[httpx.BaseTransport] = None,
     ) -> None:
-        if coalesce < 0:
-            raise ValueError("coalesce: seconds, 0 to send every progress report")
-        if max_queue < 1 or max_in_flight < 1:
-            raise ValueError("max_queue and max_in_flight must be at least 1")
-        self.url = base_url(url)
-        self._token = split_token(token, get_token is not None)
-        self._get_token = get_token
-        self._coalesce = float(coalesce)
-        self._max_queue = max_queue
-        self._queue_timeout = float(queue_timeout)
-        self._retry_timeout = retry_timeout
-        self._backoff = pair(backoff, "backoff")
-        self._timeout = float(timeout)
-        self._max_in_flight = max_in_flight
-        self._on_error = on_error
-        self._http = httpx.Client(
-            base_url=self.url,
-            timeout=timeouts(timeout),
-            transport=transport,
-            headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
+        self._configure(
+            url, token, get_token is not None, coalesce, max_queue, queue_timeout, retry_timeout, backoff, timeout,
+            max_in_flight, on_error
         )
+        self._get_token = get_token
+        self._http = httpx.Client(**http_options(self.url, timeout, transport, max_in_flight))
         # One lock guards the queue and the counters; `_work` wakes senders
         # (work arrived, a window ended), `_room` wakes callers waiting for
         # room in a full queue.
@@ -134,12 +109,7 @@ class Reporter:
         self._work = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)
         self._token_lock = threading.Lock()
-        self._lanes: Lanes[Future[JSON]] = Lanes()
-        self._failures: Dict[str, List[HeraldError]] = {}
-        self._stats = ReporterStats()
         self._threads: List[threading.Thread] = []
-        self._closed = False  # no new reports
-        self._stopping = False  # senders exit once idle
         self._abandoned = threading.Event()  # give up on what is left (close timed out)
         _OPEN.add(self)
 
@@ -226,40 +196,22 @@ class Reporter:
         folded into one. The future is shared by the calls folded together.
         """
         body = progress_body(
-            succeeded=succeeded,
-            failed=failed,
-            total=total,
-            progress=progress,
-            stage=stage,
-            current_item=current_item,
-            metadata=metadata,
-            error=error,
+            succeeded=succeeded, failed=failed, total=total, progress=progress, stage=stage, current_item=current_item,
+            metadata=metadata, error=error,
         )
-        spec = Spec(job_id, "POST", progress_path(job_id), body)
+        spec = progress_spec(job_id, body)
         with self._lock:
             self._check_open()
             deadline: Optional[float] = None
             while True:
-                buf = self._lanes.buffer(job_id)
-                if buf is not None:
-                    if buf.merge(body):
-                        self._stats.coalesced += 1
-                        return buf.future
-                    self._close_buffer(job_id)  # cannot share a request: send that one first
-                if self._lanes.size < self._max_queue:
+                folded, room = self._fold_progress(job_id, spec.body)
+                if folded is not None:
+                    return folded
+                if room:
                     break
-                # Full: fold into this job's newest report that is not sent yet.
-                tail = self._lanes.tail(job_id)
-                if tail is not None and tail.merge(body):
-                    self._stats.coalesced += 1
-                    return tail.future
                 deadline = self._wait_for_room(deadline, spec)
             fut: Future[JSON] = Future()
-            req = Request(spec, fut, progress=True)
-            if self._coalesce > 0:
-                self._lanes.open_buffer(req, time.monotonic() + self._coalesce)
-            else:
-                self._lanes.push(req)
+            self._queue_progress(spec, fut)
             self._start_senders()
             self._work.notify()
         return fut
@@ -327,13 +279,10 @@ class Reporter:
         failure since the previous ``flush`` (each failure is raised once),
         or :class:`Unavailable` (``flush_timeout``) after ``timeout`` seconds."""
         with self._lock:
-            for lane in [job_id] if job_id is not None else self._lanes.buffered_lanes():
-                self._close_buffer(lane)
-            pending = [r.future for r in self._lanes.outstanding(job_id)]
+            pending = self._pending(job_id)
             self._work.notify_all()
         _, not_done = wait_futures(pending, timeout)
-        if not_done:
-            raise Unavailable("flush_timeout", f"{len(not_done)} reports still unanswered after {timeout} s")
+        self._raise_flush_timeout(len(not_done), timeout)
         self._raise_failures(job_id)
 
     def close(self, timeout: Optional[float] = 30.0) -> None:
@@ -346,9 +295,7 @@ class Reporter:
             if self._closed:
                 return
             self._closed = True
-            for lane in self._lanes.buffered_lanes():
-                self._close_buffer(lane)
-            pending = [r.future for r in self._lanes.outstanding()]
+            pending = self._pending(None)
             self._work.notify_all()
             self._room.notify_all()
         _, not_done = wait_futures(pending, timeout)
@@ -359,22 +306,13 @@ class Reporter:
                 self._abandoned.set()
                 lost = self._lanes.abandon()
             self._work.notify_all()
-        for req in lost:
-            self._settle(req, None, HeraldError("closed", "the reporter was closed before this report was sent"))
+        self._settle_lost(lost)
         for t in self._threads:
             # A request in flight ends within its HTTP timeout.
             t.join(self._timeout + 5.0)
         self._http.close()
         _OPEN.discard(self)
-        if not_done:
-            err = Unavailable("closed", f"{len(not_done)} reports were not delivered within {timeout} s")
-            self._failures.clear()
-            raise err
-        self._raise_failures(None)
-
-    def stats(self) -> ReporterStats:
-        with self._lock:
-            return self._stats.copy(self._lanes.size)
+        self._raise_after_close(len(not_done), timeout)
 
     def __enter__(self) -> Reporter:
         return self
@@ -388,13 +326,24 @@ class Reporter:
         try:
             self.close()
         except HeraldError as e:  # the exception in flight matters more
-            log.warning("herald: closing the reporter: %s", e)
+            self._log_close_error(e)
 
     # The queue.
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise HeraldError("closed", "the reporter is closed")
+    def _guard(self) -> ContextManager[Any]:
+        return self._lock
+
+    def _room_freed(self) -> None:
+        self._room.notify_all()
+
+    def _resolve(self, future: Future[JSON], result: JSON, error: Optional[HeraldError]) -> None:
+        try:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        except InvalidStateError:  # cancelled by its caller: nobody waits for it
+            pass
 
     def _enqueue(self, spec: Spec) -> Future[JSON]:
         fut: Future[JSON] = Future()
@@ -402,11 +351,7 @@ class Reporter:
         with self._lock:
             self._check_open()
             deadline: Optional[float] = None
-            while True:
-                # A status change never overtakes the progress reported before it.
-                self._close_buffer(spec.lane)
-                if self._lanes.size < self._max_queue:
-                    break
+            while not self._has_room(spec):
                 deadline = self._wait_for_room(deadline, spec)
             self._lanes.push(req)
             self._start_senders()
@@ -415,23 +360,10 @@ class Reporter:
 
     def _wait_for_room(self, deadline: Optional[float], spec: Spec) -> float:
         """Waits (lock held) once for room; raises QueueFull past the deadline."""
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + self._queue_timeout
-        if now >= deadline:
-            raise QueueFull(
-                f"{self._lanes.size} reports are waiting for Herald (max_queue {self._max_queue}); "
-                f"{spec.method} {spec.path} was not queued after {self._queue_timeout} s"
-            )
-        self._room.wait(deadline - now)
+        deadline, left = self._room_wait(deadline, spec)
+        self._room.wait(left)
         self._check_open()
         return deadline
-
-    def _close_buffer(self, lane: str) -> None:
-        merged = self._lanes.close_buffer(lane)
-        self._stats.coalesced += merged
-        if merged:
-            self._room.notify_all()
 
     def _start_senders(self) -> None:
         if self._threads:
@@ -445,13 +377,9 @@ class Reporter:
         """The next request to send (lock held), or None when stopping and idle."""
         while True:
             now = time.monotonic()
-            for lane in self._lanes.due(now):
-                self._close_buffer(lane)
-            req = self._lanes.take()
-            if req is not None:
+            req, stop = self._poll(now)
+            if req is not None or stop:
                 return req
-            if self._stopping and self._lanes.size == 0:
-                return None
             deadline = self._lanes.next_deadline()
             self._work.wait(None if deadline is None else max(0.0, deadline - now))
 
@@ -467,110 +395,54 @@ class Reporter:
                 result = self._execute(req)
             except HeraldError as e:
                 error = e
-            except Exception as e:  # a bug here or in a library: fail this report, keep the sender
-                log.exception("herald: unexpected error sending %s", req.describe())
-                error = HeraldError("internal", f"{type(e).__name__}: {e}")
+            except Exception as e:
+                error = self._unexpected(req, e)
             self._settle(req, result, error)
             with self._lock:
                 self._lanes.done(req)
                 self._room.notify_all()
                 self._work.notify_all()
 
-    def _settle(self, req: Request[Future[JSON]], result: Optional[JSON], error: Optional[HeraldError]) -> None:
-        # The failure is on record before any future resolves, so a flush()
-        # that wakes on the futures finds it.
-        with self._lock:
-            if error is not None:
-                error.request = req.describe()
-                self._failures.setdefault(req.lane, []).append(error)
-                self._stats.failed += 1
-            else:
-                self._stats.sent += 1
-        for f in req.futures():
-            try:
-                if error is not None:
-                    f.set_exception(error)
-                else:
-                    f.set_result(result if result is not None else {})
-            except InvalidStateError:  # cancelled by its caller: nobody waits for it
-                pass
-        if error is not None:
-            if self._on_error is not None:
-                try:
-                    self._on_error(error)
-                except Exception:
-                    log.exception("herald: on_error raised")
-            else:
-                log.warning("herald: %s failed: %s", req.describe(), error)
-
-    def _raise_failures(self, job_id: Optional[str]) -> None:
-        with self._lock:
-            if job_id is not None:
-                failures = self._failures.pop(job_id, [])
-            else:
-                failures = [e for errs in self._failures.values() for e in errs]
-                self._failures.clear()
-        if failures:
-            raise failures[0]
-
     # Sending.
 
     def _execute(self, req: Request[Future[JSON]]) -> JSON:
-        spec = req.spec
+        """Makes the requests of :func:`delivery`."""
+        plan = delivery(req)
         try:
-            return self._send(spec.method, spec.path, req.content(), req.key)
-        except NotFound as e:
-            if spec.create is None or e.code != "not_found":
-                raise
-        # job_started on a job that does not exist yet: create it running.
-        try:
-            job = self._send("POST", "/v1/jobs", dumps(spec.create), new_key())
-        except Conflict as e:
-            if e.code != "conflict":
-                raise
-            # Created meanwhile with other fields (another worker): the report
-            # applies to it as planned. A refused request wrote nothing, so
-            # its key is still free.
-            return self._send(spec.method, spec.path, req.content(), req.key)
-        if spec.stage_after_create is not None:
-            job = self._send("POST", spec.path, dumps({"stage": spec.stage_after_create}), new_key())
-        return job
+            call = next(plan)
+            while True:
+                try:
+                    answer = self._send(*call)
+                except HeraldError as e:
+                    call = plan.throw(e)
+                else:
+                    call = plan.send(answer)
+        except StopIteration as done:
+            result: JSON = done.value
+            return result
 
     def _send(self, method: str, path: str, content: bytes, key: str) -> JSON:
         """One logical request: retried under one Idempotency-Key on network
         errors, 5xx, 408 and 429 for up to ``retry_timeout``; any other 4xx
         raises at once."""
-        started = time.monotonic()
-        attempt = 0
-        refreshed = False
+        attempts = Attempts(self._backoff, self._retry_timeout, self._get_token is not None)
         while True:
             if self._abandoned.is_set():
                 raise HeraldError("closed", "the reporter was closed before this report was answered")
             token = self._token_value()
             with self._lock:
                 self._stats.attempts += 1
-            wait: Optional[float] = None
+            answer: Any
             try:
-                resp = self._http.request(method, path, content=content, headers=headers(token, key))
+                answer = self._http.request(method, path, content=content, headers=headers(token, key))
             except httpx.TransportError as e:
-                err = transport_error(e)
-            else:
-                if resp.is_success:
-                    return parse_json_object(resp.content)
-                err = error_from_response(resp.status_code, resp.content)
-                if resp.status_code == 401 and self._get_token is not None and not refreshed:
-                    refreshed = True
-                    self._refresh_token(token)
-                    continue
-                if not is_retryable_status(resp.status_code):
-                    raise err
-                wait = retry_after(resp.headers)
-            delay = backoff_delay(attempt, *self._backoff)
-            if wait is not None:
-                delay = max(delay, min(wait, self._backoff[1]))
-            attempt += 1
-            if self._retry_timeout is not None and time.monotonic() + delay - started > self._retry_timeout:
-                raise err
+                answer = e
+            delay = attempts.judge(answer)
+            if isinstance(delay, dict):
+                return delay
+            if delay is None:
+                self._refresh_token(token)
+                continue
             with self._lock:
                 self._stats.retries += 1
             if self._abandoned.wait(delay):

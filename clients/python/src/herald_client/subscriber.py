@@ -17,29 +17,31 @@ the WebSocket protocol.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
 import time
 from collections import deque
 from types import TracebackType
 from typing import (
+    Any,
     AsyncIterator,
     Awaitable,
     Callable,
     Deque,
     Dict,
     Generator,
+    Generic,
     Iterator,
     List,
     Optional,
     Tuple,
     Type,
+    TypeVar,
     Union,
 )
 
 import httpx
 
-from ._common import USER_AGENT, backoff_delay, base_url, pair, split_token, transport_error
+from ._common import USER_AGENT, backoff_delay, base_url, call_token_getter, pair, split_token, transport_error
 from .errors import HeraldError, Unauthorized, Unavailable, error_from_response, is_retryable_status
 from .events import Event, Goodbye, SseDecoder, SseMessage, interpret
 
@@ -113,7 +115,25 @@ def _events_query(topics: List[str], probe: Probe) -> Dict[str, str]:
     return {"topic": ",".join(topics), "since": str(probe[0]), "limit": str(probe[1])}
 
 
+def _head_queries(topics: List[str]) -> Generator[Dict[str, str], Page, int]:
+    """:func:`head_search` over any number of topics (at most 20 a read):
+    yields the query of each ``GET /v1/events`` and is sent its page."""
+    head = 0
+    for i in range(0, len(topics), _TOPICS_PER_QUERY):
+        chunk = topics[i : i + _TOPICS_PER_QUERY]
+        search = head_search()
+        probe = next(search)
+        try:
+            while True:
+                probe = search.send((yield _events_query(chunk, probe)))
+        except StopIteration as done:
+            head = max(head, int(done.value))
+    return head
+
+
 def _page(resp: httpx.Response) -> Page:
+    if not resp.is_success:
+        raise error_from_response(resp.status_code, resp.content)
     try:
         body = resp.json()
         positions = [int(e["position"]) for e in body["events"]]
@@ -204,29 +224,16 @@ def _bad_stream(resp: httpx.Response) -> Optional[HeraldError]:
     return Unavailable("bad_response", f"expected an event stream, got {ctype or 'no content type'}")
 
 
-class EventStream:
-    """An iterator of :class:`Event` over one SSE connection that reconnects
-    and resumes by itself. ``position`` is the stream's cursor (the last
-    delivered position, or where it started): store it, and pass it as
-    ``since`` to resume later.
+class _StreamBase:
+    """What both flavours of stream share: the cursor, the state of the
+    connection, and what each message or failed attempt means."""
 
-    Iterating connects (or ``open()``/``with`` does, raising refusals at once:
-    :class:`Unauthorized`, :class:`Forbidden` (a customer watching ``jobs``),
-    :class:`NotFound` (a customer watching a job that is not theirs; staff
-    and workers may watch a job before it exists)). A refusal that reconnecting cannot fix raises from
-    the iteration; ``Unavailable`` raises when the stream has been down for
-    longer than the subscriber's ``reconnect_timeout``.
-    """
-
-    def __init__(self, subscriber: Subscriber, topics: List[str], since: Optional[int]) -> None:
-        self._sub = subscriber
+    def __init__(self, topics: List[str], since: Optional[int]) -> None:
         self._cur = _Cursor(topics, since)
         self._resp: Optional[httpx.Response] = None
-        self._lines: Optional[Iterator[str]] = None
         self._decoder = SseDecoder()
         self._pending: Deque[Event] = deque()
         self._closed = False
-        self._stop = threading.Event()
 
     @property
     def topics(self) -> List[str]:
@@ -244,6 +251,116 @@ class EventStream:
     def reconnects(self) -> int:
         """How many times the stream connected again after a cut."""
         return max(0, self._cur.connections - 1)
+
+    def _on_message(self, msg: Optional[SseMessage]) -> Tuple[Optional[Event], bool]:
+        """A message read (None: the connection ended or broke): the event to
+        deliver, if any, and whether to drop the connection."""
+        if msg is None:
+            return None, True
+        out = self._cur.accept(msg)
+        if isinstance(out, Event):
+            return out, False
+        return None, isinstance(out, Goodbye)
+
+    def _on_first(self, first: Optional[SseMessage]) -> Optional[HeraldError]:
+        """The first message of a new connection: None when the stream is up,
+        else the error to raise once the connection is dropped."""
+        # Herald sends `retry:` first, once the subscription is in place:
+        # having it means events committed from now on will come.
+        if first is None:
+            return Unavailable("network", "the event stream ended as it opened")
+        out = self._cur.accept(first)
+        if isinstance(out, Goodbye):
+            return Unavailable("goodbye", f"the server ended the stream: {out.reason}")
+        if isinstance(out, Event):
+            self._pending.append(out)
+        self._cur.up()
+        return None
+
+    def _on_failure(self, e: HeraldError, sub: _SubscriberBase[Any], refreshed: bool) -> Optional[float]:
+        """After a failed attempt to connect: None to try again at once with
+        a new token (a first 401, when there is ``get_token``), else the
+        seconds to wait. Raises ``e`` when reconnecting cannot fix it, or the
+        stream has been down for longer than the subscriber's
+        ``reconnect_timeout``."""
+        if isinstance(e, Unauthorized) and sub._can_refresh and not refreshed:
+            self._cur.refresh_token = True
+            return None
+        if _final(e):
+            raise e
+        return self._cur.next_delay(sub._backoff, sub._reconnect_timeout, e)
+
+
+S = TypeVar("S")
+
+
+class _SubscriberBase(Generic[S]):
+    """Options and ``watch*`` calls shared by both flavours of subscriber."""
+
+    def _configure(
+        self,
+        url: str,
+        token: Optional[str],
+        has_getter: bool,
+        backoff: Tuple[float, float],
+        reconnect_timeout: Optional[float],
+        connect_timeout: float,
+        idle_timeout: float,
+        transport: Any,
+    ) -> Dict[str, Any]:
+        """Sets the options; returns those of the httpx client."""
+        self.url = base_url(url)
+        self._token = split_token(token, has_getter)
+        self._can_refresh = has_getter
+        self._backoff = pair(backoff, "backoff")
+        self._reconnect_timeout = reconnect_timeout
+        return dict(
+            base_url=self.url,
+            timeout=_http_timeout(connect_timeout, idle_timeout),
+            transport=transport,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    def _stream(self, topics: List[str], since: Optional[int]) -> S:
+        raise NotImplementedError
+
+    def watch_job(self, job_id: str, since: Optional[int] = None) -> S:
+        """The events of one job (``job:<id>``): ``job.*``, ``task.*``,
+        ``artifact.created``. ``since``: resume after this position (0: the
+        job's whole history); None: from now on (the events that follow the
+        topic's newest one when the stream first connects)."""
+        return self._stream([job_topic(job_id)], since)
+
+    def watch_jobs(self, since: Optional[int] = None, *, owner: Optional[str] = None) -> S:
+        """The ``job.*`` events (a job's own changes; its tasks and artifacts
+        stay on ``job:<id>``) of every job of the tenant (``jobs``), or of the
+        jobs one customer owns (``jobs:owner:<sub>``) with ``owner``."""
+        return self._stream([jobs_topic(owner)], since)
+
+    def watch(self, *topics: str, since: Optional[int] = None) -> S:
+        """Several topics as one ordered stream: an event on two of them comes once."""
+        return self._stream(_check_topics(topics), since)
+
+
+class EventStream(_StreamBase):
+    """An iterator of :class:`Event` over one SSE connection that reconnects
+    and resumes by itself. ``position`` is the stream's cursor (the last
+    delivered position, or where it started): store it, and pass it as
+    ``since`` to resume later.
+
+    Iterating connects (or ``open()``/``with`` does, raising refusals at once:
+    :class:`Unauthorized`, :class:`Forbidden` (a customer watching ``jobs``),
+    :class:`NotFound` (a customer watching a job that is not theirs; staff
+    and workers may watch a job before it exists)). A refusal that reconnecting cannot fix raises from
+    the iteration; ``Unavailable`` raises when the stream has been down for
+    longer than the subscriber's ``reconnect_timeout``.
+    """
+
+    def __init__(self, subscriber: Subscriber, topics: List[str], since: Optional[int]) -> None:
+        super().__init__(topics, since)
+        self._sub = subscriber
+        self._lines: Optional[Iterator[str]] = None
+        self._stop = threading.Event()
 
     def open(self) -> EventStream:
         """Connects now, if not connected: on return the server holds the
@@ -275,14 +392,10 @@ class EventStream:
                 raise StopIteration
             if self._resp is None and not self._connect():
                 raise StopIteration
-            msg = self._read()
-            if msg is None:
-                self._drop()
-                continue
-            out = self._cur.accept(msg)
-            if isinstance(out, Event):
-                return out
-            if isinstance(out, Goodbye):
+            event, drop = self._on_message(self._read())
+            if event is not None:
+                return event
+            if drop:
                 self._drop()
 
     def __enter__(self) -> EventStream:
@@ -326,38 +439,28 @@ class EventStream:
                 self._open_once()
                 return True
             except HeraldError as e:
-                if isinstance(e, Unauthorized) and self._sub._get_token is not None and not refreshed:
+                delay = self._on_failure(e, self._sub, refreshed)
+                if delay is None:
                     refreshed = True
-                    self._cur.refresh_token = True
                     continue
-                if _final(e):
-                    raise
-                delay = self._cur.next_delay(self._sub._backoff, self._sub._reconnect_timeout, e)
             if self._stop.wait(delay):
                 return False
         return False
 
     def _head(self) -> int:
         sub = self._sub
-        topics = self._cur.topics
-        head = 0
-        for i in range(0, len(topics), _TOPICS_PER_QUERY):
-            search = head_search()
-            probe = next(search)
-            try:
-                while True:
-                    headers = {"Authorization": f"Bearer {sub._token_value()}"}
-                    query = _events_query(topics[i : i + _TOPICS_PER_QUERY], probe)
-                    try:
-                        resp = sub._http.get("/v1/events", params=query, headers=headers)
-                    except httpx.TransportError as e:
-                        raise transport_error(e) from e
-                    if not resp.is_success:
-                        raise error_from_response(resp.status_code, resp.content)
-                    probe = search.send(_page(resp))
-            except StopIteration as done:
-                head = max(head, int(done.value))
-        return head
+        search = _head_queries(self._cur.topics)
+        try:
+            query = next(search)
+            while True:
+                headers = {"Authorization": f"Bearer {sub._token_value()}"}
+                try:
+                    resp = sub._http.get("/v1/events", params=query, headers=headers)
+                except httpx.TransportError as e:
+                    raise transport_error(e) from e
+                query = search.send(_page(resp))
+        except StopIteration as done:
+            return int(done.value)
 
     def _open_once(self) -> None:
         sub = self._sub
@@ -385,22 +488,13 @@ class EventStream:
             resp.close()
             raise bad
         self._resp, self._lines, self._decoder = resp, resp.iter_lines(), SseDecoder()
-        # Herald sends `retry:` first, once the subscription is in place:
-        # having it means events committed from now on will come.
-        first = self._read()
-        if first is None:
+        err = self._on_first(self._read())
+        if err is not None:
             self._drop()
-            raise Unavailable("network", "the event stream ended as it opened")
-        out = self._cur.accept(first)
-        if isinstance(out, Goodbye):
-            self._drop()
-            raise Unavailable("goodbye", f"the server ended the stream: {out.reason}")
-        if isinstance(out, Event):
-            self._pending.append(out)
-        self._cur.up()
+            raise err
 
 
-class Subscriber:
+class Subscriber(_SubscriberBase["EventStream"]):
     """Watches Herald's topics over server-sent events.
 
     ``token``: a JWT or API key that may read the topics (staff, worker,
@@ -425,35 +519,15 @@ class Subscriber:
         connect_timeout: float = 10.0,
         transport: Optional[httpx.BaseTransport] = None,
     ) -> None:
-        self.url = base_url(url)
-        self._token = split_token(token, get_token is not None)
-        self._get_token = get_token
-        self._backoff = pair(backoff, "backoff")
-        self._reconnect_timeout = reconnect_timeout
-        self._token_lock = threading.Lock()
-        self._http = httpx.Client(
-            base_url=self.url,
-            timeout=_http_timeout(connect_timeout, idle_timeout),
-            transport=transport,
-            headers={"User-Agent": USER_AGENT},
+        options = self._configure(
+            url, token, get_token is not None, backoff, reconnect_timeout, connect_timeout, idle_timeout, transport
         )
+        self._get_token = get_token
+        self._token_lock = threading.Lock()
+        self._http = httpx.Client(**options)
 
-    def watch_job(self, job_id: str, since: Optional[int] = None) -> EventStream:
-        """The events of one job (``job:<id>``): ``job.*``, ``task.*``,
-        ``artifact.created``. ``since``: resume after this position (0: the
-        job's whole history); None: from now on (the events that follow the
-        topic's newest one when the stream first connects)."""
-        return EventStream(self, [job_topic(job_id)], since)
-
-    def watch_jobs(self, since: Optional[int] = None, *, owner: Optional[str] = None) -> EventStream:
-        """The ``job.*`` events (a job's own changes; its tasks and artifacts
-        stay on ``job:<id>``) of every job of the tenant (``jobs``), or of the
-        jobs one customer owns (``jobs:owner:<sub>``) with ``owner``."""
-        return EventStream(self, [jobs_topic(owner)], since)
-
-    def watch(self, *topics: str, since: Optional[int] = None) -> EventStream:
-        """Several topics as one ordered stream: an event on two of them comes once."""
-        return EventStream(self, _check_topics(topics), since)
+    def _stream(self, topics: List[str], since: Optional[int]) -> EventStream:
+        return EventStream(self, topics, since)
 
     def close(self) -> None:
         self._http.close()
@@ -480,35 +554,14 @@ class Subscriber:
             self._token = self._get_token()
 
 
-class AsyncEventStream:
+class AsyncEventStream(_StreamBase):
     """The asyncio twin of :class:`EventStream`: ``async for event in
     stream``, ``async with stream``, ``await stream.close()``."""
 
     def __init__(self, subscriber: AsyncSubscriber, topics: List[str], since: Optional[int]) -> None:
+        super().__init__(topics, since)
         self._sub = subscriber
-        self._cur = _Cursor(topics, since)
-        self._resp: Optional[httpx.Response] = None
         self._lines: Optional[AsyncIterator[str]] = None
-        self._decoder = SseDecoder()
-        self._pending: Deque[Event] = deque()
-        self._closed = False
-
-    @property
-    def topics(self) -> List[str]:
-        return list(self._cur.topics)
-
-    @property
-    def position(self) -> Optional[int]:
-        return self._cur.position
-
-    @property
-    def connected(self) -> bool:
-        return self._resp is not None
-
-    @property
-    def reconnects(self) -> int:
-        """How many times the stream connected again after a cut."""
-        return max(0, self._cur.connections - 1)
 
     async def open(self) -> AsyncEventStream:
         """Connects now, if not connected: on return the server holds the subscription."""
@@ -533,14 +586,10 @@ class AsyncEventStream:
                 raise StopAsyncIteration
             if self._resp is None and not await self._connect():
                 raise StopAsyncIteration
-            msg = await self._read()
-            if msg is None:
-                await self._drop()
-                continue
-            out = self._cur.accept(msg)
-            if isinstance(out, Event):
-                return out
-            if isinstance(out, Goodbye):
+            event, drop = self._on_message(await self._read())
+            if event is not None:
+                return event
+            if drop:
                 await self._drop()
 
     async def __aenter__(self) -> AsyncEventStream:
@@ -580,37 +629,27 @@ class AsyncEventStream:
                 await self._open_once()
                 return True
             except HeraldError as e:
-                if isinstance(e, Unauthorized) and self._sub._get_token is not None and not refreshed:
+                delay = self._on_failure(e, self._sub, refreshed)
+                if delay is None:
                     refreshed = True
-                    self._cur.refresh_token = True
                     continue
-                if _final(e):
-                    raise
-                delay = self._cur.next_delay(self._sub._backoff, self._sub._reconnect_timeout, e)
             await asyncio.sleep(delay)
         return False
 
     async def _head(self) -> int:
         sub = self._sub
-        topics = self._cur.topics
-        head = 0
-        for i in range(0, len(topics), _TOPICS_PER_QUERY):
-            search = head_search()
-            probe = next(search)
-            try:
-                while True:
-                    headers = {"Authorization": f"Bearer {await sub._token_value()}"}
-                    query = _events_query(topics[i : i + _TOPICS_PER_QUERY], probe)
-                    try:
-                        resp = await sub._http.get("/v1/events", params=query, headers=headers)
-                    except httpx.TransportError as e:
-                        raise transport_error(e) from e
-                    if not resp.is_success:
-                        raise error_from_response(resp.status_code, resp.content)
-                    probe = search.send(_page(resp))
-            except StopIteration as done:
-                head = max(head, int(done.value))
-        return head
+        search = _head_queries(self._cur.topics)
+        try:
+            query = next(search)
+            while True:
+                headers = {"Authorization": f"Bearer {await sub._token_value()}"}
+                try:
+                    resp = await sub._http.get("/v1/events", params=query, headers=headers)
+                except httpx.TransportError as e:
+                    raise transport_error(e) from e
+                query = search.send(_page(resp))
+        except StopIteration as done:
+            return int(done.value)
 
     async def _open_once(self) -> None:
         sub = self._sub
@@ -641,23 +680,16 @@ class AsyncEventStream:
             await resp.aclose()
             raise bad
         self._resp, self._lines, self._decoder = resp, resp.aiter_lines(), SseDecoder()
-        first = await self._read()
-        if first is None:
+        err = self._on_first(await self._read())
+        if err is not None:
             await self._drop()
-            raise Unavailable("network", "the event stream ended as it opened")
-        out = self._cur.accept(first)
-        if isinstance(out, Goodbye):
-            await self._drop()
-            raise Unavailable("goodbye", f"the server ended the stream: {out.reason}")
-        if isinstance(out, Event):
-            self._pending.append(out)
-        self._cur.up()
+            raise err
 
 
 AsyncTokenGetter = Callable[[], Union[str, Awaitable[str]]]
 
 
-class AsyncSubscriber:
+class AsyncSubscriber(_SubscriberBase["AsyncEventStream"]):
     """The asyncio twin of :class:`Subscriber` (same options; ``get_token``
     may be a coroutine function)."""
 
@@ -673,28 +705,14 @@ class AsyncSubscriber:
         connect_timeout: float = 10.0,
         transport: Optional[httpx.AsyncBaseTransport] = None,
     ) -> None:
-        self.url = base_url(url)
-        self._token = split_token(token, get_token is not None)
-        self._get_token = get_token
-        self._backoff = pair(backoff, "backoff")
-        self._reconnect_timeout = reconnect_timeout
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            timeout=_http_timeout(connect_timeout, idle_timeout),
-            transport=transport,
-            headers={"User-Agent": USER_AGENT},
+        options = self._configure(
+            url, token, get_token is not None, backoff, reconnect_timeout, connect_timeout, idle_timeout, transport
         )
+        self._get_token = get_token
+        self._http = httpx.AsyncClient(**options)
 
-    def watch_job(self, job_id: str, since: Optional[int] = None) -> AsyncEventStream:
-        """See :meth:`Subscriber.watch_job`."""
-        return AsyncEventStream(self, [job_topic(job_id)], since)
-
-    def watch_jobs(self, since: Optional[int] = None, *, owner: Optional[str] = None) -> AsyncEventStream:
-        """See :meth:`Subscriber.watch_jobs`."""
-        return AsyncEventStream(self, [jobs_topic(owner)], since)
-
-    def watch(self, *topics: str, since: Optional[int] = None) -> AsyncEventStream:
-        return AsyncEventStream(self, _check_topics(topics), since)
+    def _stream(self, topics: List[str], since: Optional[int]) -> AsyncEventStream:
+        return AsyncEventStream(self, topics, since)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -709,18 +727,11 @@ class AsyncSubscriber:
     ) -> None:
         await self.close()
 
-    async def _get(self) -> str:
-        assert self._get_token is not None
-        value = self._get_token()
-        if inspect.isawaitable(value):
-            return await value
-        return value
-
     async def _token_value(self) -> str:
         if self._token is None:
-            self._token = await self._get()
+            self._token = await call_token_getter(self._get_token)
         return self._token
 
     async def _refresh_token(self) -> None:
         if self._get_token is not None:
-            self._token = await self._get()
+            self._token = await call_token_getter(self._get_token)

@@ -49,6 +49,9 @@ pub enum Command {
         id: String,
         sub: String,
         doc: String,
+        /// When the state was taken (epoch ms), if not now: an older save never
+        /// replaces a newer one (saves of one session may come from several nodes).
+        at: Option<i64>,
     },
 }
 

@@ -132,8 +132,8 @@ pub fn apply(tx: &mut dyn WriteTx, tenant: &str, cmd: Command) -> Result<Reply, 
             let body = serde_json::json!({"id": id, "tenant": tenant, "name": name, "role": role.as_str()});
             Ok(Reply { created: true, body: to_raw(&body)? })
         }
-        Command::SaveSession { id, sub, doc } => {
-            tx.save_session(tenant, &id, &sub, &doc)?;
+        Command::SaveSession { id, sub, doc, at } => {
+            tx.save_session(tenant, &id, &sub, &doc, at)?;
             Ok(Reply { created: false, body: to_raw(&serde_json::json!({ "saved": id }))? })
         }
     }

@@ -134,7 +134,9 @@ pub trait WriteTx {
     ) -> Result<(), StoreError>;
     /// Stores (or replaces) what a recoverable realtime session holds, as a
     /// JSON document, for the client that comes back with its id.
-    fn save_session(&mut self, tenant: &str, id: &str, sub: &str, doc: &str) -> Result<(), StoreError>;
+    /// Stores a session's state, unless the stored one is newer than `at` (default: now).
+    fn save_session(&mut self, tenant: &str, id: &str, sub: &str, doc: &str, at: Option<i64>)
+        -> Result<(), StoreError>;
 }
 
 /// Runs units of work in durable transactions (group commit where it can).

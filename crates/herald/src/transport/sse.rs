@@ -158,8 +158,10 @@ async fn feed(
         return live(s, p, tx, inbox, cursor).await;
     };
     // The client has everything up to `since`: a live copy of an older event
-    // (another node may deliver it late) is not sent again.
-    cursor.advance(Position::from_u64(since));
+    // (another node may deliver it late) is not sent again. A `since` past the
+    // head (a database reset) must not hold back what comes next.
+    let Ok(h) = head(s).await else { return Some(CloseReason::Unavailable) };
+    cursor.advance(Position::from_u64(since).min(h));
     {
         let names = topics.iter().map(|(_, raw)| raw.clone()).collect();
         let mut replay = Replay::new(Arc::clone(&p.tenant), names, Position::from_u64(since));

@@ -5,7 +5,7 @@
 //! that resumes after a cut.
 
 use super::live::log_positions;
-use crate::harness::{token, Server};
+use crate::harness::{settle, token, Server};
 use herald_client::{
     Client, CreateJob, JobStart, JobStatus, Position, ProgressReport, Reporter, ReporterOptions, Retry, Update,
 };
@@ -16,8 +16,10 @@ fn client(s: &Server, tok: &str) -> Client {
     Client::new(s.url(""), tok).unwrap()
 }
 
-/// The event types of `job:<id>` in the log, in order.
+/// The event types of `job:<id>` in the log, in order (once the log holds
+/// every write so far: PostgreSQL's sequencer appends just after commit).
 async fn log_types(s: &Server, tok: &str, job: &str) -> Vec<(String, Value)> {
+    settle(s).await;
     let (st, v) = s.get(tok, &format!("/v1/events?topic=job:{job}&limit=1000")).await;
     assert_eq!(st, 200, "{v}");
     v["events"]
@@ -39,6 +41,7 @@ async fn the_seed_worker_flow_through_the_sdk_and_a_watcher_that_resumes_after_a
     assert_eq!(created["status"], "running");
 
     // A staff watcher from the job's first event on.
+    settle(&s).await;
     let first = log_positions(&s, &staff, "job:seed-000", 0).await[0];
     let mut watch = client(&s, &staff).watch_job("seed-000", Some(Position::from_u64(first)));
 

@@ -373,13 +373,20 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn save_session(&mut self, tenant: &str, id: &str, sub: &str, doc: &str) -> Result<(), StoreError> {
-        let now = self.now;
+    fn save_session(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        sub: &str,
+        doc: &str,
+        at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let saved_at = at.unwrap_or(self.now);
         self.execute(
             "INSERT INTO herald.sessions (tenant, id, sub, doc, saved_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (tenant, id) DO UPDATE SET doc = excluded.doc, saved_at = excluded.saved_at
-             WHERE herald.sessions.sub = excluded.sub",
-            &[&tenant, &id, &sub, &doc, &now],
+             WHERE herald.sessions.sub = excluded.sub AND herald.sessions.saved_at <= excluded.saved_at",
+            &[&tenant, &id, &sub, &doc, &saved_at],
         )?;
         Ok(())
     }

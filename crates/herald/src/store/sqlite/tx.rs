@@ -248,14 +248,21 @@ impl WriteTx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn save_session(&mut self, tenant: &str, id: &str, sub: &str, doc: &str) -> Result<(), StoreError> {
+    fn save_session(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        sub: &str,
+        doc: &str,
+        at: Option<i64>,
+    ) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "INSERT INTO sessions (tenant, id, sub, doc, saved_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (tenant, id) DO UPDATE SET doc = excluded.doc, saved_at = excluded.saved_at
-                 WHERE sessions.sub = excluded.sub",
+                 WHERE sessions.sub = excluded.sub AND sessions.saved_at <= excluded.saved_at",
             )?
-            .execute(params![tenant, id, sub, doc, self.now])?;
+            .execute(params![tenant, id, sub, doc, at.unwrap_or(self.now)])?;
         Ok(())
     }
 }

@@ -119,6 +119,8 @@ pub struct Channel {
     pub feeds: HashMap<String, Position>,
     /// `feeds` as last stored for the other nodes of a cluster.
     pub checkpointed: HashMap<String, Position>,
+    /// When `checkpointed` was stored.
+    pub checkpointed_at: Option<std::time::Instant>,
     /// Presence state was sent, so diffs may follow.
     pub presence_synced: bool,
     pub tracked: bool,

@@ -39,6 +39,9 @@ const MAX_ENTRIES: usize = 100_000;
 /// How often a live channel's position is checkpointed in a cluster: the
 /// bound on what a channel of a killed node may receive twice.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// A quiet channel's checkpoint is written again this often, so it never
+/// ages past [`KEEP`] while the channel lives.
+pub const CHECKPOINT_REFRESH: Duration = Duration::from_secs(5 * 60);
 /// Stored positions waiting for the writer; beyond this a checkpoint is
 /// skipped (the next one carries the same news).
 const SHARED_QUEUE: usize = 65_536;
@@ -73,7 +76,9 @@ impl ResumeKey {
 
 /// Shared by every Phoenix connection of the server.
 pub struct ResumeBook {
-    entries: Mutex<HashMap<ResumeKey, (Cursors, Instant)>>,
+    /// Positions with when they were kept (for expiry) and the wall-clock time
+    /// (to compare with the store's copy in a cluster).
+    entries: Mutex<HashMap<ResumeKey, (Cursors, Instant, i64)>>,
     started: Instant,
     /// Head of the log when the server started, once known.
     pub startup_head: OnceLock<Position>,
@@ -101,10 +106,12 @@ impl ResumeBook {
         self.shared.is_some()
     }
 
-    /// Records a live channel's position for the other nodes (a cluster only).
-    pub fn checkpoint(&self, key: &ResumeKey, cursors: &Cursors) {
-        if let Some(shared) = &self.shared {
-            shared.put(key, Some(cursors));
+    /// Records a live channel's position for the other nodes (a cluster
+    /// only); false when it could not be queued (try again next tick).
+    pub fn checkpoint(&self, key: &ResumeKey, cursors: &Cursors) -> bool {
+        match &self.shared {
+            Some(shared) => shared.put(key, Some(cursors)),
+            None => true,
         }
     }
 
@@ -119,37 +126,46 @@ impl ResumeBook {
         let mut entries = self.entries.lock();
         let now = Instant::now();
         if entries.len() >= MAX_ENTRIES {
-            entries.retain(|_, (_, at)| now.duration_since(*at) < KEEP);
+            entries.retain(|_, (_, at, _)| now.duration_since(*at) < KEEP);
             if entries.len() >= MAX_ENTRIES {
-                if let Some(oldest) = entries.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone()) {
+                if let Some(oldest) = entries.iter().min_by_key(|(_, (_, at, _))| *at).map(|(k, _)| k.clone()) {
                     entries.remove(&oldest);
                 }
             }
         }
-        entries.insert(key, (cursors, now));
+        entries.insert(key, (cursors, now, now_ms()));
     }
 
-    /// Forgets a channel that left on purpose.
-    pub fn forget(&self, key: &ResumeKey) {
-        if let Some(shared) = &self.shared {
+    /// Forgets a channel that left on purpose; `stored` says whether its
+    /// position ever reached the store (else there is nothing to tombstone).
+    pub fn forget(&self, key: &ResumeKey, stored: bool) {
+        if let (Some(shared), true) = (&self.shared, stored) {
             shared.put(key, None);
         }
         self.entries.lock().remove(key);
     }
 
     /// Where a rejoining channel should resume from, per Herald topic: this
-    /// node's memory, else (in a cluster) the store's copy.
+    /// node's memory, or in a cluster the store's copy when it is newer (the
+    /// client may have moved on, or left, on another node since).
     pub async fn lookup(&self, key: &ResumeKey) -> Option<Cursors> {
-        if let Some(local) = self.lookup_local(key) {
-            return Some(local);
+        let local = self.lookup_local(key);
+        let Some(shared) = &self.shared else { return local.map(|(c, _)| c) };
+        match (local, shared.get(key).await) {
+            (Some((l, l_at)), Some((r, r_at))) => {
+                let newest = if r_at > l_at { r } else { l };
+                (!newest.is_empty()).then_some(newest)
+            }
+            (Some((l, _)), None) => Some(l),
+            (None, Some((r, _))) => (!r.is_empty()).then_some(r),
+            (None, None) => None,
         }
-        self.shared.as_ref()?.get(key).await
     }
 
-    fn lookup_local(&self, key: &ResumeKey) -> Option<Cursors> {
+    fn lookup_local(&self, key: &ResumeKey) -> Option<(Cursors, i64)> {
         let entries = self.entries.lock();
-        let (cursors, at) = entries.get(key)?;
-        (at.elapsed() < KEEP).then(|| cursors.clone())
+        let (cursors, at, at_ms) = entries.get(key)?;
+        (at.elapsed() < KEEP).then(|| (cursors.clone(), *at_ms))
     }
 
     /// Whether a socket opened now is probably a client coming back after a restart.
@@ -178,19 +194,29 @@ struct Put {
     sub: Arc<str>,
     id: String,
     doc: String,
+    /// When it was taken: the store keeps the newest of a channel's saves.
+    at_ms: i64,
 }
 
 impl Shared {
-    fn put(&self, key: &ResumeKey, cursors: Option<&Cursors>) {
-        let stored = StoredCursors { cursors: cursors.cloned().unwrap_or_default(), at_ms: now_ms() };
-        let Ok(doc) = serde_json::to_string(&stored) else { return };
-        let put = Put { tenant: Arc::clone(&key.tenant), sub: Arc::clone(&key.sub), id: key.stored_id(), doc };
+    /// Queues `cursors` (`None`: a tombstone); false when the queue is full.
+    fn put(&self, key: &ResumeKey, cursors: Option<&Cursors>) -> bool {
+        let mut cursors = cursors.cloned().unwrap_or_default();
+        // A feed still at zero has delivered nothing; stored, it would replay the whole log.
+        cursors.retain(|_, p| *p > Position::ZERO);
+        let at_ms = now_ms();
+        let stored = StoredCursors { cursors, at_ms };
+        let Ok(doc) = serde_json::to_string(&stored) else { return true };
+        let put = Put { tenant: Arc::clone(&key.tenant), sub: Arc::clone(&key.sub), id: key.stored_id(), doc, at_ms };
         if self.tx.try_send(put).is_err() {
             metrics::counter!("herald_phoenix_checkpoints_skipped_total").increment(1);
+            return false;
         }
+        true
     }
 
-    async fn get(&self, key: &ResumeKey) -> Option<Cursors> {
+    /// The stored position and when it was taken (empty cursors: a tombstone).
+    async fn get(&self, key: &ResumeKey) -> Option<(Cursors, i64)> {
         let (sub, doc) = match self.s.store.session(&key.tenant, &key.stored_id()).await {
             Ok(found) => found?,
             Err(e) => {
@@ -201,7 +227,7 @@ impl Shared {
         let stored: StoredCursors = serde_json::from_str(&doc).ok()?;
         let age_ms = now_ms().saturating_sub(stored.at_ms);
         let fresh = u128::try_from(age_ms).is_ok_and(|age| age < KEEP.as_millis());
-        (sub == *key.sub && fresh && !stored.cursors.is_empty()).then_some(stored.cursors)
+        (sub == *key.sub && fresh).then_some((stored.cursors, stored.at_ms))
     }
 }
 
@@ -217,7 +243,8 @@ async fn write_shared(s: AppState, mut rx: mpsc::Receiver<Put>) {
         let writes = newest.into_values().map(|put| {
             let s = &s;
             async move {
-                let cmd = Command::SaveSession { id: put.id, sub: put.sub.to_string(), doc: put.doc };
+                let cmd =
+                    Command::SaveSession { id: put.id, sub: put.sub.to_string(), doc: put.doc, at: Some(put.at_ms) };
                 if let Err(e) = s.write(&put.tenant, cmd, None).await {
                     tracing::warn!(error = %e, "a Phoenix channel's position could not be stored");
                 }
@@ -238,7 +265,7 @@ mod tests {
         assert!(book.lookup(&key).await.is_none());
         book.save(key.clone(), HashMap::from([("jobs".to_string(), Position::from_u64(7))]));
         assert_eq!(book.lookup(&key).await.unwrap()["jobs"], Position::from_u64(7));
-        book.forget(&key);
+        book.forget(&key, false);
         assert!(book.lookup(&key).await.is_none());
         assert!(book.is_young());
     }

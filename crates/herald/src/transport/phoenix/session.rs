@@ -6,7 +6,7 @@ use super::auth::{identify, topics_for, Credential};
 use super::changes::{change_data, change_json, Change};
 use super::channel::{binding_id, channel_of, parse_join, room_of, Binding, Channel, JoinRequest};
 use super::codec::{self, decode_binary, decode_text, encode, encode_raw, reply, Inbound, Out, Vsn};
-use super::resume::{ResumeBook, CHECKPOINT_EVERY};
+use super::resume::{ResumeBook, CHECKPOINT_EVERY, CHECKPOINT_REFRESH};
 use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::hub::{ConnectionGuard, Delivery, Inbox, Payload, TopicKey};
@@ -21,7 +21,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A reason to close the socket, with a message for the log.
 type Fatal = (CloseReason, String);
@@ -231,7 +231,7 @@ impl Session {
             "phx_leave" => {
                 self.reply(sink, &m, "ok", json!({})).await?;
                 if let Some(ch) = self.remove_channel(&m.topic) {
-                    self.book.forget(&ch.resume_key());
+                    self.book.forget(&ch.resume_key(), !ch.checkpointed.is_empty());
                     self.ended.remove(&m.topic);
                     self.send(sink, encode(self.vsn, ch.join_ref.as_deref(), None, &ch.topic, "phx_close", &json!({})))
                         .await?;
@@ -367,6 +367,7 @@ impl Session {
             bindings,
             feeds,
             checkpointed: HashMap::new(),
+            checkpointed_at: None,
             presence_synced: false,
             tracked: false,
             anon,
@@ -408,8 +409,10 @@ impl Session {
                     *cursor = resume.iter().find(|(r, _)| r == t).map_or(head, |(_, since)| *since);
                 }
                 // Where it starts is stored at once: its node may die before the first tick.
-                self.book.checkpoint(&ch.resume_key(), &ch.feeds);
-                ch.checkpointed.clone_from(&ch.feeds);
+                if self.book.is_shared() && self.book.checkpoint(&ch.resume_key(), &ch.feeds) {
+                    ch.checkpointed.clone_from(&ch.feeds);
+                    ch.checkpointed_at = Some(Instant::now());
+                }
             }
         }
         self.reply(sink, &m, "ok", json!({ "postgres_changes": echo })).await?;
@@ -780,9 +783,10 @@ impl Session {
     /// (in a cluster): what a channel resumes from if this node dies.
     fn checkpoint(&mut self) {
         for ch in self.channels.values_mut() {
-            if ch.feeds != ch.checkpointed {
-                self.book.checkpoint(&ch.resume_key(), &ch.feeds);
+            let stale = ch.checkpointed_at.is_none_or(|at| at.elapsed() >= CHECKPOINT_REFRESH);
+            if (ch.feeds != ch.checkpointed || stale) && self.book.checkpoint(&ch.resume_key(), &ch.feeds) {
                 ch.checkpointed.clone_from(&ch.feeds);
+                ch.checkpointed_at = Some(Instant::now());
             }
         }
     }
@@ -792,7 +796,7 @@ impl Session {
         for t in topics {
             if let Some(ch) = self.remove_channel(&t) {
                 if self.clean_close {
-                    self.book.forget(&ch.resume_key());
+                    self.book.forget(&ch.resume_key(), !ch.checkpointed.is_empty());
                 } else {
                     self.book.save(ch.resume_key(), ch.feeds.clone());
                 }

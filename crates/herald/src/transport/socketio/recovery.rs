@@ -47,7 +47,7 @@ pub fn new_pid() -> String {
 pub async fn save(s: &AppState, p: &Principal, pid: &str, saved: &Saved) -> Result<(), SessionError> {
     let doc =
         serde_json::to_string(saved).map_err(|e| SessionError::new(Refusal::Internal, "internal", e.to_string()))?;
-    let cmd = Command::SaveSession { id: pid.to_string(), sub: p.sub.to_string(), doc };
+    let cmd = Command::SaveSession { id: pid.to_string(), sub: p.sub.to_string(), doc, at: None };
     s.write(&p.tenant, cmd, None).await.map(drop).map_err(|e| {
         SessionError::new(
             Refusal::Unavailable,

@@ -370,9 +370,10 @@ impl Session {
         let Some(since) = since else { return Ok(()) };
         let since = Position::from_u64(since);
         // The client has everything up to `since`: a late live copy of an older
-        // event (from another node) is not sent again.
+        // event (from another node) is not sent again. A `since` past the head
+        // (a database reset) must not hold back what comes next.
         if let Some(sub) = self.subs.get_mut(raw) {
-            sub.cursor.advance(since);
+            sub.cursor.advance(since.min(position));
         }
         let mut replay = Replay::new(Arc::clone(&p.tenant), vec![raw.to_string()], since);
         loop {
