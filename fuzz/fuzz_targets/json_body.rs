@@ -7,13 +7,12 @@
 #![no_main]
 
 use herald::model::job::{json_size, ProgressReport, ERROR_LOG_LIMIT, METADATA_LIMIT};
+use herald::model::requests::{CreateJob, CreateNotification, NewArtifact};
 use herald::model::task::TaskUpsert;
 use herald::model::{Job, JobStatus, Task, TaskStatus};
 use herald::session::rooms::check_event_name;
 use herald::transport::http::broadcast::BroadcastRequest;
 use herald::transport::http::extract::{parse_json, MAX_JSON_DEPTH};
-use herald::transport::http::jobs::{CreateJob, NewArtifact};
-use herald::transport::http::notifications::CreateNotification;
 use herald::transport::phoenix::rest::SupabaseBroadcast;
 use herald_fuzz::{assert_json_eq, check_topic};
 use libfuzzer_sys::fuzz_target;
