@@ -179,6 +179,11 @@ export class HeraldClient extends Emitter {
 
   // ------------------------------------------------------------ HTTP
 
+  /** Tries to reconnect now rather than at the end of the backoff ("retry now"). */
+  retryNow() {
+    this._connection.nudge();
+  }
+
   /** An authenticated request to the HTTP API; resolves with the JSON body. */
   async request(method, path, body, headers = {}) {
     const send = async () => {

@@ -176,6 +176,8 @@ export class HeraldClient {
   lastEventAt: number | null;
 
   connect(): this;
+  /** Tries to reconnect now rather than at the end of the backoff ("retry now"). */
+  retryNow(): void;
   close(): void;
   token(): Promise<string>;
   /** Replaces the token without reconnecting (WebSocket `refresh`). */

@@ -201,6 +201,96 @@ test('behind a proxy that refuses WebSockets the dashboard stays live over SSE',
   }
 });
 
+test('an outage is not calm: banner, stale data without ETAs, Offline after its bound, and Retry now', async () => {
+  // A server of its own: this test kills it for a while.
+  const own = await Server.start('e2e-outage');
+  try {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await ctx.newPage();
+    page.on('pageerror', (e) => pageErrors.push(`[outage] ${e.stack || e}`));
+    await page.goto(own.url + '/');
+    await page.locator('#token-input').fill(token('sam', TENANT, 'staff'));
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+    await page.locator('#conn[data-status="connected"]').waitFor();
+    const id = `eta-${uid()}`;
+    await own.api(worker, 'POST', '/v1/jobs', { id, owner: 'bob', title: `Crawl ${id}`, status: 'running', total: 10 });
+    await own.api(worker, 'POST', `/v1/jobs/${id}/progress`, { succeeded: 4 });
+    const row = page.locator(`a.job[data-job-id="${id}"]`);
+    await waitFor(async () => /ETA/.test(await row.textContent()), 'an ETA while live');
+    assert.equal(await page.locator('#outage').isVisible(), false, 'no banner while live');
+
+    await own.kill9();
+    await page.locator('#outage[data-state="reconnecting"]').waitFor();
+    assert.match(await page.locator('#outage-text').textContent(), /Connection lost.*out of date/);
+    assert.ok(await page.evaluate(() => document.body.classList.contains('stale')), 'the data is marked stale');
+    await waitFor(async () => !/ETA/.test(await row.textContent()), 'no ETA while the data is stale');
+    await page.screenshot({ path: path.join(SHOTS, 'outage-reconnecting.png') });
+    await page.locator('#outage[data-state="offline"]').waitFor({ timeout: 20000 });
+    assert.equal(await page.locator('#conn-text').textContent(), 'Offline');
+    await page.screenshot({ path: path.join(SHOTS, 'outage-offline.png') });
+
+    // Back: a change made meanwhile is caught up; Retry now does not wait out the backoff.
+    await own.spawn();
+    await own.api(worker, 'POST', `/v1/jobs/${id}/progress`, { succeeded: 8 });
+    await page.locator('#retry-now').click();
+    await page.locator('#outage[data-state="back"]').waitFor({ timeout: 10000 });
+    assert.match(await page.locator('#outage-text').textContent(), /Back online/);
+    assert.equal(await page.evaluate(() => document.body.classList.contains('stale')), false);
+    await row.locator('.bar[data-progress="80"]').waitFor();
+    await waitFor(async () => /ETA/.test(await row.textContent()), 'the ETA is back');
+    await page.screenshot({ path: path.join(SHOTS, 'outage-back.png') });
+    await ctx.close();
+  } finally {
+    await own.stop();
+  }
+});
+
+test('an admin creates, rotates and revokes API keys from the dashboard; a revoked key is refused at once', async () => {
+  const ada = await signedInPage('Admin (ada)');
+  await ada.locator('#nav-keys').click();
+  await ada.locator('#key-form').waitFor();
+  const name = `fleet-${uid()}`;
+  await ada.locator('#key-name').fill(name);
+  await ada.getByRole('button', { name: 'Create key' }).click();
+  const key = (await ada.locator('#new-key-token').textContent()).trim();
+  assert.match(key, /^hk_[0-9a-f]{12}_[0-9a-f]{64}$/);
+  const id = key.slice(3, 15);
+  const row = ada.locator(`tr[data-key="${id}"]`);
+  await row.locator('text=active').waitFor();
+  await ada.screenshot({ path: path.join(SHOTS, 'keys-created.png'), fullPage: true });
+
+  // The key works for a worker until it is revoked, then is refused at once.
+  const jobId = `key-${uid()}`;
+  await api(key, 'POST', '/v1/jobs', { id: jobId, owner: 'bob', status: 'running' });
+  ada.once('dialog', (d) => d.accept());
+  await row.locator('button.revoke').click();
+  await ada.locator(`tr[data-key="${id}"][data-status="revoked"]`).waitFor();
+  await assert.rejects(api(key, 'POST', `/v1/jobs/${jobId}/progress`, { stage: 'late' }), /401.*key_revoked/);
+
+  // Rotation with a grace period: a new key is shown once, the old one is "expiring".
+  await ada.locator('#key-name').fill(`${name}-b`);
+  await ada.getByRole('button', { name: 'Create key' }).click();
+  const shownKey = async () => (await ada.locator('#new-key-token').textContent()).trim();
+  await waitFor(async () => (await shownKey()) !== key, 'the second key shown');
+  const keyB = await shownKey();
+  const idB = keyB.slice(3, 15);
+  const rowB = ada.locator(`tr[data-key="${idB}"]`);
+  await rowB.locator('select.grace').selectOption('3600');
+  await rowB.locator('button.rotate').click();
+  await ada.locator(`tr[data-key="${idB}"][data-status="expiring"]`).waitFor();
+  await waitFor(async () => (await shownKey()) !== keyB, 'the rotated key shown');
+  const rotated = await shownKey();
+  assert.notEqual(rotated, keyB);
+  await api(keyB, 'POST', `/v1/jobs/${jobId}-b/progress`, {}).catch((e) => assert.match(String(e), /404/, 'the old key still authenticates'));
+  await api(rotated, 'POST', '/v1/jobs', { id: `${jobId}-b`, owner: 'bob' });
+  await ada.screenshot({ path: path.join(SHOTS, 'keys-page.png'), fullPage: true });
+  // Staff see no keys page.
+  const sam = await signedInPage('Staff (sam)');
+  assert.equal(await sam.locator('#nav-keys').isVisible(), false);
+  await sam.context().close();
+  await ada.context().close();
+});
+
 test('no script errors on any page', () => {
   assert.deepEqual(pageErrors, []);
 });

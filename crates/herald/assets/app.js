@@ -16,6 +16,9 @@ const app = {
   presence: null,
   notes: null,
   lastUpdate: null,
+  // Set while the live connection is down after having been up: what the page shows may be stale.
+  downSince: null,
+  wasLive: false,
   filters: { status: 'active', kind: '', q: '' },
 };
 
@@ -38,9 +41,9 @@ function duration(ms) {
   return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
 }
 
-/** Remaining time from the pace so far; none until there is a pace to go by. */
+/** Remaining time from the pace so far; none until there is a pace to go by, nor while the data is stale. */
 function eta(job) {
-  if (job.status !== 'running' || !job.started_at || !(job.progress > 0) || job.progress >= 100) return '';
+  if (app.downSince || job.status !== 'running' || !job.started_at || !(job.progress > 0) || job.progress >= 100) return '';
   const elapsed = Date.now() - Date.parse(job.started_at);
   return '~' + duration((elapsed * (100 - job.progress)) / job.progress);
 }
@@ -177,6 +180,7 @@ function start(session) {
       $('#who').textContent = `${app.me.sub} · ${app.me.role}`;
       for (const id of ['nav', 'conn', 'bell-wrap', 'who', 'signout']) $('#' + id).hidden = false;
       $('#nav-mine').hidden = app.me.role === 'customer';
+      $('#nav-keys').hidden = app.me.role !== 'admin';
       $('#nav-home').textContent = app.me.role === 'customer' ? 'My jobs' : 'Jobs';
       startNotifications();
       route();
@@ -200,12 +204,73 @@ function renderConn(status, detail) {
   }[status];
   $('#conn-text').textContent = label;
   el.title = detail && detail.message ? detail.message : label;
+  renderOutage(status);
   if (status === 'error' && detail && ['auth_failed', 'token_expired', 'invalid_token'].includes(detail.code)) {
     toast({ level: 'error', title: 'Session ended', body: 'Your token is no longer valid. Sign in again.' });
   }
 }
 
+/** How long a connection may be down before the page says "Offline" rather than "Reconnecting". */
+const OFFLINE_AFTER_MS = 10000;
+
+/**
+ * An outage is not calm: a banner says the connection is lost and what is shown
+ * may be out of date, ETAs stop, the data is greyed (body.stale), and after a
+ * bound it says "Offline". When the connection is back it says so, and the
+ * views catch up from their positions.
+ */
+function renderOutage(status) {
+  const banner = $('#outage');
+  if (status === 'connected') {
+    const was = app.downSince;
+    app.wasLive = true;
+    app.downSince = null;
+    document.body.classList.remove('stale');
+    if (was) {
+      banner.dataset.state = 'back';
+      $('#outage-text').textContent = `Back online after ${duration(Date.now() - was)}: caught up with everything that happened meanwhile.`;
+      $('#retry-now').hidden = true;
+      banner.hidden = false;
+      clearTimeout(app.backTimer);
+      app.backTimer = setTimeout(() => {
+        if (!app.downSince) banner.hidden = true;
+      }, 5000);
+      if (app.repaint) app.repaint(); // ETAs come back
+    }
+    return;
+  }
+  if (!app.wasLive || !['reconnecting', 'offline', 'connecting', 'error'].includes(status)) return;
+  if (!app.downSince) {
+    app.downSince = Date.now();
+    document.body.classList.add('stale');
+    if (app.repaint) app.repaint(); // ETAs go at once
+  }
+  paintOutage();
+}
+
+function paintOutage() {
+  if (!app.downSince) return;
+  const banner = $('#outage');
+  const since = new Date(app.downSince).toLocaleTimeString();
+  const offline = Date.now() - app.downSince >= OFFLINE_AFTER_MS || (app.client && app.client.status === 'offline');
+  banner.dataset.state = offline ? 'offline' : 'reconnecting';
+  $('#outage-text').textContent = offline
+    ? `Offline: the server cannot be reached since ${since}. What you see is from then and may be out of date.`
+    : `Connection lost at ${since}; reconnecting… What you see may be out of date.`;
+  $('#retry-now').hidden = false;
+  banner.hidden = false;
+  if (offline) {
+    $('#conn').dataset.status = 'offline';
+    $('#conn-text').textContent = 'Offline';
+  }
+}
+
+$('#retry-now').addEventListener('click', () => {
+  if (app.client) app.client.retryNow();
+});
+
 setInterval(() => {
+  paintOutage();
   const u = $('#conn-updated');
   if (u && app.client) u.textContent = app.lastUpdate ? `updated ${ago(app.lastUpdate)}` : '';
   // ETAs and "ago" labels age between events too.
@@ -301,11 +366,115 @@ function route() {
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.getAttribute('href') === hash);
   const m = hash.match(/^#\/job\/(.+)$/);
   if (m) return renderJobPage(decodeURIComponent(m[1]));
+  if (hash === '#/keys' && app.me.role === 'admin') return renderKeysPage();
   if (hash === '#/mine' || app.me.role === 'customer') return renderJobsPage(true);
   return renderJobsPage(false);
 }
 
 window.addEventListener('hashchange', route);
+
+// ------------------------------------------------------------ API keys (admins)
+
+const KEY_STATUS = { active: 'running', expiring: 'stalled', expired: 'cancelled', revoked: 'failed' };
+
+function renderKeysPage() {
+  const main = $('#main');
+  main.innerHTML = `
+    <section class="page-head"><h1>API keys</h1></section>
+    <section class="card">
+      <h2>New key</h2>
+      <form id="key-form" class="row">
+        <label class="grow">Name <input id="key-name" required maxlength="200" placeholder="e.g. crawler-fleet"></label>
+        <label>Role <select id="key-role"><option value="worker">worker</option><option value="service">service</option></select></label>
+        <button type="submit" class="primary">Create key</button>
+      </form>
+      <div id="key-secret"></div>
+    </section>
+    <section class="card">
+      <h2>Keys of tenant ${esc(app.client.identity && app.client.identity.tenant ? app.client.identity.tenant : '')}</h2>
+      <div id="keys"><p class="muted pad">Loading…</p></div>
+    </section>`;
+  $('#key-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      const k = await app.client.request('POST', '/v1/admin/keys', { name: $('#key-name').value.trim(), role: $('#key-role').value });
+      $('#key-name').value = '';
+      showSecret(k, `Key ${k.id} created.`);
+      loadKeys();
+    } catch (err) {
+      showError(err);
+    }
+  });
+  loadKeys();
+}
+
+/** A new key's secret, shown this once. */
+function showSecret(k, what) {
+  $('#key-secret').innerHTML = `<div class="secret-box" id="new-key">
+    <p><b>${esc(what)}</b> Copy it now: it is shown only once.</p>
+    <code id="new-key-token">${esc(k.token)}</code>
+    <button class="ghost dark" id="copy-key" type="button">Copy</button></div>`;
+  $('#copy-key').addEventListener('click', () => navigator.clipboard && navigator.clipboard.writeText(k.token));
+}
+
+async function loadKeys() {
+  let body;
+  try {
+    body = await app.client.request('GET', '/v1/admin/keys');
+  } catch (err) {
+    $('#keys').innerHTML = `<p class="error-box">${esc(err.message)}</p>`;
+    return;
+  }
+  const rows = body.keys
+    .map((k) => {
+      const live = k.status === 'active' || k.status === 'expiring';
+      const until = k.status === 'expiring' ? ` <small class="muted">until ${esc(new Date(k.expires_at).toLocaleString())}</small>` : '';
+      return `<tr data-key="${esc(k.id)}" data-status="${esc(k.status)}">
+        <td><code>${esc(k.id)}</code></td><td>${esc(k.name)}</td><td>${esc(k.role)}</td>
+        <td><span class="chip s-${KEY_STATUS[k.status] || 'queued'}">${esc(k.status)}</span>${until}</td>
+        <td data-ago="${esc(k.created_at)}">${ago(k.created_at)}</td>
+        <td ${k.last_used_at ? `data-ago="${esc(k.last_used_at)}"` : ''}>${k.last_used_at ? ago(k.last_used_at) : '<span class="muted">never</span>'}</td>
+        <td class="actions">${
+          live
+            ? `<select class="grace" aria-label="Old key keeps working"><option value="0">rotate now</option><option value="3600">old key works 1 h</option><option value="86400">old key works 24 h</option></select>
+               <button class="ghost dark rotate">Rotate</button> <button class="danger revoke">Revoke</button>`
+            : ''
+        }</td></tr>`;
+    })
+    .join('');
+  $('#keys').innerHTML = body.keys.length
+    ? `<table class="keys"><thead><tr><th>ID</th><th>Name</th><th>Role</th><th>Status</th><th>Created</th><th>Last used</th><th></th></tr></thead><tbody>${rows}</tbody></table>`
+    : '<p class="muted pad">No keys yet. Workers authenticate with one: create it above, or with <code>herald key create</code>.</p>';
+  for (const tr of $('#keys').querySelectorAll('tr[data-key]')) {
+    const id = tr.dataset.key;
+    const revoke = tr.querySelector('.revoke');
+    if (revoke) {
+      revoke.addEventListener('click', async () => {
+        if (!confirm(`Revoke key ${id}? Workers using it are refused at once and its open connections close.`)) return;
+        try {
+          await app.client.request('DELETE', `/v1/admin/keys/${encodeURIComponent(id)}`);
+          toast({ level: 'success', title: `Key ${id} revoked` });
+          loadKeys();
+        } catch (err) {
+          showError(err);
+        }
+      });
+    }
+    const rotate = tr.querySelector('.rotate');
+    if (rotate) {
+      rotate.addEventListener('click', async () => {
+        const grace = Number(tr.querySelector('.grace').value);
+        try {
+          const k = await app.client.request('POST', `/v1/admin/keys/${encodeURIComponent(id)}/rotate`, { grace_seconds: grace });
+          showSecret(k, grace ? `Key ${id} replaced by ${k.id}; the old one keeps working for ${duration(grace * 1000)}.` : `Key ${id} revoked and replaced by ${k.id}.`);
+          loadKeys();
+        } catch (err) {
+          showError(err);
+        }
+      });
+    }
+  }
+}
 
 // ------------------------------------------------------------ job lists
 
@@ -358,6 +527,7 @@ function renderJobsPage(mine) {
     $('#f-kind').addEventListener('change', (e) => ((app.filters.kind = e.target.value), paint()));
     $('#f-q').addEventListener('input', (e) => ((app.filters.q = e.target.value.trim().toLowerCase()), paint()));
   }
+  app.repaint = paint;
   // ETAs move with the clock.
   const tick = setInterval(() => (view._closed ? clearInterval(tick) : paint()), 5000);
 }
@@ -459,6 +629,7 @@ function renderJobPage(id) {
     }
   };
   view.subscribe(later);
+  app.repaint = later;
   const tick = setInterval(() => (view._closed ? clearInterval(tick) : later()), 5000);
 }
 

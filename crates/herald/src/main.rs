@@ -86,6 +86,34 @@ enum KeyCmd {
         #[command(flatten)]
         serve: LocalArgs,
     },
+    /// List a tenant's keys: id, name, role, status, last use (never the secret).
+    List {
+        #[arg(long)]
+        tenant: String,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        serve: LocalArgs,
+    },
+    /// Revoke a key: it stops working at once, and running servers close its
+    /// open connections within a second.
+    Revoke {
+        /// The key's id (the 12 hex digits after `hk_`).
+        id: String,
+        #[command(flatten)]
+        serve: LocalArgs,
+    },
+    /// Replace a key with a new one (same name and role), printed once; the old
+    /// one is revoked, or keeps working for --grace and then expires.
+    Rotate {
+        id: String,
+        /// How long the old key keeps working, e.g. 1h (at most 30 days).
+        #[arg(long, default_value = "0s", value_parser = herald::config::parse_duration)]
+        grace: std::time::Duration,
+        #[command(flatten)]
+        serve: LocalArgs,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -133,23 +161,7 @@ fn main() -> Result<()> {
             println!("{}", mint(&config, &sub, &tenant, &role, ttl.as_secs())?);
             Ok(())
         }
-        Cmd::Key { command: KeyCmd::Create { tenant, name, role, serve } } => {
-            let role = match herald::auth::Role::parse(&role) {
-                Some(r @ (herald::auth::Role::Worker | herald::auth::Role::Service)) => r,
-                _ => bail!("an API key's role is worker or service"),
-            };
-            let config = config(serve)?;
-            rt.block_on(async move {
-                let (_tx, rx) = tokio::sync::watch::channel(false);
-                let state = herald::server::build(&config, rx)?;
-                let key = herald::auth::apikey::generate();
-                let cmd = herald::rules::Command::CreateApiKey { id: key.id.clone(), name, role, hash: key.hash };
-                state.write(&tenant, cmd, None).await?;
-                state.store.close().await;
-                println!("{}", key.token);
-                Ok(())
-            })
-        }
+        Cmd::Key { command } => rt.block_on(key_command(command)),
         Cmd::Tail { topic, since, url, token, tenant, serve } => {
             let token = match token {
                 Some(t) => t,
@@ -166,6 +178,82 @@ fn main() -> Result<()> {
             std::process::exit(code)
         }
     }
+}
+
+/// `herald key ...`: straight against the configured database. A running
+/// server sees a revoke or rotate within a second (it polls for key changes).
+async fn key_command(command: KeyCmd) -> Result<()> {
+    use herald::auth::keys;
+    let serve = match &command {
+        KeyCmd::Create { serve, .. } | KeyCmd::List { serve, .. } => serve,
+        KeyCmd::Revoke { serve, .. } | KeyCmd::Rotate { serve, .. } => serve,
+    };
+    let config = config(serve.clone())?;
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let state = herald::server::build(&config, rx)?;
+    // The tenant of a key named by id, for the commands that take only the id.
+    let tenant_of = |id: String| {
+        let state = state.clone();
+        async move {
+            match state.store.api_key(&id).await? {
+                Some(k) => anyhow::Ok(k.tenant),
+                None => bail!("no API key {id}"),
+            }
+        }
+    };
+    let result = match command {
+        KeyCmd::Create { tenant, name, role, .. } => {
+            let role = match herald::auth::Role::parse(&role) {
+                Some(r @ (herald::auth::Role::Worker | herald::auth::Role::Service)) => r,
+                _ => bail!("an API key's role is worker or service"),
+            };
+            let key = keys::create(&state, &tenant, name, role).await?;
+            println!("{}", key.token.unwrap_or_default());
+            Ok(())
+        }
+        KeyCmd::List { tenant, json, .. } => {
+            let list = keys::list(&state, &tenant).await?;
+            if json {
+                for k in &list {
+                    println!("{}", serde_json::to_string(k)?);
+                }
+            } else {
+                println!("{:<12}  {:<24}  {:<7}  {:<8}  {:<24}  LAST USED", "ID", "NAME", "ROLE", "STATUS", "CREATED");
+                for k in &list {
+                    let status = serde_json::to_value(k.status)?;
+                    println!(
+                        "{:<12}  {:<24}  {:<7}  {:<8}  {:<24}  {}",
+                        k.id,
+                        k.name,
+                        k.role,
+                        status.as_str().unwrap_or(""),
+                        k.created_at,
+                        k.last_used_at.as_deref().unwrap_or("never")
+                    );
+                }
+            }
+            Ok(())
+        }
+        KeyCmd::Revoke { id, .. } => {
+            let tenant = tenant_of(id.clone()).await?;
+            let key = keys::revoke(&state, &tenant, &id).await?;
+            eprintln!("revoked {} ({}, tenant {})", key.id, key.name, key.tenant);
+            Ok(())
+        }
+        KeyCmd::Rotate { id, grace, .. } => {
+            let tenant = tenant_of(id.clone()).await?;
+            let key = keys::rotate(&state, &tenant, &id, grace).await?;
+            if grace.is_zero() {
+                eprintln!("{id} is revoked; its replacement is {}", key.id);
+            } else {
+                eprintln!("{id} keeps working for {}s; its replacement is {}", grace.as_secs(), key.id);
+            }
+            println!("{}", key.token.unwrap_or_default());
+            Ok(())
+        }
+    };
+    state.store.close().await;
+    result
 }
 
 fn mint(config: &Config, sub: &str, tenant: &str, role: &str, ttl: u64) -> Result<String> {

@@ -117,6 +117,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let state = build(&config, stop_rx)?;
     let maintenance = crate::maintenance::spawn(state.clone(), &config);
+    let keywatch = crate::auth::keywatch::spawn(state.clone());
     let demo = config.demo.then(|| crate::demo::spawn(state.clone()));
     let upkeep = state.metrics.clone().map(|handle| {
         // Histogram samples pile up in memory until drained; drain them even when no one scrapes.
@@ -157,6 +158,8 @@ pub async fn run(
     };
     serve(listener, app, limits, state.shutdown.clone(), stop).await;
     maintenance.abort();
+    keywatch.abort();
+    crate::auth::keywatch::flush_usage(&state).await;
     if let Some(u) = upkeep {
         u.abort();
     }

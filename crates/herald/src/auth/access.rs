@@ -37,7 +37,7 @@ mod tests {
     use std::sync::Arc;
 
     fn p(role: Role, sub: &str) -> Principal {
-        Principal { sub: Arc::from(sub), tenant: Arc::from("t"), role, exp: None }
+        Principal { sub: Arc::from(sub), tenant: Arc::from("t"), role, exp: None, key: None }
     }
 
     #[test]

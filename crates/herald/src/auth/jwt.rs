@@ -158,7 +158,7 @@ impl JwtVerifier {
             .and_then(Value::as_str)
             .ok_or_else(|| AuthError::Invalid(format!("missing role claim {}", self.inner.role_claim.join("."))))?;
         let role = Role::parse(role_name).ok_or_else(|| AuthError::Invalid(format!("unknown role {role_name:?}")))?;
-        Ok(Principal { sub: Arc::from(sub), tenant: Arc::from(tenant.as_str()), role, exp: Some(exp) })
+        Ok(Principal { sub: Arc::from(sub), tenant: Arc::from(tenant.as_str()), role, exp: Some(exp), key: None })
     }
 
     /// Mints an HS256 token (development and tests).

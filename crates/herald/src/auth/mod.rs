@@ -5,6 +5,8 @@ pub mod access;
 pub mod apikey;
 pub mod authenticator;
 pub mod jwt;
+pub mod keys;
+pub mod keywatch;
 
 pub use crate::model::role::{JobVisibility, Role};
 pub use access::{can_publish_room, can_read_topic, can_write_jobs};
@@ -19,8 +21,11 @@ pub struct Principal {
     pub sub: Arc<str>,
     pub tenant: Arc<str>,
     pub role: Role,
-    /// Expiry, seconds since the epoch; `None` for API keys.
+    /// Expiry, seconds since the epoch; `None` for an API key without one.
     pub exp: Option<u64>,
+    /// The API key this caller authenticated with, if it did: revoking it ends
+    /// the caller's open connections.
+    pub key: Option<Arc<str>>,
 }
 
 impl Principal {
@@ -39,6 +44,8 @@ pub enum AuthError {
     Expired,
     #[error("invalid token: {0}")]
     Invalid(String),
+    #[error("API key revoked")]
+    Revoked,
 }
 
 impl AuthError {
@@ -47,6 +54,7 @@ impl AuthError {
             AuthError::Missing => "unauthorized",
             AuthError::Expired => "token_expired",
             AuthError::Invalid(_) => "invalid_token",
+            AuthError::Revoked => "key_revoked",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! every change to them. Pure data and rules; no I/O.
 
 pub mod event;
+pub mod key;
 pub mod role;
 pub mod table;
 pub mod topic;

@@ -43,6 +43,22 @@ pub enum Command {
         role: Role,
         hash: Vec<u8>,
     },
+    /// Revokes a key of the tenant now.
+    RevokeApiKey {
+        id: String,
+    },
+    /// Replaces a key: a new one with the same name and role, and the old one
+    /// revoked now or, with a grace period, expiring at its end.
+    RotateApiKey {
+        id: String,
+        new_id: String,
+        new_hash: Vec<u8>,
+        grace_ms: i64,
+    },
+    /// Records when keys were last used (any tenant).
+    TouchApiKeys {
+        used: Vec<(String, i64)>,
+    },
     /// Stores what a recoverable realtime session holds (no event: it is no
     /// one's change). A session id another `sub` holds is left alone.
     SaveSession {

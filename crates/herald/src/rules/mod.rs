@@ -6,6 +6,7 @@
 pub mod command;
 pub mod error;
 mod jobs;
+pub mod keys;
 mod notifications;
 
 pub use command::{Command, IdempotencyKey, NewJob, NewNotification, Reply};
@@ -120,17 +121,14 @@ pub fn apply(tx: &mut dyn WriteTx, tenant: &str, cmd: Command) -> Result<Reply, 
             let pruned = tx.prune(before_ms, tx.now() - IDEMPOTENCY_KEEP_MS)?;
             Ok(Reply { created: false, body: to_raw(&serde_json::json!({ "pruned": pruned }))? })
         }
-        Command::CreateApiKey { id, name, role, hash } => {
-            let key = crate::store::ApiKeyRecord {
-                id: id.clone(),
-                tenant: tenant.to_string(),
-                name: name.clone(),
-                role,
-                hash,
-            };
-            tx.insert_api_key(&key)?;
-            let body = serde_json::json!({"id": id, "tenant": tenant, "name": name, "role": role.as_str()});
-            Ok(Reply { created: true, body: to_raw(&body)? })
+        Command::CreateApiKey { id, name, role, hash } => keys::create(tx, tenant, id, name, role, hash),
+        Command::RevokeApiKey { id } => keys::revoke(tx, tenant, &id),
+        Command::RotateApiKey { id, new_id, new_hash, grace_ms } => {
+            keys::rotate(tx, tenant, &id, new_id, new_hash, grace_ms)
+        }
+        Command::TouchApiKeys { used } => {
+            tx.touch_api_keys(&used)?;
+            Ok(Reply { created: false, body: to_raw(&serde_json::json!({ "touched": used.len() }))? })
         }
         Command::SaveSession { id, sub, doc, at } => {
             tx.save_session(tenant, &id, &sub, &doc, at)?;

@@ -10,6 +10,7 @@ pub mod close;
 pub mod error;
 pub mod membership;
 pub mod replay;
+pub mod revocation;
 pub mod rooms;
 pub mod token;
 
@@ -18,4 +19,5 @@ pub use close::CloseReason;
 pub use error::{Refusal, SessionError};
 pub use membership::Membership;
 pub use replay::{head, Cursor, Replay, ReplayPage, REPLAY_PAGE};
+pub use revocation::KeyChanges;
 pub use token::{expiry_instant, Deadline};

@@ -52,7 +52,7 @@ pub struct EventPage {
     pub truncated: bool,
 }
 
-/// A stored worker API key.
+/// A stored worker API key. Times are epoch milliseconds.
 #[derive(Debug, Clone)]
 pub struct ApiKeyRecord {
     pub id: String,
@@ -60,7 +60,37 @@ pub struct ApiKeyRecord {
     pub name: String,
     pub role: Role,
     pub hash: Vec<u8>,
+    pub created_at: i64,
+    /// Last authenticated use, as recorded (in batches, so up to a minute behind).
+    pub last_used_at: Option<i64>,
+    /// When the key stops working (a rotation's grace period), if ever.
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    /// When the key was last revoked or given an expiry: what every node polls for.
+    pub changed_at: i64,
 }
+
+impl ApiKeyRecord {
+    /// A key as created now: never used, revoked or expiring.
+    pub fn new(id: String, tenant: String, name: String, role: Role, hash: Vec<u8>) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id,
+            tenant,
+            name,
+            role,
+            hash,
+            created_at: 0,
+            last_used_at: None,
+            expires_at: None,
+            revoked_at: None,
+            changed_at: 0,
+        }
+    }
+}
+
+/// The columns of `api_keys` in the order [`ApiKeyRecord`]'s readers take them.
+pub const API_KEY_COLUMNS: &str =
+    "id, tenant, name, role, hash, created_at, last_used_at, expires_at, revoked_at, changed_at";
 
 /// One unit of work, run by the writer inside its own savepoint of a group
 /// transaction. The rules implement it; the store only runs it.
@@ -122,6 +152,18 @@ pub trait WriteTx {
     /// `idempotency_before_ms`; returns how many events went.
     fn prune(&mut self, before_ms: i64, idempotency_before_ms: i64) -> Result<u64, StoreError>;
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// A key of `tenant`, read for update.
+    fn api_key(&mut self, tenant: &str, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Revokes a key now and/or sets when it expires; stamps `changed_at` now.
+    fn change_api_key(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        revoked_at: Option<i64>,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// Records when keys were last used (any tenant); unknown ids are skipped.
+    fn touch_api_keys(&mut self, used: &[(String, i64)]) -> Result<(), StoreError>;
     /// The fingerprint and stored reply of an idempotency key, if used before.
     fn idempotent_reply(&mut self, tenant: &str, sub: &str, key: &str) -> Result<Option<(String, String)>, StoreError>;
     fn save_idempotent_reply(
@@ -214,6 +256,10 @@ pub trait EventLog: Send + Sync + 'static {
 #[async_trait]
 pub trait Keys: Send + Sync + 'static {
     async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// A tenant's keys, newest first (revoked ones too).
+    async fn api_keys(&self, tenant: &str) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Keys (any tenant) revoked or given an expiry at or after `since_ms`.
+    async fn api_key_changes(&self, since_ms: i64) -> Result<Vec<ApiKeyRecord>, StoreError>;
 }
 
 /// Everything a store does, by role.

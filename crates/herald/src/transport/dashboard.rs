@@ -140,7 +140,8 @@ pub async fn demo_tokens(State(s): State<AppState>) -> Result<Response, ApiError
     if !s.demo {
         return Err(ApiError::not_found("route"));
     }
-    let identities = std::iter::once(("Staff (sam)", "sam", "staff"))
+    let identities = [("Staff (sam)", "sam", "staff"), ("Admin (ada)", "ada", "admin")]
+        .into_iter()
         .chain(crate::demo::CUSTOMERS.iter().map(|c| (*c, *c, "customer")));
     let mut tokens = Vec::new();
     for (label, sub, role) in identities {

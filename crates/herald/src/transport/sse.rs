@@ -4,12 +4,12 @@
 use super::http::error::ApiError;
 use super::http::extract::{bearer, parse_query};
 use crate::app::AppState;
-use crate::auth::Principal;
+use crate::auth::{AuthError, Principal};
 use crate::hub::{ConnectionGuard, Delivery, Payload, WireFormat};
 use crate::model::{Event, Position, Topic};
 use crate::session::{
-    authorize, expiry_instant, head, snapshot, CloseReason, Cursor, Deadline, Membership, Replay, ReplayPage,
-    SessionError,
+    authorize, expiry_instant, head, revocation, snapshot, CloseReason, Cursor, Deadline, KeyChanges, Membership,
+    Replay, ReplayPage, SessionError,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -126,7 +126,7 @@ async fn run(
     }
     let end = feed(&s, &p, &topics, since, &tx, &mut inbox).await;
     if let Some(reason) = end {
-        let body = serde_json::json!({ "reason": reason.name(), "reconnect": true });
+        let body = serde_json::json!({ "reason": reason.name(), "reconnect": reason.reconnect() });
         // Bounded: a client that stopped reading must not hold the stream open.
         let goodbye = tx.send(Bytes::from(frame(None, "goodbye", &body.to_string())));
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
@@ -212,6 +212,9 @@ async fn live(
     let mut shutdown = s.shutdown.clone();
     let mut expiry = Deadline::default();
     expiry.set(p.exp, expiry_instant);
+    let mut p = p.clone();
+    let mut keys = KeyChanges::default();
+    keys.follow(s, &p);
     let mut buf: Vec<Arc<Delivery>> = Vec::with_capacity(256);
     let overflow = inbox.overflow_signal();
     loop {
@@ -220,6 +223,15 @@ async fn live(
             _ = crate::app::shutting_down(&mut shutdown) => return Some(CloseReason::ShuttingDown),
             _ = overflow.overflowed() => return Some(CloseReason::SlowConsumer),
             _ = expiry.passed(), if expiry.is_armed() => return Some(CloseReason::TokenExpired),
+            changed = keys.next(), if keys.is_armed() => {
+                if changed.concerns(&p) {
+                    match revocation::recheck(s, &mut p).await {
+                        Ok(()) => expiry.set(p.exp, expiry_instant),
+                        Err(AuthError::Expired) => return Some(CloseReason::TokenExpired),
+                        Err(_) => return Some(CloseReason::AuthFailed),
+                    }
+                }
+            }
             _ = tx.closed() => return None,
             n = inbox.recv_many(&mut buf, 256) => {
                 if n == 0 {

@@ -36,10 +36,10 @@ async fn demo_mode_hands_out_short_lived_demo_tokens_that_work() {
     let tokens = body["tokens"].as_array().expect("tokens");
     let subs: Vec<(&str, &str)> =
         tokens.iter().map(|t| (t["sub"].as_str().unwrap(), t["role"].as_str().unwrap())).collect();
-    assert_eq!(subs, [("sam", "staff"), ("alice", "customer"), ("bob", "customer")]);
+    assert_eq!(subs, [("sam", "staff"), ("ada", "admin"), ("alice", "customer"), ("bob", "customer")]);
     assert!(body["expires_in"].as_u64().unwrap() <= 3600);
     // Each one works, and a customer's sees only their own jobs.
-    let alice = tokens[1]["token"].as_str().unwrap();
+    let alice = tokens[2]["token"].as_str().unwrap();
     let worker = token("w", "demo", "worker");
     let (st, _) = s.post(&worker, "/v1/jobs", serde_json::json!({"id": "mine", "owner": "alice"})).await;
     assert_eq!(st, 201);

@@ -8,6 +8,7 @@ mod durability;
 mod hardening;
 mod isolation;
 mod isolation_property;
+mod keys;
 mod limits;
 mod live;
 mod phoenix;

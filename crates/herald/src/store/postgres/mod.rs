@@ -263,4 +263,12 @@ impl Keys for PgStore {
     async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         read::api_key(&self.pool, id).await
     }
+
+    async fn api_keys(&self, tenant: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        read::api_keys(&self.pool, tenant).await
+    }
+
+    async fn api_key_changes(&self, since_ms: i64) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        read::api_key_changes(&self.pool, since_ms).await
+    }
 }

@@ -3,7 +3,7 @@
 use super::rows::{parse_row, ArtifactRow, JobRow, NotificationRow, TaskRow};
 use crate::model::{Artifact, CapturedTable, Event, EventType, Job, JobVisibility, Notification, Position, Role, Task};
 use crate::store::query::{ColumnKind, HeraldTable, Op, Refused, RowQuery, RowSource};
-use crate::store::{ApiKeyRecord, EventPage, JobFilter, Page, StoreError, MAX_PAGE_BYTES};
+use crate::store::{ApiKeyRecord, EventPage, JobFilter, Page, StoreError, API_KEY_COLUMNS, MAX_PAGE_BYTES};
 use deadpool_postgres::{Object, Pool};
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -242,14 +242,44 @@ pub fn event_of(r: &tokio_postgres::Row, tenant: Arc<str>) -> Result<Event, Stor
 
 pub async fn api_key(pool: &Pool, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
     let c = conn(pool).await?;
-    let statement = c.prepare_cached("SELECT id, tenant, name, role, hash FROM herald.api_keys WHERE id = $1").await?;
-    Ok(c.query_opt(&statement, &[&id]).await?.map(|r| ApiKeyRecord {
+    let statement = c.prepare_cached(&format!("SELECT {API_KEY_COLUMNS} FROM herald.api_keys WHERE id = $1")).await?;
+    Ok(c.query_opt(&statement, &[&id]).await?.as_ref().map(api_key_row))
+}
+
+pub async fn api_keys(pool: &Pool, tenant: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+    let c = conn(pool).await?;
+    let statement = c
+        .prepare_cached(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM herald.api_keys WHERE tenant = $1 ORDER BY created_at DESC, id"
+        ))
+        .await?;
+    Ok(c.query(&statement, &[&tenant]).await?.iter().map(api_key_row).collect())
+}
+
+pub async fn api_key_changes(pool: &Pool, since_ms: i64) -> Result<Vec<ApiKeyRecord>, StoreError> {
+    let c = conn(pool).await?;
+    let statement = c
+        .prepare_cached(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM herald.api_keys WHERE changed_at >= $1 ORDER BY changed_at"
+        ))
+        .await?;
+    Ok(c.query(&statement, &[&since_ms]).await?.iter().map(api_key_row).collect())
+}
+
+/// One `api_keys` row, selected as [`API_KEY_COLUMNS`].
+pub fn api_key_row(r: &tokio_postgres::Row) -> ApiKeyRecord {
+    ApiKeyRecord {
         id: r.get(0),
         tenant: r.get(1),
         name: r.get(2),
         role: Role::parse(r.get(3)).unwrap_or(Role::Worker),
         hash: r.get(4),
-    }))
+        created_at: r.get(5),
+        last_used_at: r.get(6),
+        expires_at: r.get(7),
+        revoked_at: r.get(8),
+        changed_at: r.get(9),
+    }
 }
 
 /// Parameters of a query built at run time, numbered as they are pushed.

@@ -220,6 +220,14 @@ CREATE TABLE herald.sessions (
 );
 CREATE INDEX sessions_by_time ON herald.sessions (saved_at);
 "#,
+    // Key lifecycle: revoke, rotate with a grace period, last use. Every node
+    // polls `changed_at` to cut the open connections of a key revoked elsewhere.
+    r#"
+ALTER TABLE herald.api_keys ADD COLUMN last_used_at bigint, ADD COLUMN expires_at bigint,
+    ADD COLUMN revoked_at bigint, ADD COLUMN changed_at bigint NOT NULL DEFAULT 0;
+CREATE INDEX api_keys_by_tenant ON herald.api_keys (tenant, created_at);
+CREATE INDEX api_keys_by_change ON herald.api_keys (changed_at);
+"#,
 ];
 
 /// Creates schema `herald` and brings it up to date.

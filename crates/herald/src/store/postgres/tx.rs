@@ -349,6 +349,41 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
+    fn api_key(&mut self, tenant: &str, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        // The columns of API_KEY_COLUMNS, spelled out: statements here are cached by &'static str.
+        let statement = self.prepared(
+            "SELECT id, tenant, name, role, hash, created_at, last_used_at, expires_at, revoked_at, changed_at
+             FROM herald.api_keys WHERE id = $1 AND tenant = $2 FOR UPDATE",
+        )?;
+        Ok(self.tx.query_opt(&statement, &[&id, &tenant])?.as_ref().map(super::read::api_key_row))
+    }
+
+    fn change_api_key(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        revoked_at: Option<i64>,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let now = self.now;
+        self.execute(
+            "UPDATE herald.api_keys SET revoked_at = coalesce($3, revoked_at), expires_at = coalesce($4, expires_at),
+                changed_at = $5 WHERE id = $1 AND tenant = $2",
+            &[&id, &tenant, &revoked_at, &expires_at, &now],
+        )?;
+        Ok(())
+    }
+
+    fn touch_api_keys(&mut self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        for (id, at) in used {
+            self.execute(
+                "UPDATE herald.api_keys SET last_used_at = greatest(coalesce(last_used_at, 0), $2) WHERE id = $1",
+                &[id, at],
+            )?;
+        }
+        Ok(())
+    }
+
     fn idempotent_reply(&mut self, tenant: &str, sub: &str, key: &str) -> Result<Option<(String, String)>, StoreError> {
         let statement = self.prepared(
             "SELECT fingerprint, reply FROM herald.idempotency WHERE tenant = $1 AND sub = $2 AND key = $3",

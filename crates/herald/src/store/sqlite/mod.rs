@@ -205,4 +205,13 @@ impl Keys for SqliteStore {
         let id = id.to_string();
         self.readers.with(move |c| read::api_key(c, &id)).await
     }
+
+    async fn api_keys(&self, tenant: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let tenant = tenant.to_string();
+        self.readers.with(move |c| read::api_keys(c, &tenant)).await
+    }
+
+    async fn api_key_changes(&self, since_ms: i64) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.readers.with(move |c| read::api_key_changes(c, since_ms)).await
+    }
 }

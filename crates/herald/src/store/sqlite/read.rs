@@ -3,7 +3,7 @@
 use crate::model::{Artifact, Event, EventType, Job, Notification, Position, Task};
 use crate::model::{JobVisibility, Role};
 use crate::store::query::{ColumnKind, HeraldTable, Op, Refused, RowQuery, RowSource};
-use crate::store::{ApiKeyRecord, EventPage, JobFilter, Page, StoreError, MAX_PAGE_BYTES};
+use crate::store::{ApiKeyRecord, EventPage, JobFilter, Page, StoreError, API_KEY_COLUMNS, MAX_PAGE_BYTES};
 use rusqlite::{params, types::Value as SqlValue, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -200,17 +200,41 @@ pub fn events(
 }
 
 pub fn api_key(c: &Connection, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-    let row: Option<(String, String, String, String, Vec<u8>)> = c
-        .prepare_cached("SELECT id, tenant, name, role, hash FROM api_keys WHERE id = ?1")?
-        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-        .optional()?;
-    Ok(row.map(|(id, tenant, name, role, hash)| ApiKeyRecord {
-        id,
-        tenant,
-        name,
-        role: Role::parse(&role).unwrap_or(Role::Worker),
-        hash,
-    }))
+    Ok(c.prepare_cached(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = ?1"))?
+        .query_row(params![id], api_key_row)
+        .optional()?)
+}
+
+pub fn api_keys(c: &Connection, tenant: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+    let mut statement = c.prepare_cached(&format!(
+        "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant = ?1 ORDER BY created_at DESC, id"
+    ))?;
+    let rows = statement.query_map(params![tenant], api_key_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn api_key_changes(c: &Connection, since_ms: i64) -> Result<Vec<ApiKeyRecord>, StoreError> {
+    let mut statement = c.prepare_cached(&format!(
+        "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE changed_at >= ?1 ORDER BY changed_at"
+    ))?;
+    let rows = statement.query_map(params![since_ms], api_key_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One `api_keys` row, selected as [`API_KEY_COLUMNS`].
+pub fn api_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        name: r.get(2)?,
+        role: Role::parse(&r.get::<_, String>(3)?).unwrap_or(Role::Worker),
+        hash: r.get(4)?,
+        created_at: r.get(5)?,
+        last_used_at: r.get(6)?,
+        expires_at: r.get(7)?,
+        revoked_at: r.get(8)?,
+        changed_at: r.get(9)?,
+    })
 }
 
 /// `GET /rest/v1/<table>` (Herald's tables; SQLite captures none): ONE query

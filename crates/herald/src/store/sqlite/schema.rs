@@ -99,6 +99,16 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_by_time ON sessions (saved_at);
 "#,
+    // Key lifecycle: revoke, rotate with a grace period, last use. Every node
+    // polls `changed_at` to cut the open connections of a key revoked elsewhere.
+    r#"
+ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
+ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
+ALTER TABLE api_keys ADD COLUMN revoked_at INTEGER;
+ALTER TABLE api_keys ADD COLUMN changed_at INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at);
+CREATE INDEX api_keys_by_change ON api_keys (changed_at);
+"#,
 ];
 
 /// Brings the schema up to date.

@@ -3,7 +3,7 @@
 //! are kept here until the commit, when the writer hands them to the feed.
 
 use crate::model::{Artifact, Event, Job, Notification, Position, Task};
-use crate::store::{ApiKeyRecord, NewEvent, StoreError, StoreErrorKind, WriteTx};
+use crate::store::{ApiKeyRecord, NewEvent, StoreError, StoreErrorKind, WriteTx, API_KEY_COLUMNS};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -221,6 +221,39 @@ impl WriteTx for SqliteTx<'_> {
             "INSERT INTO api_keys (id, tenant, name, role, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![key.id, key.tenant, key.name, key.role.as_str(), key.hash, self.now],
         )?;
+        Ok(())
+    }
+
+    fn api_key(&mut self, tenant: &str, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = ?1 AND tenant = ?2"))?
+            .query_row(params![id, tenant], super::read::api_key_row)
+            .optional()?)
+    }
+
+    fn change_api_key(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        revoked_at: Option<i64>,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE api_keys SET revoked_at = coalesce(?3, revoked_at), expires_at = coalesce(?4, expires_at),
+                changed_at = ?5 WHERE id = ?1 AND tenant = ?2",
+            params![id, tenant, revoked_at, expires_at, self.now],
+        )?;
+        Ok(())
+    }
+
+    fn touch_api_keys(&mut self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1")?;
+        for (id, at) in used {
+            statement.execute(params![id, at])?;
+        }
         Ok(())
     }
 

@@ -4,7 +4,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Auth, Query};
 use crate::app::AppState;
 use crate::model::Position;
-use crate::session::{authorize, Membership};
+use crate::session::{authorize, revocation, KeyChanges, Membership};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -89,6 +89,10 @@ pub async fn poll_events(
         }
     }
     let mut deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+    let mut keys = KeyChanges::default();
+    if wait > 0.0 {
+        keys.follow(&s, &p);
+    }
     let mut shutdown = s.shutdown.clone();
     let page = loop {
         let page = s.store.events(&p.tenant, &topics, since, limit).await?;
@@ -110,6 +114,12 @@ pub async fn poll_events(
         }
         let mut buf = Vec::new();
         tokio::select! {
+            changed = keys.next(), if keys.is_armed() => {
+                // A key revoked while its poll waits ends the poll with the error at once.
+                if changed.concerns(&p) {
+                    revocation::recheck(&s, &mut p.clone()).await?;
+                }
+            }
             _ = inbox.recv_many(&mut buf, 16) => {}
             _ = tokio::time::sleep_until(deadline) => {}
             _ = crate::app::shutting_down(&mut shutdown) => { deadline = tokio::time::Instant::now(); }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod jobs;
+pub mod keys;
 pub mod notifications;
 pub mod openapi;
 pub mod ops;
@@ -14,7 +15,7 @@ use crate::app::AppState;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use std::time::Instant;
 
@@ -34,6 +35,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/notifications/{id}/read", post(notifications::read_one))
         .route("/v1/broadcast", post(broadcast::broadcast))
         .route("/v1/stats", get(ops::stats))
+        .route("/v1/admin/keys", get(keys::list).post(keys::create))
+        .route("/v1/admin/keys/{id}", delete(keys::revoke))
+        .route("/v1/admin/keys/{id}/rotate", post(keys::rotate))
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/ws", get(super::ws::upgrade))
         .route("/v1/sse", get(super::sse::stream))

@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
-use super::{broadcast, error, events, jobs, notifications, ops};
+use super::{broadcast, error, events, jobs, keys, notifications, ops};
 use crate::transport::dashboard;
 use crate::transport::phoenix;
 use crate::transport::postgrest;
@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         notifications::create, notifications::list, notifications::read_one, notifications::read_all,
         broadcast::broadcast,
         ops::healthz, ops::readyz, ops::metrics, ops::stats,
+        keys::list, keys::create, keys::revoke, keys::rotate,
         dashboard::demo_tokens,
         serve, websocket, sse,
         phoenix::rest::broadcast, phoenix::rest::broadcast_alias, phoenix_socket, phoenix_socket_alias,

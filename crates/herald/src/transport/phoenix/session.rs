@@ -14,7 +14,7 @@ use crate::model::{Event, Position};
 use crate::session::rooms::{self, Broadcast};
 use crate::session::CloseReason;
 use crate::session::{authorize, head, Membership, Replay, ReplayPage};
-use crate::session::{expiry_instant, Deadline};
+use crate::session::{expiry_instant, revocation, Deadline, KeyChanges};
 use crate::transport::conn::{self, Batch, Frame, Heartbeat, RateLimit, Read, Sink, Stream, Verdict, Written};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -55,6 +55,8 @@ struct Session {
     ended: HashSet<String>,
     /// Excess messages are dropped with a warning; a flood never closes the socket.
     rate: RateLimit,
+    /// Changes to the API keys the socket or its channels authenticated with.
+    keys: KeyChanges,
 }
 
 pub async fn run(socket: WebSocket, s: AppState, book: Arc<ResumeBook>, opening: Opening) {
@@ -76,7 +78,11 @@ pub async fn run(socket: WebSocket, s: AppState, book: Arc<ResumeBook>, opening:
         clean_close: false,
         ended: HashSet::new(),
         rate: RateLimit::new(s.limits.messages_per_second, None),
+        keys: KeyChanges::default(),
     };
+    if let Credential::User(p) = &session.base {
+        session.keys.follow(&s, p);
+    }
     let reason = session.drive(&mut sink, &mut stream, &mut inbox).await;
     session.cleanup();
     if let Some((reason, message)) = reason {
@@ -109,6 +115,11 @@ impl Session {
                 reason = conn::interrupted(&mut shutdown, &overflow) => return Some((reason, reason.advice().into())),
                 _ = deadline.passed(), if deadline.is_armed() => {
                     if let Err(f) = Box::pin(self.expire(sink)).await {
+                        return Some(f);
+                    }
+                }
+                changed = self.keys.next(), if self.keys.is_armed() => {
+                    if let Err(f) = Box::pin(self.key_changed(sink, changed)).await {
                         return Some(f);
                     }
                 }
@@ -272,6 +283,7 @@ impl Session {
                     tenant: Arc::from(tenant.as_str()),
                     role: crate::auth::Role::Customer,
                     exp: None,
+                    key: None,
                 };
                 Ok((guest, true))
             }
@@ -310,6 +322,7 @@ impl Session {
             Ok(p) => p,
             Err(reason) => return self.refuse(sink, &m, reason).await,
         };
+        self.keys.follow(&self.s, &p);
         let max_bindings = self.s.limits.max_bindings;
         if req.bindings.len() > max_bindings {
             let reason =
@@ -620,6 +633,7 @@ impl Session {
                 return self.end_channel(sink, &m.topic, &format!("access to {t} ended: {}", e.message)).await;
             }
         }
+        self.keys.follow(&self.s, &new);
         if let Some(ch) = self.channels.get_mut(&m.topic) {
             ch.principal = new;
         }
@@ -677,6 +691,30 @@ impl Session {
     /// The earliest token expiry among the joined channels.
     fn next_expiry(&self) -> Option<u64> {
         self.channels.values().filter_map(|c| c.principal.exp).min()
+    }
+
+    /// An API key was revoked or given an expiry: a socket that connected with
+    /// it closes; channels that joined with it end, or take its new expiry.
+    async fn key_changed(&mut self, sink: &mut Sink, changed: revocation::Changed) -> Result<(), Fatal> {
+        if let Credential::User(p) = &mut self.base {
+            if changed.concerns(p) {
+                if let Err(e) = revocation::recheck(&self.s, p).await {
+                    let reason =
+                        if e == AuthError::Expired { CloseReason::TokenExpired } else { CloseReason::AuthFailed };
+                    return Err((reason, e.to_string()));
+                }
+            }
+        }
+        let held: Vec<String> =
+            self.channels.values().filter(|c| changed.concerns(&c.principal)).map(|c| c.topic.clone()).collect();
+        for topic in held {
+            let Some(ch) = self.channels.get_mut(&topic) else { continue };
+            if let Err(e) = revocation::recheck(&self.s, &mut ch.principal).await {
+                let message = if e == AuthError::Expired { "Token has expired".to_string() } else { e.to_string() };
+                self.end_channel(sink, &topic, &message).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn expire(&mut self, sink: &mut Sink) -> Result<(), Fatal> {

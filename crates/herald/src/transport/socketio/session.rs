@@ -11,8 +11,8 @@ use crate::hub::{Delivery, Inbox, Payload, TopicKey};
 use crate::model::{Position, Role, Topic};
 use crate::session::rooms::{self, Broadcast};
 use crate::session::{
-    authorize, authorize_existing, head, token, CloseReason, Cursor, Deadline, Membership, Replay, ReplayPage,
-    SessionError,
+    authorize, authorize_existing, head, revocation, token, CloseReason, Cursor, Deadline, KeyChanges, Membership,
+    Replay, ReplayPage, SessionError,
 };
 use crate::transport::conn::{self, Batch, RateLimit, Verdict};
 use engineioxide::{DisconnectReason, Socket, Str};
@@ -217,8 +217,12 @@ impl Conn {
         let overflow = inbox.overflow_signal();
         let mut deadline = Deadline::default();
         let mut batch = Batch::default();
+        let mut keys = KeyChanges::default();
         loop {
             deadline.set_for(self.principal.as_ref(), connect_deadline);
+            if let Some(p) = &self.principal {
+                keys.follow(&self.s, p);
+            }
             tokio::select! {
                 biased;
                 reason = conn::interrupted(&mut shutdown, &overflow) => return End::Transport(reason),
@@ -227,6 +231,17 @@ impl Conn {
                         None => End::Transport(CloseReason::AuthFailed),
                         Some(_) => End::Disconnect(CloseReason::TokenExpired, "token expired; connect again with a fresh token".into()),
                     };
+                }
+                changed = keys.next(), if keys.is_armed() => {
+                    if let Some(p) = self.principal.as_mut().filter(|p| changed.concerns(p)) {
+                        match revocation::recheck(&self.s, p).await {
+                            Ok(()) => {}
+                            Err(AuthError::Expired) => {
+                                return End::Disconnect(CloseReason::TokenExpired, "API key expired; connect again with a new key".into());
+                            }
+                            Err(e) => return End::Disconnect(CloseReason::AuthFailed, format!("{e}; connect again with a new key")),
+                        }
+                    }
                 }
                 _ = self.socket.closed() => return End::Gone,
                 msg = inbound.recv() => {

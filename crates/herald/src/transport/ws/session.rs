@@ -10,7 +10,8 @@ use crate::model::topic::{inbox_topic, TENANT_TOPIC};
 use crate::model::{Position, Topic};
 use crate::session::rooms::{self, Broadcast};
 use crate::session::{
-    authorize, head, snapshot, token, CloseReason, Cursor, Deadline, Membership, Replay, ReplayPage, SessionError,
+    authorize, head, revocation, snapshot, token, CloseReason, Cursor, Deadline, KeyChanges, Membership, Replay,
+    ReplayPage, SessionError,
 };
 use crate::transport::conn::{self, Batch, Frame, Heartbeat, RateLimit, Read, Verdict, Written, WsSink, WsStream};
 use crate::transport::http::extract::MAX_JSON_DEPTH;
@@ -104,8 +105,12 @@ impl Session {
         let mut batch = Batch::default();
         let overflow = inbox.overflow_signal();
         let mut deadline = Deadline::default();
+        let mut keys = KeyChanges::default();
         loop {
             deadline.set_for(self.principal.as_ref(), auth_deadline);
+            if let Some(p) = &self.principal {
+                keys.follow(&self.s, p);
+            }
             tokio::select! {
                 biased;
                 reason = conn::interrupted(&mut shutdown, &overflow) => return Some((reason, reason.advice().into())),
@@ -114,6 +119,13 @@ impl Session {
                         None => (CloseReason::AuthFailed, "no auth frame within 10 seconds".into()),
                         Some(_) => (CloseReason::TokenExpired, "token expired; reconnect with a fresh token".into()),
                     });
+                }
+                changed = keys.next(), if keys.is_armed() => {
+                    if let Some(p) = self.principal.as_mut().filter(|p| changed.concerns(p)) {
+                        if let Err(e) = revocation::recheck(&self.s, p).await {
+                            return Some(auth_close(&e));
+                        }
+                    }
                 }
                 // Frames are read here, in the connection's one task: no reader task or
                 // channel per connection, and a client that floods is simply read no
