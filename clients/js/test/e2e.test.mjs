@@ -245,6 +245,37 @@ test('an outage is not calm: banner, stale data without ETAs, Offline after its 
   }
 });
 
+test('the inspector shows live connections, topics, presence, closes, and sends a test broadcast', async () => {
+  const id = `insp-${uid()}`;
+  await api(worker, 'POST', '/v1/jobs', { id, owner: 'alice', title: `Inspected ${id}`, status: 'running', total: 5 });
+  const alice = await signedInPage('Customer (alice)');
+  await alice.goto(`${server.url}/#/job/${encodeURIComponent(id)}`);
+  await alice.locator(`.job-head[data-job-id="${id}"]`).waitFor();
+  const sam = await signedInPage('Staff (sam)');
+  await sam.locator('#nav-inspect').click();
+  const aliceRow = sam.locator('#insp-conns tr[data-transport="websocket"]', { hasText: 'alice' });
+  await aliceRow.first().waitFor();
+  await sam.locator(`#insp-topics tr[data-topic="job:${id}"]`).waitFor();
+  await sam.locator(`#insp-presence .insp-room[data-room="room:job:${id}"]`, { hasText: 'alice' }).waitFor();
+  // Rates come from two reads.
+  await waitFor(async () => /\d/.test(await sam.locator('[data-stat="deliveries/s"] b').textContent()), 'a delivery rate');
+
+  // A test broadcast to the job's room reaches alice's page.
+  await sam.locator('#bc-target').fill(`room:job:${id}`);
+  await sam.getByRole('button', { name: 'Send' }).click();
+  await waitFor(async () => /Sent: 1 connection/.test(await sam.locator('#bc-result').textContent()), 'the broadcast reached 1');
+  await sam.screenshot({ path: path.join(SHOTS, 'inspector.png'), fullPage: true });
+
+  // alice leaves: her connection moves to the recent closes, as the client's doing.
+  await alice.context().close();
+  await sam.locator('#insp-closes tr[data-reason="client"]', { hasText: 'alice' }).first().waitFor({ timeout: 10000 });
+  // Customers have no inspector.
+  const bob = await signedInPage('Customer (bob)');
+  assert.equal(await bob.locator('#nav-inspect').isVisible(), false);
+  await bob.context().close();
+  await sam.context().close();
+});
+
 test('an admin creates, rotates and revokes API keys from the dashboard; a revoked key is refused at once', async () => {
   const ada = await signedInPage('Admin (ada)');
   await ada.locator('#nav-keys').click();
@@ -289,6 +320,31 @@ test('an admin creates, rotates and revokes API keys from the dashboard; a revok
   assert.equal(await sam.locator('#nav-keys').isVisible(), false);
   await sam.context().close();
   await ada.context().close();
+});
+
+test('the API reference at /docs renders the server\'s OpenAPI document, with examples and a filter', async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await ctx.newPage();
+  page.on('pageerror', (e) => pageErrors.push(`[docs] ${e.stack || e}`));
+  const external = [];
+  page.on('request', (r) => {
+    if (!r.url().startsWith(server.url)) external.push(r.url());
+  });
+  await page.goto(server.url + '/docs');
+  const create = page.locator('article.op#post-v1-jobs');
+  await create.waitFor();
+  assert.match(await create.textContent(), /Create a job/);
+  assert.match(await create.locator('pre.example').textContent(), /"crawl-42"/);
+  // Herald's own API first, the Supabase-compatible endpoints last.
+  const headings = await page.locator('.docs-tag h2').allTextContents();
+  assert.equal(headings[0], 'Jobs');
+  assert.equal(headings[headings.length - 1], 'Supabase compatibility');
+  await page.screenshot({ path: path.join(SHOTS, 'api-docs.png') });
+  await page.locator('#docs-filter').fill('revoke an api key');
+  await waitFor(async () => (await page.locator('article.op:not([hidden])').count()) === 1, 'one operation left');
+  assert.equal(await page.locator('article.op:not([hidden]) h3 code').textContent(), '/v1/admin/keys/{id}');
+  assert.deepEqual(external, [], 'no request leaves the server');
+  await ctx.close();
 });
 
 test('no script errors on any page', () => {

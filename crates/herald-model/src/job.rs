@@ -137,6 +137,7 @@ pub struct Job {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"status": "running", "succeeded": 57, "failed": 2, "stage": "fetching", "current_item": "/pricing", "metadata": {"last_url": "https://example.com/pricing"}})))]
 pub struct ProgressReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<JobStatus>,

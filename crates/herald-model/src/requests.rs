@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "crawl-42", "owner": "alice", "kind": "site-crawl", "title": "Crawl example.com", "total": 120, "status": "running", "metadata": {"site": "example.com"}, "tasks": [{"id": "home", "name": "/"}, {"id": "pricing", "name": "/pricing"}]})))]
 pub struct CreateJob {
     /// Caller-chosen id; a UUIDv7 is made when absent.
     #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$"))]
@@ -42,6 +43,7 @@ pub struct CreateJob {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"kind": "screenshot", "payload": {"url": "https://files.example.com/crawl-42/pricing.png", "item": "/pricing"}})))]
 pub struct NewArtifact {
     /// What it is: `screenshot`, `ocr`, `label`...
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
@@ -54,6 +56,7 @@ pub struct NewArtifact {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"recipient": "alice", "level": "success", "title": "Your crawl finished", "body": "118 of 120 pages fetched", "link": "/jobs/crawl-42"})))]
 pub struct CreateNotification {
     /// The `sub` it is for.
     #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$"))]

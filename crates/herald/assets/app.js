@@ -1,6 +1,7 @@
 // Herald's built-in dashboard: plain JavaScript over the same client the npm
 // package ships (/assets/herald-client.js is clients/js/src/index.js).
 import { createClient, decodeToken } from './herald-client.js';
+import { renderInspector } from './inspector.js';
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const esc = (v) =>
@@ -181,6 +182,7 @@ function start(session) {
       for (const id of ['nav', 'conn', 'bell-wrap', 'who', 'signout']) $('#' + id).hidden = false;
       $('#nav-mine').hidden = app.me.role === 'customer';
       $('#nav-keys').hidden = app.me.role !== 'admin';
+      $('#nav-inspect').hidden = !['admin', 'staff'].includes(app.me.role);
       $('#nav-home').textContent = app.me.role === 'customer' ? 'My jobs' : 'Jobs';
       startNotifications();
       route();
@@ -367,6 +369,9 @@ function route() {
   const m = hash.match(/^#\/job\/(.+)$/);
   if (m) return renderJobPage(decodeURIComponent(m[1]));
   if (hash === '#/keys' && app.me.role === 'admin') return renderKeysPage();
+  if (hash === '#/inspect' && ['admin', 'staff'].includes(app.me.role)) {
+    return renderInspector({ app, $, esc, ago, duration, toast, showError });
+  }
   if (hash === '#/mine' || app.me.role === 'customer') return renderJobsPage(true);
   return renderJobsPage(false);
 }
@@ -603,11 +608,32 @@ function jobRow(j, staffView) {
 
 // ------------------------------------------------------------ job page
 
+/** Tasks shown per page of the job page's task list. */
+const TASK_PAGE = 50;
+/** Task statuses (crates/herald-model/src/task.rs), in the order of the filter buttons. */
+const TASK_STATUSES = ['failed', 'running', 'pending', 'succeeded', 'skipped'];
+/** Per job: the task filter and page, and the expanded OCR texts; kept across re-renders and visits. */
+const jobPages = new Map();
+
+function jobPageState(id) {
+  let s = jobPages.get(id);
+  if (!s) {
+    s = { filter: 'all', page: 0, shown: 0, top: false, expanded: new Set() };
+    jobPages.set(id, s);
+    if (jobPages.size > 50) jobPages.delete(jobPages.keys().next().value);
+  }
+  return s;
+}
+
+const fmtInt = (n) => Number(n || 0).toLocaleString('en-US');
+
 function renderJobPage(id) {
+  closeLightbox();
   const main = $('#main');
   main.innerHTML = `<p class="back"><a href="#/">← All jobs</a></p><div id="job"><p class="muted pad">Loading…</p></div>`;
   const view = app.client.watchJob(id, { history: true, historyLimit: 1000 });
   app.view = view;
+  const ui = jobPageState(id);
   // Who else is looking at this job: presence in the job's room, which follows
   // the job's read rules — so it is joined once the job has loaded.
   let presence = null;
@@ -620,7 +646,7 @@ function renderJobPage(id) {
       app.presence = presence;
       presence.subscribe(later);
     }
-    renderJob(view, presence);
+    renderJob(view, presence, ui);
   };
   const later = () => {
     if (!scheduled) {
@@ -630,10 +656,35 @@ function renderJobPage(id) {
   };
   view.subscribe(later);
   app.repaint = later;
+  // One listener for the page's controls: the page is re-rendered on every change.
+  $('#job').addEventListener('click', (e) => {
+    const el = e.target.closest('[data-filter], [data-page], [data-shot], [data-expand], #cancel-job');
+    if (!el || view._closed || el.disabled) return;
+    if (el.dataset.filter) {
+      ui.filter = el.dataset.filter;
+      ui.page = 0;
+      ui.top = true;
+    } else if (el.dataset.page) {
+      const to = { first: 0, prev: ui.shown - 1, next: ui.shown + 1, last: Infinity }[el.dataset.page];
+      ui.page = Math.max(0, to ?? ui.shown);
+      ui.top = true;
+    } else if (el.dataset.shot) {
+      return openLightbox(view.artifacts, el.dataset.shot);
+    } else if (el.dataset.expand) {
+      const x = el.dataset.expand;
+      if (ui.expanded.has(x)) ui.expanded.delete(x);
+      else ui.expanded.add(x);
+    } else if (el.id === 'cancel-job') {
+      return confirmCancel(view.job);
+    }
+    paint();
+  });
   const tick = setInterval(() => (view._closed ? clearInterval(tick) : later()), 5000);
+  // A running job's duration counts every second, between repaints.
+  const clock = setInterval(() => (view._closed ? clearInterval(clock) : tickDuration(view.job)), 1000);
 }
 
-function renderJob(view, presence) {
+function renderJob(view, presence, ui = jobPageState(view.id)) {
   const root = $('#job');
   if (!root) return;
   if (view.error) {
@@ -647,19 +698,36 @@ function renderJob(view, presence) {
   if (!j) return;
   const e = eta(j);
   const watchers = presence ? presence.members() : [];
-  const tasks = [...view.tasks].sort((a, b) => (a.created_at < b.created_at ? -1 : a.created_at > b.created_at ? 1 : 0));
   const taskCounts = {};
-  for (const t of tasks) taskCounts[t.status] = (taskCounts[t.status] || 0) + 1;
-  const shots = view.artifacts;
+  for (const t of view.tasks) taskCounts[t.status] = (taskCounts[t.status] || 0) + 1;
+  // Only the page shown is rendered, however many tasks the job has.
+  const list = orderTasks(view.tasks, ui.filter);
+  const pages = Math.max(1, Math.ceil(list.length / TASK_PAGE));
+  const page = Math.min(ui.page, pages - 1);
+  ui.shown = page;
+  const from = page * TASK_PAGE;
+  const shown = list.slice(from, from + TASK_PAGE);
+  const took = jobDuration(j);
+  const canCancel = (app.me.role === 'staff' || app.me.role === 'admin') && ACTIVE.has(j.status);
   const events = [...view.events].reverse().slice(0, 300);
+  // A re-render keeps where the lists were scrolled to and which control had the focus.
+  const scrolled = {};
+  for (const sel of ['.tasks', '#timeline', '.errors']) {
+    const el = root.querySelector(sel);
+    if (el) scrolled[sel] = el.scrollTop;
+  }
+  const focused = focusKey(root, document.activeElement);
   root.innerHTML = `
   <section class="card job-head s-${esc(j.status)}" data-job-id="${esc(j.id)}" data-status="${esc(j.status)}">
     <div class="row between">
       <div><h1>${esc(j.title || j.id)} ${chip(j.status)}</h1>
         <p class="muted">${esc(j.kind || 'job')} · <code>${esc(j.id)}</code>${j.owner ? ` · owner <b>${esc(j.owner)}</b>` : ''}</p></div>
-      <div class="watchers" id="watchers" title="Watching this job now">
-        ${watchers.map((w) => `<span class="avatar ${w === app.me.sub ? 'me' : ''}" data-sub="${esc(w)}" title="${esc(w)}">${esc(w.slice(0, 2))}</span>`).join('')}
-        <small class="muted">${watchers.length} watching</small>
+      <div class="head-side">
+        <div class="watchers" id="watchers" title="Watching this job now">
+          ${watchers.map((w) => `<span class="avatar ${w === app.me.sub ? 'me' : ''}" data-sub="${esc(w)}" title="${esc(w)}">${esc(w.slice(0, 2))}</span>`).join('')}
+          <small class="muted">${watchers.length} watching</small>
+        </div>
+        ${canCancel ? '<button type="button" id="cancel-job" class="danger">Cancel job…</button>' : ''}
       </div>
     </div>
     ${bar(j, true)}
@@ -667,30 +735,27 @@ function renderJob(view, presence) {
       <div><span>Done</span><b>${counts(j)}</b></div>
       <div><span>Stage</span><b>${esc(j.stage || '—')}</b></div>
       <div><span>${FINISHED.has(j.status) ? 'Last item' : 'Current item'}</span><b class="clip" title="${esc(j.current_item || '')}">${esc(j.current_item || '—')}</b></div>
-      <div><span>ETA</span><b>${esc(e || (FINISHED.has(j.status) ? 'done' : '—'))}</b></div>
+      <div><span>ETA</span><b>${esc(e || (j.status === 'completed' ? 'done' : '—'))}</b></div>
       <div><span>Started</span><b>${j.started_at ? `<span data-ago="${esc(j.started_at)}">${ago(j.started_at)}</span>` : '—'}</b></div>
       <div><span>${FINISHED.has(j.status) ? 'Finished' : 'Updated'}</span><b><span data-ago="${esc(j.finished_at || j.updated_at)}">${ago(j.finished_at || j.updated_at)}</span></b></div>
+      <div><span>Duration</span><b title="${esc(took ? took.title : j.finished_at ? 'It never started.' : 'It has not started yet.')}"><span id="job-duration" ${took && took.running ? 'data-running' : ''}>${took ? took.text : '—'}</span>${took && took.running ? ' <small class="muted">so far</small>' : ''}</b></div>
     </div>
     ${j.status === 'stalled' ? '<p class="warn-box">This job has not reported for a while: its worker may be stuck or gone.</p>' : ''}
   </section>
   <div class="cols">
     <section class="card">
-      <h2>Tasks <small class="muted">${Object.entries(taskCounts).map(([s, c]) => `${c} ${esc(s)}`).join(' · ')}</small></h2>
+      <h2>Tasks <small class="muted">${fmtInt(view.tasks.length)}</small></h2>
+      ${view.tasks.length ? taskFilters(taskCounts, view.tasks.length, ui.filter) + taskPager(from, shown.length, list.length, page, pages) : ''}
       <ol class="tasks">${
-        tasks.length
-          ? tasks
-              .map(
-                (t) => `<li class="task s-${esc(t.status)}" data-task-id="${esc(t.id)}">${chip(t.status)}<span class="clip">${esc(t.name || t.id)}</span>
-              ${t.error ? `<small class="bad clip" title="${esc(t.error)}">${esc(t.error)}</small>` : ''}</li>`,
-              )
-              .join('')
-          : '<li class="muted pad">No tasks reported.</li>'
+        shown.length
+          ? shown.map(taskRow).join('')
+          : `<li class="muted pad">${view.tasks.length ? `No ${esc(ui.filter)} tasks.` : 'No tasks reported.'}</li>`
       }</ol>
     </section>
     <div>
       <section class="card">
-        <h2>Artifacts <small class="muted">${shots.length}</small></h2>
-        <div class="artifacts">${shots.length ? shots.map(artifact).join('') : '<p class="muted pad">None yet.</p>'}</div>
+        <h2>Artifacts <small class="muted">${view.artifacts.length}</small></h2>
+        ${artifactsSection(view.artifacts, ui)}
       </section>
       <section class="card">
         <h2>Errors <small class="muted">${(j.errors || []).length}</small></h2>
@@ -706,16 +771,295 @@ function renderJob(view, presence) {
     <h2>Live timeline <small class="muted">${view.events.length} events</small></h2>
     <ol class="timeline" id="timeline">${events.map(timelineItem).join('')}</ol>
   </section>`;
+  for (const [sel, top] of Object.entries(scrolled)) {
+    const el = root.querySelector(sel);
+    if (el) el.scrollTop = sel === '.tasks' && ui.top ? 0 : top;
+  }
+  ui.top = false;
+  if (focused) {
+    const el = root.querySelector(focused);
+    if (el && !el.disabled) el.focus();
+  }
+}
+
+/** A selector for the job page's control that has the focus, to give it back after a re-render. */
+function focusKey(root, el) {
+  if (!el || !root.contains(el)) return null;
+  if (el.id) return `#${CSS.escape(el.id)}`;
+  for (const k of ['filter', 'page', 'shot', 'expand']) {
+    if (el.dataset[k] != null) return `[data-${k}="${CSS.escape(el.dataset[k])}"]`;
+  }
+  return null;
+}
+
+/** The tasks a filter shows, in order: failed ones first in the default view, then by creation. */
+function orderTasks(tasks, filter) {
+  const byCreation = (a, b) => (a.created_at < b.created_at ? -1 : a.created_at > b.created_at ? 1 : 0);
+  if (filter !== 'all') return tasks.filter((t) => t.status === filter).sort(byCreation);
+  return [...tasks].sort((a, b) => (b.status === 'failed') - (a.status === 'failed') || byCreation(a, b));
+}
+
+function taskFilters(taskCounts, total, filter) {
+  const button = (key, label, n) =>
+    `<button type="button" class="tf${key === filter ? ' on' : ''}" data-filter="${key}" data-count="${n}" aria-pressed="${key === filter}" ${
+      n === 0 && key !== filter ? 'disabled' : ''
+    }><i class="dot s-${key}"></i>${label} <b>${fmtInt(n)}</b></button>`;
+  return `<div class="task-filter" role="group" aria-label="Show tasks by status">${button('all', 'All', total)}${TASK_STATUSES.map((s) =>
+    button(s, s, taskCounts[s] || 0),
+  ).join('')}</div>`;
+}
+
+function taskPager(from, count, total, page, pages) {
+  const range = total ? `Showing ${fmtInt(from + 1)}–${fmtInt(from + count)} of ${fmtInt(total)}` : 'Showing 0 of 0';
+  const nav =
+    pages > 1
+      ? `<span class="pager-nav">
+        <button type="button" class="pg" data-page="first" aria-label="First page" ${page === 0 ? 'disabled' : ''}>«</button>
+        <button type="button" class="pg" data-page="prev" ${page === 0 ? 'disabled' : ''}>‹ Prev</button>
+        <span class="muted" id="task-page">Page ${fmtInt(page + 1)} of ${fmtInt(pages)}</span>
+        <button type="button" class="pg" data-page="next" ${page >= pages - 1 ? 'disabled' : ''}>Next ›</button>
+        <button type="button" class="pg" data-page="last" aria-label="Last page" ${page >= pages - 1 ? 'disabled' : ''}>»</button>
+      </span>`
+      : '';
+  return `<div class="pager"><span id="task-range">${range}</span>${nav}</div>`;
+}
+
+function taskRow(t) {
+  const took = t.started_at && t.finished_at ? duration(Math.max(0, Date.parse(t.finished_at) - Date.parse(t.started_at))) : '';
+  const meta = [t.attempts > 1 ? `${t.attempts} attempts` : '', took].filter(Boolean).join(' · ');
+  const label = t.name || t.id;
+  return `<li class="task s-${esc(t.status)}" data-task-id="${esc(t.id)}" data-status="${esc(t.status)}">${chip(t.status)}<span class="clip" title="${esc(
+    t.name ? `${t.name} (${t.id})` : t.id,
+  )}">${esc(label)}</span><small class="muted task-meta">${esc(meta)}</small>
+    ${t.error ? `<small class="bad clip task-error" title="${esc(t.error)}">${esc(t.error)}</small>` : ''}</li>`;
+}
+
+/** started_at → finished_at, or → now while the job is not finished; null before it starts. */
+function jobDuration(j) {
+  if (!j || !j.started_at) return null;
+  const start = Date.parse(j.started_at);
+  const end = j.finished_at ? Date.parse(j.finished_at) : Date.now();
+  const at = (t) => new Date(t).toLocaleString();
+  return {
+    text: duration(Math.max(0, end - start)),
+    running: !j.finished_at,
+    title: j.finished_at ? `From ${at(start)} to ${at(end)}` : `Since ${at(start)}`,
+  };
+}
+
+function tickDuration(j) {
+  const el = document.getElementById('job-duration');
+  const d = jobDuration(j);
+  if (el && d && d.running && el.hasAttribute('data-running')) el.textContent = d.text;
+}
+
+/** Staff cancel a job after confirming, optionally with a reason (kept in the job's error log). */
+function confirmCancel(job) {
+  if (!job || document.getElementById('cancel-dialog')) return;
+  const dlg = document.createElement('dialog');
+  dlg.id = 'cancel-dialog';
+  dlg.className = 'modal';
+  dlg.innerHTML = `<form>
+    <h2>Cancel this job?</h2>
+    <p><b>${esc(job.title || job.id)}</b> is ${esc(job.status)} at ${pct(job.progress)}%. Cancelling stops it for good: it becomes
+      <b>cancelled</b>, its worker's next report is refused, and it cannot be resumed.${job.owner ? ` Its owner <b>${esc(job.owner)}</b> sees it at once.` : ''}</p>
+    <label>Reason <small class="muted">(optional; kept in the job's error log)</small>
+      <textarea name="reason" rows="3" maxlength="1024" placeholder="e.g. the customer asked to stop"></textarea></label>
+    <p class="error-box" hidden></p>
+    <div class="modal-actions">
+      <button type="button" class="ghost dark" data-act="keep">${job.status === 'queued' ? 'Keep it queued' : 'Keep it running'}</button>
+      <button type="submit" class="danger strong" data-act="confirm">Cancel job</button>
+    </div>
+  </form>`;
+  document.body.append(dlg);
+  const close = () => dlg.open && dlg.close();
+  dlg.addEventListener('close', () => {
+    dlg.remove();
+    window.removeEventListener('hashchange', close);
+  });
+  window.addEventListener('hashchange', close);
+  dlg.querySelector('[data-act="keep"]').addEventListener('click', close);
+  dlg.querySelector('form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const go = dlg.querySelector('[data-act="confirm"]');
+    const box = dlg.querySelector('.error-box');
+    const reason = dlg.querySelector('textarea').value.trim();
+    go.disabled = true;
+    go.textContent = 'Cancelling…';
+    box.hidden = true;
+    try {
+      await app.client.request('POST', `/v1/jobs/${encodeURIComponent(job.id)}/cancel`, reason ? { reason } : {});
+      close();
+      toast({ level: 'success', title: `${job.title || job.id} cancelled`, body: reason || undefined });
+    } catch (err) {
+      box.textContent =
+        err.code === 'illegal_transition' ? 'This job has already finished: there is nothing left to cancel.' : err.message || String(err);
+      box.hidden = false;
+      go.disabled = false;
+      go.textContent = 'Cancel job';
+    }
+  });
+  dlg.showModal();
+  dlg.querySelector('[data-act="keep"]').focus();
+}
+
+/** What kind of artifact this is: `ocr:completed` is an `ocr`, `screenshot:captured` a `screenshot`. */
+const artifactBase = (a) => String(a.kind || '').toLowerCase().split(':')[0];
+
+function artifactImage(a) {
+  const p = a.payload || {};
+  return safeImage(typeof p === 'string' ? p : p.url || p.screenshot || p.image);
+}
+
+/** Screenshots as thumbnails that open in the lightbox; OCR texts and labels as readable cards. */
+function artifactsSection(list, ui) {
+  if (!list.length) return '<p class="muted pad">None yet.</p>';
+  const shots = [];
+  const cards = [];
+  for (const a of list) {
+    const base = artifactBase(a);
+    if (base === 'ocr') cards.push(ocrCard(a, ui));
+    else if (base === 'label') cards.push(labelCard(a));
+    else if (artifactImage(a)) shots.push(artifact(a));
+    else cards.push(rawCard(a));
+  }
+  return `${shots.length ? `<div class="artifacts">${shots.join('')}</div>` : ''}${cards.length ? `<div class="art-cards">${cards.join('')}</div>` : ''}`;
 }
 
 function artifact(a) {
   const p = a.payload || {};
-  const url = safeImage(typeof p === 'string' ? p : p.url || p.screenshot || p.image);
-  const caption = esc(p.item || p.label || p.text || a.kind);
-  if (url) {
-    return `<figure class="shot"><a href="${esc(url)}" target="_blank" rel="noopener noreferrer"><img src="${esc(url)}" alt="${caption}" loading="lazy"></a><figcaption>${caption}</figcaption></figure>`;
-  }
-  return `<figure class="shot text"><pre>${esc(typeof p === 'string' ? p : JSON.stringify(p, null, 1)).slice(0, 400)}</pre><figcaption>${esc(a.kind)}</figcaption></figure>`;
+  const url = artifactImage(a);
+  const caption = String(p.item || p.label || p.title || p.text || a.kind);
+  return `<figure class="shot" data-artifact-id="${esc(a.id)}" data-kind="${esc(a.kind)}"><button type="button" class="shot-open" data-shot="${esc(
+    a.id,
+  )}" aria-label="Open ${esc(a.kind)}: ${esc(caption)}" title="Click to enlarge"><img src="${esc(url)}" alt="${esc(caption)}" loading="lazy"></button><figcaption>${esc(
+    caption,
+  )}</figcaption></figure>`;
+}
+
+/** At most `n` characters of `s`, and whether it was cut. */
+const cut = (s, n) => (s.length > n ? s.slice(0, n) + '…' : s);
+
+function cardHead(a, label, detail) {
+  return `<header><span class="kind">${esc(label)}</span><span class="muted clip" title="${esc(detail)}">${esc(detail)}</span><small class="muted" data-ago="${esc(
+    a.created_at,
+  )}">${ago(a.created_at)}</small></header>`;
+}
+
+const OCR_PREVIEW = 600;
+
+function ocrCard(a, ui) {
+  const p = a.payload;
+  const o = p && typeof p === 'object' && !Array.isArray(p) ? p : {};
+  let text = typeof p === 'string' ? p : (o.text ?? o.ocr ?? o.content ?? o.result ?? '');
+  if (Array.isArray(text)) text = text.join('\n');
+  if (typeof text !== 'string') text = JSON.stringify(text, null, 1);
+  const meta = [];
+  if (o.page != null) meta.push(`page ${o.page}`);
+  if (typeof o.confidence === 'number') meta.push(`${Math.round(o.confidence <= 1 ? o.confidence * 100 : o.confidence)}% confidence`);
+  if (o.language || o.lang) meta.push(String(o.language || o.lang));
+  if (o.item) meta.push(String(o.item));
+  if (a.kind.toLowerCase() !== 'ocr') meta.push(a.kind);
+  const img = artifactImage(a);
+  const long = text.length > OCR_PREVIEW;
+  const open = ui.expanded.has(a.id);
+  return `<article class="art-card ocr" data-artifact-id="${esc(a.id)}" data-kind="${esc(a.kind)}">
+    ${cardHead(a, 'OCR', meta.join(' · '))}
+    <div class="art-body">${img ? `<button type="button" class="mini" data-shot="${esc(a.id)}" aria-label="Open the scanned image"><img src="${esc(img)}" alt="" loading="lazy"></button>` : ''}
+      ${text.trim() ? `<p class="ocr-text${open ? ' open' : ''}">${esc(long && !open ? cut(text, OCR_PREVIEW) : text)}</p>` : '<p class="muted">No text recognised.</p>'}</div>
+    ${long ? `<button type="button" class="link more" data-expand="${esc(a.id)}">${open ? 'Show less' : `Show all ${fmtInt(text.length)} characters`}</button>` : ''}
+  </article>`;
+}
+
+function labelCard(a) {
+  const p = a.payload;
+  const o = p && typeof p === 'object' && !Array.isArray(p) ? p : null;
+  const key = o ? ['text', 'label', 'name', 'value', 'title'].find((k) => typeof o[k] === 'string' || typeof o[k] === 'number') : null;
+  const main = o ? (key ? String(o[key]) : '') : p == null ? '' : typeof p === 'object' ? JSON.stringify(p) : String(p);
+  const fields = o ? Object.entries(o).filter(([k]) => k !== key) : [];
+  const value = (v) => {
+    if (typeof v === 'string' && /^https?:\/\//i.test(v)) {
+      return `<a href="${esc(v)}" target="_blank" rel="noopener noreferrer">${esc(cut(v, 120))}</a>`;
+    }
+    return esc(cut(typeof v === 'string' ? v : JSON.stringify(v), 200));
+  };
+  return `<article class="art-card label" data-artifact-id="${esc(a.id)}" data-kind="${esc(a.kind)}">
+    ${cardHead(a, 'Label', a.kind.toLowerCase() === 'label' ? '' : a.kind)}
+    ${main ? `<p class="label-text">${esc(cut(main, 500))}</p>` : ''}
+    ${fields.length ? `<dl class="kv">${fields.slice(0, 12).map(([k, v]) => `<dt>${esc(k)}</dt><dd>${value(v)}</dd>`).join('')}</dl>` : ''}
+    ${main || fields.length ? '' : '<p class="muted">Empty label.</p>'}
+  </article>`;
+}
+
+function rawCard(a) {
+  const p = a.payload;
+  return `<article class="art-card raw" data-artifact-id="${esc(a.id)}" data-kind="${esc(a.kind)}">
+    ${cardHead(a, a.kind, '')}<pre>${esc(cut(typeof p === 'string' ? p : JSON.stringify(p, null, 1), 400))}</pre></article>`;
+}
+
+// The lightbox: one image artifact at a time over the page; Esc or a click closes it, ← → step through.
+let lightbox = null;
+
+function openLightbox(artifacts, id) {
+  const shots = artifacts.filter((a) => artifactBase(a) !== 'label' && artifactImage(a));
+  let i = shots.findIndex((a) => a.id === id);
+  if (i < 0) return;
+  closeLightbox();
+  const el = document.createElement('div');
+  el.id = 'lightbox';
+  el.className = 'lightbox';
+  el.setAttribute('role', 'dialog');
+  el.setAttribute('aria-modal', 'true');
+  el.setAttribute('aria-label', 'Screenshot');
+  el.tabIndex = -1;
+  const show = () => {
+    const a = shots[i];
+    const url = artifactImage(a);
+    const p = a.payload || {};
+    const caption = String(p.item || p.label || p.title || a.kind);
+    el.dataset.artifactId = a.id;
+    el.innerHTML = `<figure><img src="${esc(url)}" alt="${esc(caption)}"><figcaption><b>${esc(caption)}</b>
+      <span>${esc(a.kind)} · ${esc(new Date(a.created_at).toLocaleString())}${shots.length > 1 ? ` · ${i + 1} of ${shots.length}` : ''}</span>
+      ${/^https?:/i.test(url) ? `<a href="${esc(url)}" target="_blank" rel="noopener noreferrer">Open original ↗</a>` : ''}
+      <small>Esc or click to close${shots.length > 1 ? ' · ← → for the others' : ''}</small></figcaption></figure>
+      <button type="button" class="lb-close" aria-label="Close">×</button>
+      ${shots.length > 1 ? '<button type="button" class="lb-nav prev" data-step="-1" aria-label="Previous">‹</button><button type="button" class="lb-nav next" data-step="1" aria-label="Next">›</button>' : ''}`;
+  };
+  const step = (d) => {
+    i = (i + d + shots.length) % shots.length;
+    show();
+  };
+  el.addEventListener('click', (e) => {
+    const nav = e.target.closest('[data-step]');
+    if (nav) return step(Number(nav.dataset.step));
+    if (e.target.closest('a')) return; // "Open original" opens a tab and leaves the lightbox as it is
+    closeLightbox();
+  });
+  const onKey = (e) => {
+    if (e.key === 'Escape') closeLightbox();
+    else if (e.key === 'ArrowLeft' && shots.length > 1) step(-1);
+    else if (e.key === 'ArrowRight' && shots.length > 1) step(1);
+  };
+  document.addEventListener('keydown', onKey);
+  window.addEventListener('hashchange', closeLightbox);
+  lightbox = { el, onKey, id };
+  show();
+  document.body.append(el);
+  document.body.classList.add('no-scroll');
+  el.focus();
+}
+
+function closeLightbox() {
+  if (!lightbox) return;
+  const { el, onKey, id } = lightbox;
+  lightbox = null;
+  document.removeEventListener('keydown', onKey);
+  window.removeEventListener('hashchange', closeLightbox);
+  el.remove();
+  document.body.classList.remove('no-scroll');
+  // Back to the thumbnail it was opened from (re-rendered meanwhile, perhaps).
+  const from = document.querySelector(`[data-shot="${CSS.escape(id)}"]`);
+  if (from) from.focus();
 }
 
 function timelineItem(ev) {

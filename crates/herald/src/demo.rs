@@ -1,6 +1,10 @@
 //! `herald serve --demo`: a `demo` tenant with simulated workers, so the
 //! dashboard moves from the first minute — jobs of tens of tasks, random
-//! failures, and now and then one that stalls.
+//! failures, and now and then one that stalls and later recovers. Stable
+//! across restarts: numbering goes on from the last run, and jobs whose
+//! simulated worker died with the previous process are cancelled, not left
+//! stalled forever. Jobs not made by the simulation (the README's tour) are
+//! never touched.
 
 use crate::app::AppState;
 use crate::model::job::ProgressReport;
@@ -24,10 +28,20 @@ const KINDS: &[(&str, &[&str])] = &[
     ("agent-run", &["plan", "search", "read", "summarize", "draft", "review", "publish"]),
 ];
 
+/// How long a simulated worker that went silent stays away (the demo's stall
+/// timeout is 20 s, so its job is seen stalled, then running again).
+const SILENCE: Duration = Duration::from_secs(45);
+
 /// Starts the simulation; abort the handle to stop it.
 pub fn spawn(s: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut n: u64 = 0;
+        let mut n = match tidy(&s).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not tidy the previous demo run");
+                0
+            }
+        };
         loop {
             n += 1;
             let s2 = s.clone();
@@ -42,6 +56,36 @@ pub fn spawn(s: AppState) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(Duration::from_secs(pause)).await;
         }
     })
+}
+
+/// Cancels the simulated jobs a previous run left unfinished (their workers
+/// died with it) and returns the highest job number used so far.
+async fn tidy(s: &AppState) -> Result<u64, crate::rules::WriteError> {
+    use crate::model::JobVisibility;
+    use crate::store::JobFilter;
+    let mut last = 0;
+    let newest = s.store.jobs(TENANT, &JobVisibility::All, JobFilter { limit: 200, ..Default::default() }).await?;
+    for j in &newest.items {
+        last = last.max(j.metadata["demo_n"].as_u64().unwrap_or(0));
+    }
+    let mut left = 0;
+    for status in [JobStatus::Queued, JobStatus::Running, JobStatus::Stalled] {
+        let filter = JobFilter { status: Some(status), limit: 500, ..Default::default() };
+        let page = s.store.jobs(TENANT, &JobVisibility::All, filter).await?;
+        for j in page.items.into_iter().filter(|j| j.metadata["demo"] == true) {
+            let report = ProgressReport {
+                status: Some(JobStatus::Cancelled),
+                error: Some("the demo restarted: this job's simulated worker is gone".into()),
+                ..Default::default()
+            };
+            s.write(TENANT, Command::ReportProgress { job_id: j.id.clone(), report }, None).await?;
+            left += 1;
+        }
+    }
+    if left > 0 {
+        tracing::info!(cancelled = left, "cancelled the unfinished jobs of the previous demo run");
+    }
+    Ok(last)
 }
 
 async fn simulate(s: &AppState, n: u64) -> Result<(), crate::rules::WriteError> {
@@ -60,7 +104,7 @@ async fn simulate(s: &AppState, n: u64) -> Result<(), crate::rules::WriteError> 
         title: Some(format!("{kind} #{n} for {owner}")),
         total: Some(tasks as u64),
         status: None,
-        metadata: Some(serde_json::json!({ "demo": true })),
+        metadata: Some(serde_json::json!({ "demo": true, "demo_n": n })),
         tasks: Vec::new(),
     }))
     .await?;
@@ -81,8 +125,9 @@ async fn simulate(s: &AppState, n: u64) -> Result<(), crate::rules::WriteError> 
             ProgressReport { current_item: Some(item.clone()), stage: Some("processing".into()), ..Default::default() };
         write(Command::ReportProgress { job_id: id.clone(), report: r }).await?;
         if stall && i == tasks / 2 {
-            // This worker goes silent; stall detection takes it from here.
-            return Ok(());
+            // This worker goes silent: stall detection marks the job stalled;
+            // its next report brings it back to running.
+            tokio::time::sleep(SILENCE).await;
         }
         let (pause, failed) = {
             let mut rng = rand::thread_rng();

@@ -8,6 +8,11 @@ pub fn can_write_jobs(p: &Principal) -> bool {
     matches!(p.role, Role::Worker | Role::Service | Role::Admin)
 }
 
+/// Whether `p` may cancel a job of its tenant: whoever may write jobs, and staff.
+pub fn can_cancel_jobs(p: &Principal) -> bool {
+    can_write_jobs(p) || p.role == Role::Staff
+}
+
 /// Whether `p` may send broadcasts and set presence in a room.
 pub fn can_publish_room(p: &Principal) -> bool {
     let _ = p;

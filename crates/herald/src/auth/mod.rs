@@ -9,7 +9,7 @@ pub mod keys;
 pub mod keywatch;
 
 pub use crate::model::role::{JobVisibility, Role};
-pub use access::{can_publish_room, can_read_topic, can_write_jobs};
+pub use access::{can_cancel_jobs, can_publish_room, can_read_topic, can_write_jobs};
 pub use authenticator::Authenticator;
 pub use jwt::{JwtConfig, JwtVerifier};
 

@@ -6,6 +6,7 @@ pub mod delivery;
 pub mod index;
 pub mod outbox;
 pub mod presence;
+pub mod registry;
 
 pub use delivery::{Delivery, Payload, WireFormat};
 pub use outbox::{outbox, Inbox, Outbox, OverflowSignal};
@@ -57,6 +58,8 @@ pub struct Hub {
     tenants: Mutex<HashMap<Arc<str>, TenantCounts>>,
     /// Members of presence rooms.
     pub presence: presence::Presence,
+    /// This node's live connections and recent closes, for the inspector.
+    pub registry: registry::Registry,
     /// Most connections one tenant may hold (0 = unlimited).
     max_connections_per_tenant: u64,
     /// Which columns of which captured tables have equality subscribers.
@@ -74,6 +77,7 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             tenants: Mutex::new(HashMap::new()),
             presence: presence::Presence::default(),
+            registry: registry::Registry::default(),
             max_connections_per_tenant,
             indexes: index::Indexes::default(),
             remote_counts: Mutex::default(),
@@ -212,6 +216,22 @@ impl Hub {
             total.subscriptions += c.subscriptions;
         }
         (total, remote.len() + 1)
+    }
+
+    /// A tenant's live topics on this node and how many connections receive each.
+    pub fn topic_counts(&self, tenant: &str) -> Vec<(Arc<str>, usize)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            out.extend(
+                shard
+                    .topics
+                    .iter()
+                    .filter(|(k, _)| &*k.tenant == tenant)
+                    .map(|(k, subs)| (Arc::clone(&k.topic), subs.len())),
+            );
+        }
+        out
     }
 
     /// Connection and subscription counts per tenant, and the number of live topics.

@@ -2,6 +2,7 @@
 //! the connection as a slow consumer and its task closes it.
 
 use super::delivery::Delivery;
+use super::registry::QueueStats;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
@@ -12,6 +13,7 @@ pub struct Outbox {
     pub conn_id: u64,
     tx: mpsc::Sender<Arc<Delivery>>,
     overflow: Arc<Overflow>,
+    stats: Arc<QueueStats>,
 }
 
 #[derive(Debug, Default)]
@@ -24,20 +26,28 @@ struct Overflow {
 pub struct Inbox {
     rx: mpsc::Receiver<Arc<Delivery>>,
     overflow: Arc<Overflow>,
+    stats: Arc<QueueStats>,
 }
 
 /// Makes a queue holding at most `capacity` deliveries.
 pub fn outbox(conn_id: u64, capacity: usize) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let overflow = Arc::new(Overflow::default());
-    (Outbox { conn_id, tx, overflow: Arc::clone(&overflow) }, Inbox { rx, overflow })
+    let stats = Arc::new(QueueStats::default());
+    (Outbox { conn_id, tx, overflow: Arc::clone(&overflow), stats: Arc::clone(&stats) }, Inbox { rx, overflow, stats })
 }
 
 impl Outbox {
     /// Queues a delivery; returns false (and flags the connection) if the queue is full.
     pub fn push(&self, d: &Arc<Delivery>) -> bool {
         match self.tx.try_send(Arc::clone(d)) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = d.position() {
+                    self.stats.last_queued.fetch_max(p.get(), Ordering::Relaxed);
+                }
+                true
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.overflow.hit.swap(true, Ordering::AcqRel) {
                     metrics::counter!("herald_queue_overflows_total").increment(1);
@@ -47,6 +57,11 @@ impl Outbox {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// The queue's counters, shared with its inbox.
+    pub fn stats(&self) -> &Arc<QueueStats> {
+        &self.stats
     }
 
     pub fn is_closed(&self) -> bool {
@@ -65,7 +80,13 @@ impl Outbox {
 impl Inbox {
     /// Waits for deliveries and moves up to `max` of them into `buf`; 0 means closed.
     pub async fn recv_many(&mut self, buf: &mut Vec<Arc<Delivery>>, max: usize) -> usize {
-        self.rx.recv_many(buf, max).await
+        let before = buf.len();
+        let n = self.rx.recv_many(buf, max).await;
+        self.stats.taken.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(p) = buf[before..].iter().rev().find_map(|d| d.position()) {
+            self.stats.last_taken.fetch_max(p.get(), Ordering::Relaxed);
+        }
+        n
     }
 
     /// A handle that resolves once this queue has overflowed.

@@ -126,6 +126,16 @@ impl Presence {
         out
     }
 
+    /// The rooms of `tenant` with anyone present, on any node, sorted.
+    pub fn tenant_rooms(&self, tenant: &str) -> Vec<String> {
+        let mut rooms: std::collections::BTreeSet<String> =
+            self.rooms.lock().keys().filter(|(t, _)| t == tenant).map(|(_, r)| r.clone()).collect();
+        for node in self.remote.lock().values() {
+            rooms.extend(node.keys().filter(|(t, _)| t == tenant).map(|(_, r)| r.clone()));
+        }
+        rooms.into_iter().collect()
+    }
+
     /// This node's own entries, room by room: what it tells a node that joins.
     pub fn local_rooms(&self) -> Vec<(String, String, Value)> {
         self.rooms.lock().iter().map(|((t, r), list)| (t.clone(), r.clone(), group(list.iter()))).collect()

@@ -5,10 +5,14 @@
 //! the hub.
 
 use super::error::SessionError;
+use super::CloseReason;
 use crate::app::AppState;
+use crate::auth::Principal;
+use crate::hub::registry::{Closed, ConnInfo};
 use crate::hub::{outbox, ConnectionGuard, Inbox, Outbox, Payload, TopicKey};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 pub struct Membership {
     s: AppState,
@@ -19,6 +23,10 @@ pub struct Membership {
     /// Rooms where this connection has set presence.
     present: HashSet<TopicKey>,
     guard: Option<ConnectionGuard>,
+    /// Who this connection is, once it has said (shown by the inspector).
+    described: Option<ConnInfo>,
+    /// Why the server ends it, when it does; `None`: the client left.
+    end: Option<(CloseReason, String)>,
 }
 
 impl Membership {
@@ -26,8 +34,67 @@ impl Membership {
     /// deliveries arrive on.
     pub fn new(s: &AppState, capacity: usize) -> (Membership, Inbox) {
         let (out, inbox) = outbox(s.hub.next_id(), capacity);
-        let m = Membership { s: s.clone(), outbox: out, topics: HashMap::new(), present: HashSet::new(), guard: None };
+        let m = Membership {
+            s: s.clone(),
+            outbox: out,
+            topics: HashMap::new(),
+            present: HashSet::new(),
+            guard: None,
+            described: None,
+            end: None,
+        };
         (m, inbox)
+    }
+
+    /// Says who the connection is and over which transport, for the inspector
+    /// (again when its identity changes, e.g. a guest that signs in).
+    pub fn describe(&mut self, transport: &'static str, p: &Principal) {
+        let same = self.described.as_ref().is_some_and(|d| d.sub == p.sub && d.tenant == p.tenant);
+        if same {
+            return;
+        }
+        let info = ConnInfo {
+            tenant: std::sync::Arc::clone(&p.tenant),
+            transport,
+            sub: std::sync::Arc::clone(&p.sub),
+            role: p.role.as_str(),
+            connected_at: self.described.as_ref().map_or_else(crate::model::time::now_ms, |d| d.connected_at),
+            stats: std::sync::Arc::clone(self.outbox.stats()),
+        };
+        self.s.hub.registry.add(self.conn_id(), info.clone());
+        self.described = Some(info);
+    }
+
+    pub fn is_described(&self) -> bool {
+        self.described.is_some()
+    }
+
+    /// Records why the server ends this connection (shown by the inspector).
+    pub fn ending(&mut self, reason: CloseReason, message: impl Into<String>) {
+        self.end = Some((reason, message.into()));
+    }
+
+    /// The connection is over: it leaves the inspector's list, its end (the
+    /// reason given to [`ending`](Self::ending), else "the client left") is
+    /// recorded. Runs once; dropping the membership runs it too.
+    pub fn finish(&mut self) {
+        let Some(info) = self.described.take() else { return };
+        self.s.hub.registry.remove(self.conn_id());
+        let now = crate::model::time::now_ms();
+        let (reason, code, message) = match self.end.take() {
+            Some((r, m)) => (r.name(), Some(r.code()), m),
+            None => ("client", None, String::new()),
+        };
+        self.s.hub.registry.record_close(Closed {
+            at: crate::model::time::format_ms(now),
+            tenant: info.tenant,
+            transport: info.transport,
+            sub: info.sub.to_string(),
+            reason,
+            code,
+            message,
+            lived_ms: now - info.connected_at,
+        });
     }
 
     pub fn conn_id(&self) -> u64 {
@@ -61,10 +128,11 @@ impl Membership {
     pub fn join(&mut self, tenant: &str, topic: &str) -> TopicKey {
         let key = TopicKey::new(tenant, topic);
         let uses = self.topics.entry(key.clone()).or_insert(0);
-        if *uses == 0 {
-            self.s.hub.subscribe(&key, self.outbox.clone());
-        }
         *uses += 1;
+        if *uses == 1 {
+            self.s.hub.subscribe(&key, self.outbox.clone());
+            self.outbox.stats().topics.store(self.topics.len(), Ordering::Relaxed);
+        }
         key
     }
 
@@ -75,6 +143,7 @@ impl Membership {
         *uses -= 1;
         if *uses == 0 {
             self.topics.remove(key);
+            self.outbox.stats().topics.store(self.topics.len(), Ordering::Relaxed);
             self.s.hub.unsubscribe(key, self.conn_id());
             self.untrack(key);
         }
@@ -152,11 +221,13 @@ impl Membership {
         for (key, _) in self.topics.drain() {
             self.s.hub.unsubscribe(&key, self.outbox.conn_id);
         }
+        self.outbox.stats().topics.store(0, Ordering::Relaxed);
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
         self.clear();
+        self.finish();
     }
 }

@@ -19,6 +19,9 @@ use utoipa::ToSchema;
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
 const APP_CSS: &str = include_str!("../../assets/app.css");
+const INSPECTOR_JS: &str = include_str!("../../assets/inspector.js");
+const DOCS_HTML: &str = include_str!("../../assets/docs.html");
+const DOCS_JS: &str = include_str!("../../assets/docs.js");
 const FAVICON_SVG: &str = include_str!("../../assets/favicon.svg");
 
 /// Embeds the JS client's modules, by path relative to `clients/js/src`.
@@ -85,11 +88,19 @@ pub async fn index() -> Response {
     asset(INDEX_HTML, "text/html; charset=utf-8")
 }
 
+/// `GET /docs`: the HTTP API reference, rendered in the browser from `/v1/openapi.json`.
+pub async fn docs() -> Response {
+    asset(DOCS_HTML, "text/html; charset=utf-8")
+}
+
 /// `GET /assets/{file}`: the dashboard's scripts, styles and the JS client.
 pub async fn asset_file(Path(file): Path<String>) -> Response {
     match file.as_str() {
         "app.js" => asset(APP_JS, JAVASCRIPT),
         "app.css" => asset(APP_CSS, "text/css; charset=utf-8"),
+        "inspector.js" => asset(INSPECTOR_JS, JAVASCRIPT),
+        "docs.js" => asset(DOCS_JS, JAVASCRIPT),
+        "docs.html" => asset(DOCS_HTML, "text/html; charset=utf-8"),
         "favicon.svg" => asset(FAVICON_SVG, "image/svg+xml"),
         // The client's entry point, where its relative imports resolve: a
         // module's base URL is the one it was redirected to.
@@ -190,6 +201,19 @@ mod tests {
             }
         }
         Some(parts.join("/"))
+    }
+
+    #[tokio::test]
+    async fn every_dashboard_asset_is_served() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name == "index.html" {
+                continue;
+            }
+            let resp = super::asset_file(axum::extract::Path(name.clone())).await;
+            assert_eq!(resp.status(), axum::http::StatusCode::OK, "assets/{name} is not served: add it to asset_file");
+        }
     }
 
     #[test]

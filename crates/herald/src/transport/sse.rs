@@ -121,11 +121,14 @@ async fn run(
     // Dropped at the end of this task, whatever ends it: the hub lets go then.
     let (mut member, mut inbox) = Membership::new(&s, s.limits.outbox_capacity);
     member.adopt(Some(guard));
+    member.describe("sse", &p);
     for (_, raw) in &topics {
         member.join(&p.tenant, raw);
     }
     let end = feed(&s, &p, &topics, since, &tx, &mut inbox).await;
     if let Some(reason) = end {
+        member.ending(reason, reason.advice());
+        member.finish();
         let body = serde_json::json!({ "reason": reason.name(), "reconnect": reason.reconnect() });
         // Bounded: a client that stopped reading must not hold the stream open.
         let goodbye = tx.send(Bytes::from(frame(None, "goodbye", &body.to_string())));

@@ -1,4 +1,6 @@
+mod api_docs;
 mod bad_input;
+mod cancel;
 mod capture;
 mod cluster;
 mod core_flow;
@@ -6,6 +8,7 @@ mod cors;
 mod dashboard;
 mod durability;
 mod hardening;
+mod inspect;
 mod isolation;
 mod isolation_property;
 mod keys;

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"topic": "room:job:crawl-42", "event": "cursor", "payload": {"x": 120, "y": 48}}))]
 pub struct BroadcastRequest {
     /// `room:<name>` to reach one room.
     #[schema(pattern = r"^room:[A-Za-z0-9_.:-]{1,128}$")]
@@ -38,7 +39,9 @@ pub struct BroadcastAccepted {
     pub delivered: usize,
 }
 
-#[utoipa::path(post, path = "/v1/broadcast", request_body = BroadcastRequest, tag = "realtime",
+#[utoipa::path(post, path = "/v1/broadcast",
+    summary = "Broadcast to a room, a user or the tenant",
+    description = "Sends an ephemeral message (nothing is stored) to the connections in one room (`topic: room:<name>`), to every connection of one user (`user`), or to the whole tenant (`tenant: true`); in a cluster, on every node. Answers how many connections of this node received it. Customers broadcast over the WebSocket instead (403 here).", request_body = BroadcastRequest, tag = "realtime",
     responses((status = 202, body = BroadcastAccepted), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn broadcast(

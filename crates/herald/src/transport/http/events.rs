@@ -45,7 +45,9 @@ pub struct EventsPage {
     pub resync: bool,
 }
 
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(PollEvents),
+#[utoipa::path(get, path = "/v1/events",
+    summary = "Read the event log, or long-poll it",
+    description = "Events of up to 20 topics after `since`, oldest first, at most `limit` (and 4 MiB); `next` is the `since` of the next call. With `wait` (seconds) an empty answer waits for the next event: the polling fallback of clients that cannot keep a socket. `resync: true` means `since` is older than retention: reload, then go on from `next`.", tag = "events", params(PollEvents),
     responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "`job:<id>` of a job a customer does not own", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -84,6 +86,7 @@ pub async fn poll_events(
     // wait still wakes us. The membership lets go of the hub when dropped.
     let (mut member, mut inbox) = Membership::new(&s, 16);
     if wait > 0.0 {
+        member.describe("longpoll", &p);
         for t in &topics {
             member.join(&p.tenant, t);
         }

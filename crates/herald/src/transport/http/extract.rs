@@ -34,6 +34,40 @@ pub fn bearer_of(headers: &axum::http::HeaderMap) -> Option<String> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
 }
 
+/// A request's body within the size limit.
+async fn body_bytes(req: Request, state: &AppState) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("body is larger than the limit of {} bytes", state.limits.body_limit),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", e.body_text())
+        }
+    })
+}
+
+/// An optional JSON body: none, an empty one or `null` is `T::default()`;
+/// anything else is read as [`JsonBody`] reads it (content type, size, shape).
+/// Returns the value and the digest for the idempotency fingerprint.
+pub async fn optional_json_body<T: DeserializeOwned + Default>(
+    s: &AppState,
+    req: Request,
+) -> Result<(T, String), ApiError> {
+    let headers = req.headers().clone();
+    let bytes = body_bytes(req, s).await?;
+    let trimmed = bytes.trim_ascii();
+    if trimmed.is_empty() || trimmed == b"null" {
+        return Ok((T::default(), String::new()));
+    }
+    let mut req = Request::new(axum::body::Body::from(bytes));
+    *req.headers_mut() = headers;
+    let b = JsonBody::<T>::from_request(req, s).await?;
+    Ok((b.value, b.digest))
+}
+
 /// A JSON body: must be `application/json`, within the size limit, well-formed,
 /// and of the right shape; errors name the field. Keeps a digest of the raw
 /// bytes for idempotency fingerprints.
@@ -62,17 +96,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 "send the body as Content-Type: application/json",
             ));
         }
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("body is larger than the limit of {} bytes", state.limits.body_limit),
-                )
-            } else {
-                ApiError::bad_request("invalid_body", e.body_text())
-            }
-        })?;
+        let bytes = body_bytes(req, state).await?;
         // Every body is an object; serde would otherwise read a struct from an array.
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first.is_some_and(|b| *b != b'{') && check_json(&bytes).is_ok() {

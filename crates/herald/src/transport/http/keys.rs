@@ -2,12 +2,12 @@
 //! worker API keys. Revoking ends the key's open connections on every node.
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{check_id, Auth, JsonBody, Path};
+use super::extract::{check_id, optional_json_body, Auth, JsonBody, Path};
 use crate::app::AppState;
 use crate::auth::{keys, Principal, Role};
 use crate::model::key::ApiKey;
-use axum::extract::{FromRequest, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ pub struct KeyList {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "crawler-fleet", "role": "worker"}))]
 pub struct CreateKey {
     /// What the key is for, e.g. the worker fleet that uses it (1–200 characters).
     #[schema(example = "crawler-fleet")]
@@ -32,6 +33,7 @@ pub struct CreateKey {
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"grace_seconds": 3600}))]
 pub struct RotateKey {
     /// Seconds the old key keeps working, so workers can move to the new one
     /// (0–2592000; default 0: revoked at once). Its connections close when it ends.
@@ -105,10 +107,7 @@ pub async fn rotate(
 ) -> Result<Response, ApiError> {
     require_admin(&p)?;
     check_id("key id", &id)?;
-    // The body is optional: none means no grace period.
-    let has_body = req.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() != b"0")
-        && (req.headers().contains_key(header::CONTENT_TYPE) || req.headers().contains_key(header::CONTENT_LENGTH));
-    let body = if has_body { JsonBody::<RotateKey>::from_request(req, &s).await?.value } else { RotateKey::default() };
+    let (body, _) = optional_json_body::<RotateKey>(&s, req).await?;
     let grace = body.grace_seconds.unwrap_or(0);
     if grace > 30 * 24 * 3600 {
         return Err(ApiError::invalid_field("grace_seconds", "must be 0 to 2592000 (30 days)"));

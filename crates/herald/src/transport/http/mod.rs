@@ -5,6 +5,7 @@ pub mod cors;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod inspect;
 pub mod jobs;
 pub mod keys;
 pub mod notifications;
@@ -26,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/progress", post(jobs::report_progress))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/jobs/{id}/tasks", get(jobs::list_tasks))
         .route("/v1/jobs/{id}/tasks/{task_id}", put(jobs::upsert_task))
         .route("/v1/jobs/{id}/artifacts", post(jobs::add_artifact).get(jobs::list_artifacts))
@@ -35,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/notifications/{id}/read", post(notifications::read_one))
         .route("/v1/broadcast", post(broadcast::broadcast))
         .route("/v1/stats", get(ops::stats))
+        .route("/v1/admin/inspect", get(inspect::inspect))
         .route("/v1/admin/keys", get(keys::list).post(keys::create))
         .route("/v1/admin/keys/{id}", delete(keys::revoke))
         .route("/v1/admin/keys/{id}/rotate", post(keys::rotate))
@@ -43,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sse", get(super::sse::stream))
         .route("/v1/demo/tokens", get(super::dashboard::demo_tokens))
         .route("/", get(super::dashboard::index))
+        .route("/docs", get(super::dashboard::docs))
         .route("/assets/{file}", get(super::dashboard::asset_file))
         .route("/assets/herald-client/{*path}", get(super::dashboard::client_module))
         .route("/realtime/v1/websocket", get(super::phoenix::upgrade))

@@ -31,7 +31,9 @@ pub struct NotificationList {
     pub unread_count: u64,
 }
 
-#[utoipa::path(post, path = "/v1/notifications", request_body = CreateNotification, tag = "notifications",
+#[utoipa::path(post, path = "/v1/notifications",
+    summary = "Send a notification",
+    description = "Stores a notification for one user of the caller's tenant and pushes it live to that user's connections (`user:<sub>`). Services, workers and admins; customers get 403. Safe to retry with `Idempotency-Key`.", request_body = CreateNotification, tag = "notifications",
     responses((status = 201, body = Notification), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
@@ -65,7 +67,9 @@ pub async fn create(
     Ok(reply_response(s.write(&p.tenant, cmd, idem).await?))
 }
 
-#[utoipa::path(get, path = "/v1/notifications", tag = "notifications", params(ListNotifications),
+#[utoipa::path(get, path = "/v1/notifications",
+    summary = "List my notifications",
+    description = "The caller's own notifications, newest first, with the unread count. `unread=true` lists only the unread ones.", tag = "notifications", params(ListNotifications),
     responses((status = 200, body = NotificationList)), security(("bearer" = [])))]
 pub async fn list(
     State(s): State<AppState>,
@@ -81,7 +85,9 @@ pub async fn list(
     Ok(Json(NotificationList { notifications, unread_count }))
 }
 
-#[utoipa::path(post, path = "/v1/notifications/{id}/read", tag = "notifications", params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/v1/notifications/{id}/read",
+    summary = "Mark one notification read",
+    description = "Marks one of the caller's notifications read; the change is pushed to the caller's other connections. Another user's notification is 404.", tag = "notifications", params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Notification), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn read_one(
     State(s): State<AppState>,
@@ -95,7 +101,9 @@ pub async fn read_one(
     Ok(reply_response(s.write(&p.tenant, cmd, idem).await?))
 }
 
-#[utoipa::path(post, path = "/v1/notifications/read-all", tag = "notifications",
+#[utoipa::path(post, path = "/v1/notifications/read-all",
+    summary = "Mark all my notifications read",
+    description = "Marks every unread notification of the caller read and answers how many were.", tag = "notifications",
     responses((status = 200, description = "`{\"marked_read\": n}`")), security(("bearer" = [])))]
 pub async fn read_all(State(s): State<AppState>, Auth(p): Auth, headers: HeaderMap) -> Result<Response, ApiError> {
     let idem = idempotency_key(&headers, &p, "POST", "/v1/notifications/read-all", "")?;

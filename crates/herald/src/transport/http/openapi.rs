@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
-use super::{broadcast, error, events, jobs, keys, notifications, ops};
+use super::{broadcast, error, events, inspect, jobs, keys, notifications, ops};
 use crate::transport::dashboard;
 use crate::transport::phoenix;
 use crate::transport::postgrest;
@@ -13,13 +13,13 @@ use utoipa::{Modify, OpenApi};
     info(title = "Herald", description = "Workers report progress; Herald stores it and pushes every change live. \
         WebSocket (/v1/ws) and SSE (/v1/sse) are described in docs/PROTOCOL.md."),
     paths(
-        jobs::create_job, jobs::report_progress, jobs::upsert_task, jobs::add_artifact,
+        jobs::create_job, jobs::report_progress, jobs::cancel_job, jobs::upsert_task, jobs::add_artifact,
         jobs::list_jobs, jobs::get_job, jobs::list_tasks, jobs::list_artifacts,
         events::poll_events,
         notifications::create, notifications::list, notifications::read_one, notifications::read_all,
         broadcast::broadcast,
         ops::healthz, ops::readyz, ops::metrics, ops::stats,
-        keys::list, keys::create, keys::revoke, keys::rotate,
+        keys::list, keys::create, keys::revoke, keys::rotate, inspect::inspect,
         dashboard::demo_tokens,
         serve, websocket, sse,
         phoenix::rest::broadcast, phoenix::rest::broadcast_alias, phoenix_socket, phoenix_socket_alias,
@@ -80,7 +80,7 @@ impl Modify for CommonErrors {
                     add.push(("400", "`invalid_id`, `invalid_query` or `invalid_header`: a parameter is malformed"));
                 }
                 if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
-                    add.push(("401", "`unauthorized`, `invalid_token` or `token_expired`"));
+                    add.push(("401", "`unauthorized`, `invalid_token`, `token_expired` or `key_revoked`"));
                 }
                 for (status, description) in add {
                     op.responses.responses.entry(status.to_string()).or_insert_with(|| error(description).into());
@@ -90,7 +90,9 @@ impl Modify for CommonErrors {
     }
 }
 
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "operations",
+#[utoipa::path(get, path = "/v1/openapi.json",
+    summary = "This OpenAPI document",
+    description = "The HTTP API as OpenAPI 3.1, generated from the server's handlers; rendered for people at `/docs`.", tag = "operations",
     responses((status = 200, description = "This document")))]
 pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
@@ -129,7 +131,8 @@ fn sse() {}
 fn phoenix_socket() {}
 
 /// `GET /socket/websocket`: the same endpoint at a bare Realtime server's path.
-#[utoipa::path(get, path = "/socket/websocket", tag = "supabase",
+#[utoipa::path(get, path = "/socket/websocket",
+    description = "The same as `/realtime/v1/websocket`, at the path self-hosted Supabase Realtime serves it.", tag = "supabase",
     params(("apikey" = String, Query, description = "A token; or the `apikey` header"),
         ("vsn" = Option<String>, Query, description = "`1.0.0` (default) or `2.0.0`")),
     responses((status = 101, description = "Switching to Phoenix channels"), (status = 401, body = error::ErrorBody)))]

@@ -19,12 +19,16 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone)]
 pub struct DbFile(pub Arc<PathBuf>);
 
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
+#[utoipa::path(get, path = "/healthz",
+    summary = "Liveness",
+    description = "Answers while the process runs, whatever the store's state.", tag = "operations", responses((status = 200, description = "The process is up")))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz",
+    summary = "Readiness",
+    description = "200 when the store answers and its files can be written; 503 with the reason while shutting down or when the database cannot be used. Point load balancers here.", tag = "operations",
     responses((status = 200, description = "The store answers and its files can be written"),
         (status = 503, description = "Not ready: `reason` is `shutting_down`, `store_unavailable` or `database_not_writable`, `error` says why")))]
 pub async fn readyz(State(s): State<AppState>, db: Option<Extension<DbFile>>) -> impl IntoResponse {
@@ -104,7 +108,9 @@ fn can_write(path: &Path) -> Result<(), String> {
     }
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(get, path = "/metrics",
+    summary = "Prometheus metrics",
+    description = "Connections, subscriptions, deliveries, queue overflows, request counts and latencies, store and replication figures, in the Prometheus text format (docs/OPERATIONS.md lists them).", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let body = s.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
@@ -124,7 +130,9 @@ pub struct Stats {
     pub topics: usize,
 }
 
-#[utoipa::path(get, path = "/v1/stats", tag = "operations",
+#[utoipa::path(get, path = "/v1/stats",
+    summary = "Connection counts of my tenant",
+    description = "Connections and subscriptions of the caller's tenant over the whole cluster and on this node, the number of nodes, and the live topics of this node. Admin, staff and service.", tag = "operations",
     responses((status = 200, body = Stats), (status = 403, description = "Only admin, staff and service")), security(("bearer" = [])))]
 pub async fn stats(State(s): State<AppState>, Auth(p): Auth) -> Result<Json<Stats>, ApiError> {
     if !matches!(p.role, Role::Admin | Role::Staff | Role::Service) {

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 const MAX_MESSAGES: usize = 100;
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"messages": [{"topic": "room:lobby", "event": "announcement", "payload": {"text": "deploy at 18:00"}}]}))]
 pub struct SupabaseBroadcast {
     #[schema(min_items = 1, max_items = 100)]
     pub messages: Vec<SupabaseMessage>,
@@ -53,7 +54,8 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-#[utoipa::path(post, path = "/realtime/v1/api/broadcast", request_body = SupabaseBroadcast, tag = "supabase",
+#[utoipa::path(post, path = "/realtime/v1/api/broadcast",
+    summary = "Supabase REST broadcast", request_body = SupabaseBroadcast, tag = "supabase",
     description = "Supabase Realtime's REST broadcast (docs/SUPABASE.md). Also served at `/api/broadcast`.",
     responses((status = 202, description = "Handed to the rooms"), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
@@ -85,7 +87,8 @@ pub async fn broadcast(
 }
 
 /// `POST /api/broadcast`, the same operation at the path of a bare Realtime server.
-#[utoipa::path(post, path = "/api/broadcast", request_body = SupabaseBroadcast, tag = "supabase",
+#[utoipa::path(post, path = "/api/broadcast",
+    description = "The same as `POST /realtime/v1/api/broadcast`, at the path self-hosted Supabase Realtime serves it.", request_body = SupabaseBroadcast, tag = "supabase",
     responses((status = 202, description = "Handed to the rooms"), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 #[allow(dead_code)]

@@ -82,9 +82,14 @@ pub async fn run(socket: WebSocket, s: AppState, book: Arc<ResumeBook>, opening:
     };
     if let Credential::User(p) = &session.base {
         session.keys.follow(&s, p);
+        session.member.describe("phoenix", p);
     }
     let reason = session.drive(&mut sink, &mut stream, &mut inbox).await;
     session.cleanup();
+    if let Some((reason, message)) = &reason {
+        session.member.ending(*reason, message.clone());
+    }
+    session.member.finish();
     if let Some((reason, message)) = reason {
         tracing::debug!(conn = conn_id, reason = reason.name(), message, "closing Phoenix socket");
         conn::close(&mut sink, &mut stream, None, reason).await;
@@ -323,6 +328,10 @@ impl Session {
             Err(reason) => return self.refuse(sink, &m, reason).await,
         };
         self.keys.follow(&self.s, &p);
+        // A guest too: the inspector shows every socket (a user's join renames it).
+        if !anon || !self.member.is_described() {
+            self.member.describe("phoenix", &p);
+        }
         let max_bindings = self.s.limits.max_bindings;
         if req.bindings.len() > max_bindings {
             let reason =

@@ -279,7 +279,8 @@ fn wants_object(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("application/vnd.pgrst.object+json"))
 }
 
-#[utoipa::path(get, path = "/rest/v1/{table}", tag = "supabase",
+#[utoipa::path(get, path = "/rest/v1/{table}",
+    summary = "Read a table (PostgREST dialect)", tag = "supabase",
     description = "Rows of a table, as PostgREST answers supabase-js's `from(table).select(...)` \
         (docs/SUPABASE.md, \"Polling fallback: /rest/v1\"): Herald's `jobs`, `tasks`, `artifacts`, \
         `notifications` and the captured tables, only the rows the caller may see. Every other query \

@@ -181,6 +181,12 @@ async fn run(s: AppState, socket: Arc<EioSocket>, mut inbound: mpsc::Receiver<St
     // Give back hub topics and presence at once (the drop would, too).
     c.subs.clear();
     c.member.clear();
+    match &end {
+        End::Gone => {}
+        End::Transport(r) => c.member.ending(*r, r.advice()),
+        End::Disconnect(r, message) => c.member.ending(*r, message.clone()),
+    }
+    c.member.finish();
     metrics::counter!("herald_socketio_closes_total", "reason" => end_name(&end)).increment(1);
     match end {
         End::Gone => socket.close(DisconnectReason::TransportClose),
@@ -375,6 +381,7 @@ impl Conn {
         if let Err(e) = self.member.connect(&p.tenant) {
             return self.refuse_connect(e.code, &e.message).await;
         }
+        self.member.describe("socketio", &p);
         self.principal = Some(p.clone());
         let offset = field("offset").and_then(|o| o.parse::<u64>().ok());
         if let Some(pid) = field("pid") {

@@ -75,6 +75,10 @@ pub async fn serve(
     // session does the same should this task end any other way.)
     session.subs.clear();
     session.member.clear();
+    if let Some((reason, message)) = &reason {
+        session.member.ending(*reason, message.clone());
+    }
+    session.member.finish();
     if let Some((reason, message)) = reason {
         conn::close(&mut sink, &mut stream, Some(frames::goodbye(reason, &message)), reason).await;
     }
@@ -295,6 +299,7 @@ impl Session {
     /// Completes authentication: counts the connection and joins the implicit topics.
     async fn authenticated(&mut self, sink: &mut impl WsSink, p: Principal, id: &Option<Value>) -> Result<(), Fatal> {
         self.member.connect(&p.tenant).map_err(|e| (CloseReason::TooManyConnections, e.message))?;
+        self.member.describe("websocket", &p);
         self.member.join(&p.tenant, TENANT_TOPIC);
         self.member.join(&p.tenant, &inbox_topic(&p.sub));
         let welcome = json!({

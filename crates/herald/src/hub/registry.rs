@@ -1,0 +1,100 @@
+//! This node's live connections as the inspector shows them — who, over which
+//! transport, how many topics, how far behind — and why recent ones ended.
+//! Written on connect and close; the queue keeps its counters in atomics, so
+//! nothing here is locked per delivery.
+
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// How many ended connections are remembered (over all tenants of the node).
+const CLOSES_KEPT: usize = 1000;
+
+/// A connection queue's counters: kept by the queue's two ends.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Deliveries the hub queued for the connection.
+    pub queued: AtomicU64,
+    /// Deliveries the connection took off its queue to send.
+    pub taken: AtomicU64,
+    /// Position of the newest event queued, and of the newest taken.
+    pub last_queued: AtomicU64,
+    pub last_taken: AtomicU64,
+    /// Hub topics the connection receives.
+    pub topics: AtomicUsize,
+}
+
+impl QueueStats {
+    /// Events queued but not yet taken, as a distance in log positions.
+    pub fn lag(&self) -> u64 {
+        self.last_queued.load(Ordering::Relaxed).saturating_sub(self.last_taken.load(Ordering::Relaxed))
+    }
+
+    /// Deliveries waiting in the queue.
+    pub fn waiting(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed).saturating_sub(self.taken.load(Ordering::Relaxed))
+    }
+}
+
+/// Who a live connection is.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub tenant: Arc<str>,
+    pub transport: &'static str,
+    pub sub: Arc<str>,
+    pub role: &'static str,
+    /// Epoch milliseconds.
+    pub connected_at: i64,
+    pub stats: Arc<QueueStats>,
+}
+
+/// A connection that ended, and why.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Closed {
+    /// RFC 3339.
+    pub at: String,
+    #[serde(skip)]
+    pub tenant: Arc<str>,
+    pub transport: &'static str,
+    pub sub: String,
+    /// `client` when the client left; otherwise the close reason (PROTOCOL.md).
+    pub reason: &'static str,
+    /// The WebSocket close code, when the server closed.
+    pub code: Option<u16>,
+    pub message: String,
+    /// How long it lived, milliseconds.
+    pub lived_ms: i64,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    conns: Mutex<HashMap<u64, ConnInfo>>,
+    closed: Mutex<VecDeque<Closed>>,
+}
+
+impl Registry {
+    pub fn add(&self, id: u64, info: ConnInfo) {
+        self.conns.lock().insert(id, info);
+    }
+
+    pub fn remove(&self, id: u64) -> Option<ConnInfo> {
+        self.conns.lock().remove(&id)
+    }
+
+    pub fn record_close(&self, closed: Closed) {
+        let mut list = self.closed.lock();
+        if list.len() == CLOSES_KEPT {
+            list.pop_front();
+        }
+        list.push_back(closed);
+    }
+
+    /// A tenant's live connections (by id), and its most recent closes, newest first.
+    pub fn of_tenant(&self, tenant: &str, closes: usize) -> (Vec<(u64, ConnInfo)>, Vec<Closed>) {
+        let conns =
+            self.conns.lock().iter().filter(|(_, c)| &*c.tenant == tenant).map(|(id, c)| (*id, c.clone())).collect();
+        let closed = self.closed.lock().iter().rev().filter(|c| &*c.tenant == tenant).take(closes).cloned().collect();
+        (conns, closed)
+    }
+}
