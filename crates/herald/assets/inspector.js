@@ -92,6 +92,7 @@ function paint({ $, esc, ago, duration }, now, last) {
     ['subscriptions', t.subscriptions],
     ['deliveries/s', fmt(deliveries)],
     ['waiting', t.waiting],
+    ['conflated', t.conflated],
     ['log events/s', fmt(events)],
   ]
     .map(([k, v]) => `<div class="stat" data-stat="${esc(k)}"><b>${esc(v)}</b><span>${esc(k)}</span></div>`)
@@ -104,7 +105,7 @@ function paint({ $, esc, ago, duration }, now, last) {
 
   const prev = new Map(last ? last.data.connections.map((c) => [c.id, c]) : []);
   $('#insp-conns').innerHTML = now.connections.length
-    ? `<table class="insp"><thead><tr><th>Transport</th><th>Who</th><th>Connected</th><th>Topics</th><th>Deliveries/s</th><th>Delivered</th><th>Waiting</th><th>Lag</th></tr></thead><tbody>${now.connections
+    ? `<table class="insp"><thead><tr><th>Transport</th><th>Who</th><th>Connected</th><th>Topics</th><th>Deliveries/s</th><th>Delivered</th><th>Waiting</th><th>Lag</th><th title="progress ticks superseded by newer ones while it was behind">Conflated</th></tr></thead><tbody>${now.connections
         .map((c) => {
           const p = prev.get(c.id);
           const r = p && secs > 0 ? Math.max(0, (c.queued - p.queued) / secs) : null;
@@ -115,7 +116,8 @@ function paint({ $, esc, ago, duration }, now, last) {
             <td data-ago="${esc(c.connected_at)}">${ago(c.connected_at)}</td>
             <td>${c.topics}</td><td>${fmt(r)}</td><td>${c.queued.toLocaleString()}</td>
             <td class="${c.waiting ? 'warn' : ''}">${c.waiting}</td>
-            <td class="${c.lag ? 'warn' : ''}" title="log positions between the newest event queued for it and the newest it took">${c.lag}</td></tr>`;
+            <td class="${c.lag ? 'warn' : ''}" title="log positions between the newest event queued for it and the newest it took">${c.lag}</td>
+            <td>${c.conflated.toLocaleString()}</td></tr>`;
         })
         .join('')}</tbody></table>`
     : '<p class="muted pad">No live connections.</p>';

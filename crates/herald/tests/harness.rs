@@ -340,6 +340,23 @@ impl Ws {
         ws
     }
 
+    /// A client whose socket has a small receive buffer, so that one that
+    /// stops reading is seen behind by the server quickly (not after
+    /// megabytes of kernel buffers).
+    pub async fn connect_small_buffer(url: &str, token: &str) -> Ws {
+        let addr = url.trim_start_matches("ws://").split('/').next().unwrap().parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket.connect(addr).await.expect("tcp connect");
+        let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+        let (inner, _) = tokio_tungstenite::client_async(url, stream).await.expect("ws connect");
+        let mut ws = Ws { inner, pending: Default::default(), close: None };
+        ws.send(json!({ "op": "auth", "token": token, "id": "auth" })).await;
+        let w = ws.expect_op("welcome").await;
+        assert_eq!(w["id"], "auth");
+        ws
+    }
+
     pub async fn send(&mut self, v: Value) {
         self.inner.send(Message::text(v.to_string())).await.expect("ws send");
     }
@@ -407,6 +424,14 @@ impl Ws {
             self.pending.push_front(f);
         }
         found
+    }
+
+    /// Subscribes for every event, even when behind (`conflate: false`):
+    /// for tests that compare deliveries with the log tick by tick.
+    pub async fn sub_every(&mut self, topic: &str) -> Value {
+        let r = self.request(json!({ "op": "sub", "topic": topic, "conflate": false })).await;
+        assert_eq!(r["op"], "ack", "sub {topic}: {r}");
+        r
     }
 
     /// Subscribes and asserts the ack.

@@ -265,11 +265,16 @@ fn register_metrics() {
         "herald_queue_overflows_total",
         "Connections cut off because their send queue overflowed"
     );
+    metrics::describe_counter!(
+        "herald_conflated_total",
+        "Progress ticks superseded by a newer tick of the same job while their connection was behind"
+    );
     metrics::describe_histogram!("herald_delivery_seconds", "Time from publish to the write of a delivery batch");
     metrics::gauge!("herald_connections").increment(0.0);
     metrics::gauge!("herald_subscriptions").increment(0.0);
     metrics::counter!("herald_deliveries_total").increment(0);
     metrics::counter!("herald_queue_overflows_total").increment(0);
+    metrics::counter!("herald_conflated_total").increment(0);
 }
 
 impl Hub {

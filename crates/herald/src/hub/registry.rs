@@ -23,6 +23,8 @@ pub struct QueueStats {
     pub last_taken: AtomicU64,
     /// Hub topics the connection receives.
     pub topics: AtomicUsize,
+    /// Progress ticks superseded by newer ones while the connection was behind.
+    pub conflated: AtomicU64,
 }
 
 impl QueueStats {
@@ -33,7 +35,8 @@ impl QueueStats {
 
     /// Deliveries waiting in the queue.
     pub fn waiting(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed).saturating_sub(self.taken.load(Ordering::Relaxed))
+        let gone = self.taken.load(Ordering::Relaxed) + self.conflated.load(Ordering::Relaxed);
+        self.queued.load(Ordering::Relaxed).saturating_sub(gone)
     }
 }
 

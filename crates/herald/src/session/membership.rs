@@ -124,13 +124,21 @@ impl Membership {
         self.guard.as_ref().map(|g| &*g.tenant)
     }
 
-    /// Starts receiving `topic`; the first use subscribes the hub.
+    /// Starts receiving `topic`; the first use subscribes the hub. Progress
+    /// ticks may supersede each other while the connection is behind.
     pub fn join(&mut self, tenant: &str, topic: &str) -> TopicKey {
+        self.join_with(tenant, topic, true)
+    }
+
+    /// [`join`](Self::join), choosing whether this subscription's progress
+    /// ticks may be conflated; one that wants every tick wins for the topic.
+    pub fn join_with(&mut self, tenant: &str, topic: &str, conflate: bool) -> TopicKey {
         let key = TopicKey::new(tenant, topic);
         let uses = self.topics.entry(key.clone()).or_insert(0);
         *uses += 1;
-        if *uses == 1 {
-            self.s.hub.subscribe(&key, self.outbox.clone());
+        if *uses == 1 || !conflate {
+            // Subscribing again replaces the hub's entry: the flag changes, the counts do not.
+            self.s.hub.subscribe(&key, self.outbox.conflating(conflate));
             self.outbox.stats().topics.store(self.topics.len(), Ordering::Relaxed);
         }
         key

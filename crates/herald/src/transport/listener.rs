@@ -138,6 +138,7 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        limit_unsent(&tcp);
         let conn = Connection {
             http: http.clone(),
             app: app.clone(),
@@ -167,6 +168,37 @@ const SOCKETS_GRACE: Duration = Duration::from_secs(6);
 struct Held {
     _permit: Option<OwnedSemaphorePermit>,
     _socket: tokio::sync::watch::Receiver<()>,
+}
+
+/// Most bytes a connection keeps written but unsent in the kernel.
+const NOTSENT_LOWAT: libc::c_int = 64 * 1024;
+
+/// Keeps a slow reader's backlog in Herald's queue, where a job's progress
+/// ticks can supersede each other, rather than in megabytes of kernel send
+/// buffer where they cannot: the socket is writable again only once its
+/// unsent bytes fall under `NOTSENT_LOWAT` (what is in flight is not limited,
+/// so throughput to a fast reader is not either).
+fn limit_unsent(tcp: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    {
+        use std::os::fd::AsRawFd;
+        let value = NOTSENT_LOWAT;
+        // SAFETY: a valid socket descriptor and a c_int option of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_NOTSENT_LOWAT not set");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    let _ = tcp;
 }
 
 /// One accepted connection and what it needs to be served.

@@ -27,6 +27,9 @@ pub struct SseQuery {
     since: Option<u64>,
     /// For `EventSource`, which cannot set headers.
     token: Option<String>,
+    /// `false`: every progress tick, even when the stream is behind (default:
+    /// ticks of one job may supersede each other while it is behind).
+    conflate: Option<bool>,
 }
 
 /// Time the goodbye message has to get into a stream that is ending.
@@ -95,7 +98,7 @@ pub async fn stream(State(s): State<AppState>, req: Request) -> Result<Response,
         .connect(&p.tenant)
         .map_err(|e| ApiError::from(SessionError::limit("too_many_connections", e.to_string())))?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(run(s, p, topics, since, tx, guard));
+    tokio::spawn(run(s, p, topics, since, q.conflate.unwrap_or(true), tx, guard));
     let body = Body::from_stream(futures_util::StreamExt::map(
         tokio_stream::wrappers::ReceiverStream::new(rx),
         Ok::<Bytes, std::convert::Infallible>,
@@ -115,6 +118,7 @@ async fn run(
     p: Principal,
     topics: Vec<(Topic, String)>,
     since: Option<u64>,
+    conflate: bool,
     tx: mpsc::Sender<Bytes>,
     guard: ConnectionGuard,
 ) {
@@ -123,7 +127,7 @@ async fn run(
     member.adopt(Some(guard));
     member.describe("sse", &p);
     for (_, raw) in &topics {
-        member.join(&p.tenant, raw);
+        member.join_with(&p.tenant, raw, conflate);
     }
     let end = feed(&s, &p, &topics, since, &tx, &mut inbox).await;
     if let Some(reason) = end {

@@ -44,8 +44,11 @@ pub async fn next_json(ws: &mut RawWs, timeout: Duration) -> Option<Value> {
 }
 
 /// Sends `sub` and waits for its ack; returns the ack.
+/// Subscribes for every event (`conflate: false`): these tests compare what a
+/// subscriber got with the log, tick by tick, under bursts that would
+/// otherwise let ticks supersede each other (suite/conflation.rs covers that).
 pub async fn raw_sub(ws: &mut RawWs, topic: &str, since: Option<u64>) -> Value {
-    let mut v = json!({ "op": "sub", "topic": topic, "id": "sub" });
+    let mut v = json!({ "op": "sub", "topic": topic, "id": "sub", "conflate": false });
     if let Some(s) = since {
         v["since"] = json!(s);
     }
@@ -480,7 +483,7 @@ async fn concurrent_writers_deliver_each_acknowledged_report_once() {
     let worker = token("w1", "acme", "worker");
     let job = running_job(&s, &worker, "alice").await;
     let mut ws = s.ws(&token("alice", "acme", "customer")).await;
-    ws.sub(&format!("job:{job}"), None).await;
+    ws.sub_every(&format!("job:{job}")).await;
     let acked = produce(s.url(""), worker.clone(), job.clone(), 400, 8, "c").await;
     assert_eq!(acked.len(), 400);
     let events = ws.events(400, Duration::from_secs(60)).await;

@@ -122,7 +122,9 @@ async fn kill_9_during_a_burst_then_restart_loses_no_acknowledged_event() {
                 assert_eq!(welcome["op"], "welcome", "{welcome}");
                 connections += 1;
                 let since = seen.events.last().map(|e| e.0).unwrap_or(ack_position);
-                let sub = serde_json::json!({ "op": "sub", "topic": topic, "since": since, "id": "sub" });
+                // Every tick: this compares the deliveries with the log one by one.
+                let sub =
+                    serde_json::json!({ "op": "sub", "topic": topic, "since": since, "id": "sub", "conflate": false });
                 use futures_util::SinkExt;
                 if ws.send(tokio_tungstenite::tungstenite::Message::text(sub.to_string())).await.is_err() {
                     continue;

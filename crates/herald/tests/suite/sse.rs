@@ -97,7 +97,8 @@ async fn sse_streams_positions_and_resumes_by_last_event_id() {
     let topic = format!("job:{job}");
     let start = log_positions(&s, &worker, &topic, 0).await.last().copied().unwrap();
 
-    let mut sse = Sse::open(&s, &format!("topic={topic}&token={alice}"), None).await;
+    // Every tick (`conflate=false`): this compares the stream with the log one by one.
+    let mut sse = Sse::open(&s, &format!("topic={topic}&token={alice}&conflate=false"), None).await;
     // The stream is live once the first event of a trickle arrives.
     let mut first = Vec::new();
     for i in 0.. {
@@ -117,7 +118,7 @@ async fn sse_streams_positions_and_resumes_by_last_event_id() {
     drop(sse);
     let last = first.last().unwrap().id.unwrap();
 
-    let mut sse = Sse::open(&s, &format!("topic={topic}&token={alice}"), Some(last)).await;
+    let mut sse = Sse::open(&s, &format!("topic={topic}&token={alice}&conflate=false"), Some(last)).await;
     let acked = producer.await.unwrap();
     assert_eq!(acked.len(), 1500);
     let (st, _) = s.post(&worker, &format!("/v1/jobs/{job}/progress"), json!({ "current_item": "done" })).await;

@@ -52,6 +52,8 @@ pub struct InspectTotals {
     pub sent: u64,
     /// Waiting in queues now.
     pub waiting: u64,
+    /// Progress ticks superseded while their connection was behind.
+    pub conflated: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -70,6 +72,8 @@ pub struct InspectConnection {
     pub lag: u64,
     pub queued: u64,
     pub sent: u64,
+    /// Progress ticks superseded by newer ones while it was behind.
+    pub conflated: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -103,6 +107,7 @@ pub async fn inspect(State(s): State<AppState>, Auth(p): Auth) -> Result<Respons
         queued: 0,
         sent: 0,
         waiting: 0,
+        conflated: 0,
     };
     let mut connections: Vec<InspectConnection> = conns
         .into_iter()
@@ -119,12 +124,14 @@ pub async fn inspect(State(s): State<AppState>, Auth(p): Auth) -> Result<Respons
                 lag: st.lag(),
                 queued: st.queued.load(Ordering::Relaxed),
                 sent: st.taken.load(Ordering::Relaxed),
+                conflated: st.conflated.load(Ordering::Relaxed),
             };
             *totals.by_transport.entry(c.transport).or_default() += 1;
             totals.subscriptions += row.topics;
             totals.queued += row.queued;
             totals.sent += row.sent;
             totals.waiting += row.waiting;
+            totals.conflated += row.conflated;
             row
         })
         .collect();

@@ -10,15 +10,42 @@ use serde_json::{json, Value};
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
-    Auth { token: String, id: Option<Value> },
-    Sub { topic: String, since: Option<u64>, id: Option<Value> },
-    Unsub { topic: String, id: Option<Value> },
+    Auth {
+        token: String,
+        id: Option<Value>,
+    },
+    /// `conflate: false`: every progress tick, even when behind (default: ticks
+    /// of one job may supersede each other while the connection is behind).
+    Sub {
+        topic: String,
+        since: Option<u64>,
+        conflate: Option<bool>,
+        id: Option<Value>,
+    },
+    Unsub {
+        topic: String,
+        id: Option<Value>,
+    },
     // A `Value`, not a `RawValue`: an internally tagged enum buffers its
     // fields, and a `RawValue` cannot be read back from that buffer.
-    Pub { topic: String, event: String, data: Option<Value>, id: Option<Value> },
-    Presence { topic: String, meta: Option<Value>, id: Option<Value> },
-    Ping { id: Option<Value> },
-    Refresh { token: String, id: Option<Value> },
+    Pub {
+        topic: String,
+        event: String,
+        data: Option<Value>,
+        id: Option<Value>,
+    },
+    Presence {
+        topic: String,
+        meta: Option<Value>,
+        id: Option<Value>,
+    },
+    Ping {
+        id: Option<Value>,
+    },
+    Refresh {
+        token: String,
+        id: Option<Value>,
+    },
 }
 
 /// Ops the server knows, to tell an unknown op from a malformed known one.

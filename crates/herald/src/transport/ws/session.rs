@@ -242,7 +242,9 @@ impl Session {
                 self.send(sink, frames::error(&id, "already_authenticated", "use refresh to change the token")).await
             }
             ClientFrame::Ping { id } => self.send(sink, frames::text(json!({ "op": "pong", "id": id }))).await,
-            ClientFrame::Sub { topic, since, id } => self.subscribe(sink, &p, &topic, since, &id).await,
+            ClientFrame::Sub { topic, since, conflate, id } => {
+                self.subscribe(sink, &p, &topic, since, conflate.unwrap_or(true), &id).await
+            }
             ClientFrame::Unsub { topic, id } => {
                 let frame = if self.unsubscribe(&topic) {
                     frames::ack(&id, json!({ "topic": topic }))
@@ -353,6 +355,7 @@ impl Session {
         p: &Principal,
         raw: &str,
         since: Option<u64>,
+        conflate: bool,
         id: &Option<Value>,
     ) -> Result<(), Fatal> {
         if self.subs.contains_key(raw) {
@@ -374,7 +377,7 @@ impl Session {
         }
         // Live first, then the log: anything committed meanwhile arrives twice at
         // most, and the cursor drops the second copy.
-        let key = self.member.join(&p.tenant, raw);
+        let key = self.member.join_with(&p.tenant, raw, conflate);
         self.subs.insert(Arc::clone(&key.topic), Sub { key, topic, cursor: Cursor::default() });
         let position = match head(&self.s).await {
             Ok(h) => h,
