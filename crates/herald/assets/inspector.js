@@ -17,7 +17,10 @@ export function renderInspector(ui) {
       <section class="card"><h2>Topics</h2><div id="insp-topics"></div></section>
       <section class="card"><h2>Presence</h2><div id="insp-presence"></div></section>
     </div>
-    <section class="card"><h2>Recent closes</h2><div id="insp-closes"></div></section>
+    <div class="insp-grid">
+      <section class="card"><h2>Recent errors</h2><div id="insp-errors"></div></section>
+      <section class="card"><h2>Recent closes</h2><div id="insp-closes"></div></section>
+    </div>
     <section class="card"><h2>Send a test broadcast</h2>
       <form id="insp-bc" class="row">
         <label>To <select id="bc-kind"><option value="topic">room</option><option value="user">user</option><option value="tenant">whole tenant</option></select></label>
@@ -137,6 +140,15 @@ function paint({ $, esc, ago, duration }, now, last) {
         )
         .join('')
     : '<p class="muted pad">Nobody present in any room.</p>';
+
+  $('#insp-errors').innerHTML = now.errors.length
+    ? `<table class="insp"><thead><tr><th>When</th><th>Who</th><th>Code</th><th>Message</th></tr></thead><tbody>${now.errors
+        .map(
+          (e) => `<tr data-code="${esc(e.code)}"><td data-ago="${esc(e.at)}">${ago(e.at)}</td><td>${esc(e.sub)} <small class="muted">${esc(e.transport)}</small></td>
+            <td><span class="chip s-failed">${esc(e.code)}</span></td><td class="muted">${esc(e.message)}</td></tr>`,
+        )
+        .join('')}</tbody></table>`
+    : '<p class="muted pad">No errors.</p>';
 
   $('#insp-closes').innerHTML = now.closes.length
     ? `<table class="insp"><thead><tr><th>When</th><th>Transport</th><th>Who</th><th>Reason</th><th>Lived</th><th>Message</th></tr></thead><tbody>${now.closes

@@ -94,10 +94,16 @@ impl Authenticator {
         if let Some(r) = cached {
             return Ok(Some(r));
         }
-        let found =
-            self.store.api_key(id).await.map_err(|e| AuthError::Invalid(format!("cannot check API key: {e}")))?;
+        let found = self.store.api_key(id).await.map_err(|e| AuthError::Unavailable(e.to_string()))?;
         if let Some(r) = &found {
-            self.keys.lock().insert(id.to_string(), (r.clone(), Instant::now()));
+            // A read that began before a revoke must not replace the revoked
+            // record `key_changed` cached meanwhile.
+            let mut keys = self.keys.lock();
+            let newer_cached = keys.get(id).is_some_and(|(c, _)| c.changed_at > r.changed_at);
+            if newer_cached {
+                return Ok(keys.get(id).map(|(c, _)| c.clone()));
+            }
+            keys.insert(id.to_string(), (r.clone(), Instant::now()));
         }
         Ok(found)
     }

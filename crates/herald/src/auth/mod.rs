@@ -46,6 +46,9 @@ pub enum AuthError {
     Invalid(String),
     #[error("API key revoked")]
     Revoked,
+    /// The credential could not be checked (the store did not answer): try again.
+    #[error("cannot check the credential now: {0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
@@ -55,6 +58,7 @@ impl AuthError {
             AuthError::Expired => "token_expired",
             AuthError::Invalid(_) => "invalid_token",
             AuthError::Revoked => "key_revoked",
+            AuthError::Unavailable(_) => "unavailable",
         }
     }
 }

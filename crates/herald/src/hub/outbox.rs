@@ -64,12 +64,13 @@ struct Overflow {
 #[derive(Default)]
 struct Queue {
     /// In position order; a superseded tick stays as an empty slot until the
-    /// front reaches it or the queue is compacted.
+    /// queue is compacted (the front is always a live item).
     items: VecDeque<Item>,
     /// Items that still hold a delivery.
     live: usize,
-    /// (topic, job) → sequence number of that job's pending tick on that topic.
-    ticks: HashMap<u64, u64>,
+    /// (topic, job) → the newest event of that job queued on that topic (its
+    /// sequence number), and whether it is a tick a newer one may supersede.
+    jobs: HashMap<u64, (u64, bool)>,
     next_seq: u64,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -77,8 +78,8 @@ struct Queue {
 struct Item {
     seq: u64,
     delivery: Option<Arc<Delivery>>,
-    /// The key of `ticks` this item holds, if it is a tick.
-    tick: Option<u64>,
+    /// The key of `jobs` this item is the newest event of, when it was queued.
+    job: Option<u64>,
 }
 
 /// Receiving half, owned by the connection's task.
@@ -99,17 +100,29 @@ pub fn outbox(conn_id: u64, capacity: usize) -> (Outbox, Inbox) {
     (Outbox { conn_id, shared: Arc::clone(&shared), conflate: true }, Inbox { shared })
 }
 
-/// The job of a progress tick (a `job.updated` of Herald's own jobs), if `d` is one.
-fn tick_of(d: &Delivery) -> Option<&str> {
+/// The job of an event of Herald's own jobs (tasks and artifacts included).
+fn job_of(d: &Delivery) -> Option<&str> {
     let Payload::Event(e) = &d.payload else { return None };
-    if e.kind != EventType::JobUpdated || e.table.is_some() {
+    if e.table.is_some() {
         return None;
     }
     e.job_id.as_deref()
 }
 
-/// The job status a tick carries. Read only when a tick may supersede another
-/// (the connection is behind), and parsed once per event, not per subscriber.
+/// Whether `d` is an event about the job itself (its row), as opposed to a task or artifact.
+fn is_job_event(d: &Delivery) -> bool {
+    matches!(&d.payload, Payload::Event(e) if matches!(e.kind,
+        EventType::JobCreated | EventType::JobUpdated | EventType::JobCompleted
+        | EventType::JobFailed | EventType::JobCancelled | EventType::JobStalled))
+}
+
+/// Whether `d` is a progress tick candidate: a `job.updated`.
+fn is_update(d: &Delivery) -> bool {
+    matches!(&d.payload, Payload::Event(e) if e.kind == EventType::JobUpdated)
+}
+
+/// The job status an event carries. Read only while the connection is
+/// behind, and parsed once per event, not per subscriber.
 fn status_of(d: &Delivery) -> Option<&str> {
     let Payload::Event(e) = &d.payload else { return None };
     e.row().get("status")?.as_str()
@@ -126,23 +139,23 @@ impl Outbox {
     /// cannot be conflated has reached the bound.
     pub fn push(&self, d: &Arc<Delivery>) -> bool {
         let sh = &*self.shared;
+        let position = d.position();
+        let mut q = sh.queue.lock();
+        // Checked under the lock: a push racing the inbox's drop leaves nothing behind.
         if sh.closed.load(Ordering::Acquire) {
             return false;
         }
-        let tick = if self.conflate { tick_of(d) } else { None };
-        let position = d.position();
-        let mut q = sh.queue.lock();
-        let key = tick.map(|job| {
-            let mut h = q.hasher.build_hasher();
-            d.topic.hash(&mut h);
-            job.hash(&mut h);
-            h.finish()
-        });
-        // A pending tick of the same job on the same topic with the same status goes.
-        let superseded = match (key, tick) {
-            (Some(k), Some(job)) => {
-                q.ticks.get(&k).copied().filter(|seq| q.is_behind(sh.capacity) && q.same_tick(*seq, d, job))
-            }
+        // A reader with nothing queued is not behind, and nothing can be
+        // superseded: a caught-up connection (the common case) pays no hashing.
+        let key = if self.conflate && !q.items.is_empty() { job_of(d).map(|job| q.key(&d.topic, job)) } else { None };
+        let prev = key.and_then(|k| q.jobs.get(&k).copied());
+        // Only a `job.updated` while behind may supersede, and only a pending
+        // tick of the same job, topic and status: a status change (which is a
+        // `job.updated` too, e.g. queued → running) is never a slot, and a
+        // task or artifact queued after a tick seals it (it is the newest now).
+        let behind = is_update(d) && prev.is_some() && q.is_behind(sh.capacity);
+        let superseded = match prev {
+            Some((seq, true)) if behind && q.pending_same_status(seq, d) => Some(seq),
             _ => None,
         };
         if superseded.is_none() && q.live >= sh.capacity {
@@ -153,30 +166,23 @@ impl Outbox {
             }
             return false;
         }
+        // The new item is a slot when it is no status change: its job's previous
+        // event here is still queued, is about the job, and has the same status.
+        let slot = match prev {
+            Some((seq, _)) if behind => superseded == Some(seq) || q.pending_same_status(seq, d),
+            _ => false,
+        };
         if let Some(seq) = superseded {
             q.vacate(seq);
             sh.stats.conflated.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("herald_conflated_total").increment(1);
         }
-        if tick.is_none() {
-            // A tick is never replaced across another event of its job: the
-            // pending tick (if any) stays, and later ones queue behind this.
-            if let Payload::Event(e) = &d.payload {
-                if let Some(job) = e.job_id.as_deref() {
-                    let mut h = q.hasher.build_hasher();
-                    d.topic.hash(&mut h);
-                    job.hash(&mut h);
-                    let k = h.finish();
-                    q.ticks.remove(&k);
-                }
-            }
-        }
         let seq = q.next_seq;
         q.next_seq += 1;
-        q.items.push_back(Item { seq, delivery: Some(Arc::clone(d)), tick: key });
+        q.items.push_back(Item { seq, delivery: Some(Arc::clone(d)), job: key });
         q.live += 1;
         if let Some(k) = key {
-            q.ticks.insert(k, seq);
+            q.jobs.insert(k, (seq, slot));
         }
         q.compact_if_sparse();
         drop(q);
@@ -207,18 +213,27 @@ impl Outbox {
 }
 
 impl Queue {
+    fn key(&self, topic: &str, job: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        topic.hash(&mut h);
+        job.hash(&mut h);
+        h.finish()
+    }
+
     fn index_of(&self, seq: u64) -> Option<usize> {
         self.items.binary_search_by_key(&seq, |i| i.seq).ok()
     }
 
-    /// Whether the pending item `seq` is a tick that `new` (a tick of `job`)
-    /// supersedes: same topic, same job, same status (the key is a hash: this
-    /// also rules out a collision).
-    fn same_tick(&self, seq: u64, new: &Delivery, job: &str) -> bool {
+    /// Whether the item `seq` is still queued, is an event about the same job
+    /// on the same topic as `new`, and carries the same status (the key is a
+    /// hash: this also rules out a collision).
+    fn pending_same_status(&self, seq: u64, new: &Delivery) -> bool {
         let Some(i) = self.index_of(seq) else { return false };
         let Some(old) = self.items[i].delivery.as_ref() else { return false };
         old.topic == new.topic
-            && tick_of(old) == Some(job)
+            && is_job_event(old)
+            && job_of(old).is_some()
+            && job_of(old) == job_of(new)
             && status_of(old).is_some()
             && status_of(old) == status_of(new)
     }
@@ -229,17 +244,20 @@ impl Queue {
         self.live >= capacity / 2
             || self
                 .items
-                .iter()
-                .find_map(|i| i.delivery.as_ref())
+                .front()
+                .and_then(|i| i.delivery.as_ref())
                 .is_some_and(|d| d.published_at.elapsed() >= BEHIND_AFTER)
     }
 
-    /// Empties the slot of a superseded tick.
+    /// Empties the slot of a superseded tick, and keeps the front live.
     fn vacate(&mut self, seq: u64) {
         if let Some(i) = self.index_of(seq) {
             if self.items[i].delivery.take().is_some() {
                 self.live -= 1;
             }
+        }
+        while self.items.front().is_some_and(|i| i.delivery.is_none()) {
+            self.items.pop_front();
         }
     }
 
@@ -276,10 +294,10 @@ impl Inbox {
                 let Some(item) = q.items.pop_front() else { break };
                 let Some(d) = item.delivery else { continue };
                 q.live -= 1;
-                // Taken: a later tick of the job starts a new slot.
-                if let Some(k) = item.tick {
-                    if q.ticks.get(&k) == Some(&item.seq) {
-                        q.ticks.remove(&k);
+                // Taken: nothing of this job is queued on this topic any more.
+                if let Some(k) = item.job {
+                    if q.jobs.get(&k).is_some_and(|(seq, _)| *seq == item.seq) {
+                        q.jobs.remove(&k);
                     }
                 }
                 if let Some(p) = d.position() {
@@ -288,9 +306,18 @@ impl Inbox {
                 buf.push(d);
                 n += 1;
             }
-            if q.items.is_empty() && q.ticks.capacity() > 64 {
-                q.ticks.shrink_to(16);
-                q.items.shrink_to(16);
+            // Keep the front live (`is_behind` reads it).
+            while q.items.front().is_some_and(|i| i.delivery.is_none()) {
+                q.items.pop_front();
+            }
+            // Give back what a backlog grew, once it is gone.
+            if q.items.is_empty() {
+                if q.items.capacity() > 64 {
+                    q.items.shrink_to(16);
+                }
+                if q.jobs.capacity() > 64 {
+                    q.jobs.shrink_to(16);
+                }
             }
         }
         sh.stats.taken.fetch_add(n as u64, Ordering::Relaxed);
@@ -312,7 +339,7 @@ impl Drop for Inbox {
         // What is queued will never be read: let it go now, not with the last outbox clone.
         let mut q = self.shared.queue.lock();
         q.items.clear();
-        q.ticks.clear();
+        q.jobs.clear();
         q.live = 0;
     }
 }
@@ -330,5 +357,86 @@ impl OverflowSignal {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Event, Position};
+    use serde_json::value::RawValue;
+
+    fn event(pos: u64, kind: EventType, job: &str, status: &str) -> Arc<Delivery> {
+        let data = format!(r#"{{"id":"{job}","status":"{status}"}}"#);
+        let e = Event {
+            position: Position::from_u64(pos),
+            tenant: Arc::from("t"),
+            kind,
+            topics: vec!["jobs".into()],
+            job_id: Some(job.into()),
+            owner: None,
+            data: Arc::from(RawValue::from_string(data).unwrap()),
+            old: None,
+            table: None,
+            time: 0,
+            row: Default::default(),
+        };
+        Delivery::new(Arc::from("t"), Arc::from("jobs"), Payload::Event(Arc::new(e)))
+    }
+
+    async fn drain(inbox: &mut Inbox) -> Vec<u64> {
+        let mut buf = Vec::new();
+        inbox.recv_many(&mut buf, 1000).await;
+        buf.iter().filter_map(|d| d.position()).map(|p| p.get()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_keeps_up_gets_every_tick_of_a_burst() {
+        let (out, mut inbox) = outbox(1, 100);
+        for p in 1..=40 {
+            assert!(out.push(&event(p, EventType::JobUpdated, "a", "running")));
+        }
+        assert_eq!(drain(&mut inbox).await, (1..=40).collect::<Vec<_>>());
+        assert_eq!(out.stats().conflated.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn behind_ticks_supersede_but_never_a_status_change_nor_across_a_task() {
+        use EventType::*;
+        // Behind once 10 of 20 are queued: ten ticks of another job fill that half.
+        let (out, mut inbox) = outbox(1, 20);
+        for p in 1..=10 {
+            assert!(out.push(&event(p, JobUpdated, "x", "running")));
+        }
+        let y = [
+            (11, JobCreated, "queued"),
+            (12, JobUpdated, "running"), // the status change: kept
+            (13, JobUpdated, "running"), // superseded by 14
+            (14, JobUpdated, "running"),
+            (15, TaskUpdated, "failed"), // seals 14
+            (16, JobUpdated, "running"), // after the task: kept
+            (17, JobUpdated, "running"), // superseded by 18
+            (18, JobUpdated, "running"),
+            (19, JobCompleted, "completed"),
+        ];
+        for (p, kind, status) in y {
+            assert!(out.push(&event(p, kind, "y", status)), "{p}");
+        }
+        let got = drain(&mut inbox).await;
+        let of_y: Vec<u64> = got.iter().copied().filter(|p| *p > 10).collect();
+        assert_eq!(of_y, [11, 12, 14, 15, 16, 18, 19]);
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+        assert_eq!(out.stats().conflated.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_that_opted_out_is_cut_off_at_the_bound() {
+        let (out, _inbox) = outbox(1, 4);
+        let strict = out.conflating(false);
+        for p in 1..=4 {
+            assert!(strict.push(&event(p, EventType::JobUpdated, "a", "running")));
+        }
+        assert!(!strict.push(&event(5, EventType::JobUpdated, "a", "running")), "full: cut off");
+        assert!(out.is_closed(), "flagged as a slow consumer");
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// How many ended connections are remembered (over all tenants of the node).
+/// How many ended connections, and how many errors, are remembered (over all tenants of the node).
 const CLOSES_KEPT: usize = 1000;
 
 /// A connection queue's counters: kept by the queue's two ends.
@@ -70,10 +70,25 @@ pub struct Closed {
     pub lived_ms: i64,
 }
 
+/// An error a live connection was sent (a refused subscription, a bad frame).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Refused {
+    /// RFC 3339.
+    pub at: String,
+    #[serde(skip)]
+    pub tenant: Arc<str>,
+    pub transport: &'static str,
+    pub sub: String,
+    /// The error code the client got (PROTOCOL.md), e.g. `forbidden`.
+    pub code: String,
+    pub message: String,
+}
+
 #[derive(Default)]
 pub struct Registry {
     conns: Mutex<HashMap<u64, ConnInfo>>,
     closed: Mutex<VecDeque<Closed>>,
+    errors: Mutex<VecDeque<Refused>>,
 }
 
 impl Registry {
@@ -91,6 +106,19 @@ impl Registry {
             list.pop_front();
         }
         list.push_back(closed);
+    }
+
+    pub fn record_error(&self, refused: Refused) {
+        let mut list = self.errors.lock();
+        if list.len() == CLOSES_KEPT {
+            list.pop_front();
+        }
+        list.push_back(refused);
+    }
+
+    /// A tenant's most recent errors, newest first.
+    pub fn errors_of(&self, tenant: &str, n: usize) -> Vec<Refused> {
+        self.errors.lock().iter().rev().filter(|e| &*e.tenant == tenant).take(n).cloned().collect()
     }
 
     /// A tenant's live connections (by id), and its most recent closes, newest first.

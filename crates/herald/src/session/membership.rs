@@ -8,7 +8,7 @@ use super::error::SessionError;
 use super::CloseReason;
 use crate::app::AppState;
 use crate::auth::Principal;
-use crate::hub::registry::{Closed, ConnInfo};
+use crate::hub::registry::{Closed, ConnInfo, Refused};
 use crate::hub::{outbox, ConnectionGuard, Inbox, Outbox, Payload, TopicKey};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -67,6 +67,19 @@ impl Membership {
 
     pub fn is_described(&self) -> bool {
         self.described.is_some()
+    }
+
+    /// Records an error this connection was sent (shown by the inspector).
+    pub fn record_error(&self, code: &str, message: &str) {
+        let Some(info) = &self.described else { return };
+        self.s.hub.registry.record_error(Refused {
+            at: crate::model::time::format_ms(crate::model::time::now_ms()),
+            tenant: std::sync::Arc::clone(&info.tenant),
+            transport: info.transport,
+            sub: info.sub.to_string(),
+            code: code.to_string(),
+            message: message.chars().take(500).collect(),
+        });
     }
 
     /// Records why the server ends this connection (shown by the inspector).

@@ -63,6 +63,19 @@ async fn the_inspector_shows_every_transport_topics_presence_and_closes_of_its_t
     assert_eq!(rooms.len(), 1, "{rooms:?}");
     assert_eq!((rooms[0]["room"].as_str(), &rooms[0]["members"]), (Some("room:job:j1"), &json!({"alice": 1})));
 
+    // Errors a live connection is sent are listed: alice asks for a topic she may not read.
+    let r = alice.request(json!({"op": "sub", "topic": "jobs"})).await;
+    assert_eq!(r["code"], "forbidden", "{r}");
+    let v = inspect(&s, &staff).await;
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (errors[0]["sub"].as_str(), errors[0]["transport"].as_str(), errors[0]["code"].as_str()),
+        (Some("alice"), Some("websocket"), Some("forbidden"))
+    );
+    let r = other.request(json!({"op": "sub", "topic": "jobs"})).await;
+    assert_eq!(r["code"], "forbidden", "{r}");
+
     // Deliveries are counted: three reports reach alice, and she took them.
     for i in 0..3 {
         let (st, _) = s.post(&worker, "/v1/jobs/j1/progress", json!({"stage": format!("s{i}")})).await;
@@ -102,5 +115,9 @@ async fn the_inspector_shows_every_transport_topics_presence_and_closes_of_its_t
     assert_eq!(theirs["totals"]["connections"], 1, "{}", theirs["totals"]);
     assert_eq!(theirs["connections"][0]["sub"], "olga");
     assert!(theirs["closes"].as_array().unwrap().is_empty(), "{}", theirs["closes"]);
+    assert_eq!(theirs["errors"].as_array().unwrap().len(), 1, "only olga's own error: {}", theirs["errors"]);
+    assert_eq!(theirs["errors"][0]["sub"], "olga");
+    let v = inspect(&s, &staff).await;
+    assert_eq!(v["errors"].as_array().unwrap().len(), 1, "not olga's: {}", v["errors"]);
     poll.abort();
 }

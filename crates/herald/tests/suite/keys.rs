@@ -181,6 +181,17 @@ async fn revoking_a_key_closes_its_connections_on_every_transport_and_no_one_els
     let (_, rep) = phx.join("realtime:work", join_with(bindings, &key)).await;
     assert_eq!(rep.payload()["status"], "ok", "{rep:?}");
     let mut sio = SocketIo::connect(&s, &key).await;
+    // A supabase-js guest channel (anon key) that is given the key afterwards.
+    let mut guest = Phx::connect(&s, &super::phoenix::anon_key(), true).await;
+    let (jr, rep) = guest
+        .join(
+            "realtime:later",
+            json!({"config": {"postgres_changes": [{"event": "*", "schema": "public", "table": "jobs"}]}}),
+        )
+        .await;
+    assert_eq!(rep.payload()["status"], "ok", "{rep:?}");
+    let r = guest.push_event(&jr, "realtime:later", "access_token", json!({"access_token": key})).await;
+    assert_eq!(r.payload()["status"], "ok", "{r:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let (st, _) = delete(&s, &admin, &format!("/v1/admin/keys/{id}")).await;
@@ -201,6 +212,8 @@ async fn revoking_a_key_closes_its_connections_on_every_transport_and_no_one_els
     let sys = phx.until("system error", |f| f.event() == "system" && f.payload()["status"] == "error").await;
     assert!(sys.payload()["message"].as_str().unwrap().contains("revoked"), "{sys:?}");
     phx.until("phx_close", |f| f.event() == "phx_close").await;
+    let sys = guest.until("guest's system error", |f| f.event() == "system" && f.payload()["status"] == "error").await;
+    assert!(sys.payload()["message"].as_str().unwrap().contains("revoked"), "{sys:?}");
     let bye = sio.until_event("herald:disconnect").await;
     assert_eq!((bye["reason"].as_str(), bye["reconnect"].as_bool()), (Some("auth_failed"), Some(false)), "{bye}");
 

@@ -115,6 +115,12 @@ impl Phx {
         }
     }
 
+    /// Pushes an event on a joined channel and returns its reply.
+    pub(super) async fn push_event(&mut self, join_ref: &str, topic: &str, event: &str, payload: Value) -> Frame {
+        let r = self.push(Some(join_ref), topic, event, payload).await;
+        self.reply_to(&r).await
+    }
+
     async fn reply_to(&mut self, r: &str) -> Frame {
         let r = r.to_string();
         self.until(

@@ -8,7 +8,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::Auth;
 use crate::app::AppState;
 use crate::auth::Role;
-use crate::hub::registry::Closed;
+use crate::hub::registry::{Closed, Refused};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -38,6 +38,8 @@ pub struct Inspection {
     pub presence: Vec<InspectRoom>,
     /// Connections that ended, newest first.
     pub closes: Vec<Closed>,
+    /// Errors live connections were sent (refused subscriptions, bad frames), newest first.
+    pub errors: Vec<Refused>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -91,7 +93,7 @@ pub struct InspectRoom {
 
 #[utoipa::path(get, path = "/v1/admin/inspect", tag = "admin",
     summary = "Inspect live connections",
-    description = "The caller's tenant as this node sees it now: connections by transport (who, since when, topics, queue and lag), topics and their subscriber counts, presence per room, and the last 50 connections that ended with their close reason. Counters are totals since each connection opened; read twice for rates. Admin and staff only.",
+    description = "The caller's tenant as this node sees it now: connections by transport (who, since when, topics, queue and lag), topics and their subscriber counts, presence per room, and the last 50 connections that ended with their close reason, and the last 50 errors live connections were sent. Counters are totals since each connection opened; read twice for rates. Admin and staff only.",
     responses((status = 200, body = Inspection), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn inspect(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
@@ -161,6 +163,7 @@ pub async fn inspect(State(s): State<AppState>, Auth(p): Auth) -> Result<Respons
         })
         .collect();
     let (_, nodes) = s.hub.cluster_counts(&p.tenant);
-    let body = Inspection { head, nodes, totals, connections, topics, presence, closes };
+    let errors = s.hub.registry.errors_of(&p.tenant, CLOSES);
+    let body = Inspection { head, nodes, totals, connections, topics, presence, closes, errors };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }

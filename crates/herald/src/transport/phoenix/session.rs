@@ -96,6 +96,16 @@ pub async fn run(socket: WebSocket, s: AppState, book: Arc<ResumeBook>, opening:
     }
 }
 
+/// Records a refusal for the inspector: Phoenix reasons read `code: message`.
+fn record(member: &Membership, reason: &str) {
+    match reason.split_once(": ") {
+        Some((code, message)) if code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => {
+            member.record_error(code, message)
+        }
+        _ => member.record_error("error", reason),
+    }
+}
+
 fn io_err<E>(_: E) -> Fatal {
     (CloseReason::ProtocolError, "write failed".into())
 }
@@ -184,6 +194,7 @@ impl Session {
     /// channel to answer on, so it goes to `phoenix`, which clients ignore but a
     /// developer sees in the frames.
     async fn socket_error(&self, sink: &mut Sink, reason: String) -> Result<(), Fatal> {
+        record(&self.member, &reason);
         self.send(sink, encode(self.vsn, None, None, PHOENIX, "phx_error", &json!({ "reason": reason }))).await
     }
 
@@ -227,7 +238,9 @@ impl Session {
     }
 
     async fn refuse(&self, sink: &mut Sink, m: &Inbound, reason: impl Into<String>) -> Result<(), Fatal> {
-        self.reply(sink, m, "error", json!({ "reason": reason.into() })).await
+        let reason = reason.into();
+        record(&self.member, &reason);
+        self.reply(sink, m, "error", json!({ "reason": reason })).await
     }
 
     async fn on_message(&mut self, sink: &mut Sink, m: Inbound) -> Result<(), Fatal> {
@@ -628,6 +641,7 @@ impl Session {
         if new.tenant != old.tenant {
             return self.refuse(sink, &m, "invalid_token: a refreshed token must keep the tenant").await;
         }
+        self.keys.follow(&self.s, &new);
         if was_anon {
             return self.upgrade_guest(sink, m, new).await;
         }
@@ -699,7 +713,11 @@ impl Session {
 
     /// The earliest token expiry among the joined channels.
     fn next_expiry(&self) -> Option<u64> {
-        self.channels.values().filter_map(|c| c.principal.exp).min()
+        let base = match &self.base {
+            Credential::User(p) => p.exp,
+            Credential::Anon { .. } => None,
+        };
+        self.channels.values().filter_map(|c| c.principal.exp).chain(base).min()
     }
 
     /// An API key was revoked or given an expiry: a socket that connected with
@@ -728,6 +746,12 @@ impl Session {
 
     async fn expire(&mut self, sink: &mut Sink) -> Result<(), Fatal> {
         let now = (crate::model::time::now_ms() / 1000) as u64;
+        // The socket's own credential (a rotated key's grace, say) ends the socket.
+        if let Credential::User(p) = &self.base {
+            if p.exp.is_some_and(|e| e <= now) {
+                return Err((CloseReason::TokenExpired, "the socket's token expired".into()));
+            }
+        }
         let expired: Vec<String> = self
             .channels
             .values()

@@ -86,7 +86,7 @@ impl From<AuthError> for RestError {
         let code = match e {
             AuthError::Missing => "PGRST302",
             AuthError::Expired => "PGRST303",
-            AuthError::Invalid(_) | AuthError::Revoked => "PGRST301",
+            AuthError::Invalid(_) | AuthError::Revoked | AuthError::Unavailable(_) => "PGRST301",
         };
         let message = match e {
             AuthError::Missing => "no credentials: send the apikey header and Authorization: Bearer <token>".into(),

@@ -332,6 +332,7 @@ impl Conn {
     }
 
     async fn error_event(&self, code: &str, message: &str) -> Result<(), End> {
+        self.member.record_error(code, message);
         self.emit_text(packet::event("herald:error", &json!({ "code": code, "message": message }).to_string())).await
     }
 

@@ -221,6 +221,7 @@ impl Session {
     }
 
     async fn refuse(&self, sink: &mut impl WsSink, id: &Option<Value>, e: SessionError) -> Result<(), Fatal> {
+        self.member.record_error(e.code, &e.message);
         self.send(sink, frames::error(id, e.code, e.message)).await
     }
 
@@ -467,6 +468,7 @@ impl Session {
 fn auth_close(e: &AuthError) -> (CloseReason, String) {
     match e {
         AuthError::Expired => (CloseReason::TokenExpired, e.to_string()),
+        AuthError::Unavailable(_) => (CloseReason::Unavailable, e.to_string()),
         _ => (CloseReason::AuthFailed, e.to_string()),
     }
 }
