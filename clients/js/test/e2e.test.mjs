@@ -2,13 +2,9 @@
 // driven by playwright-core; Playwright's own browser download is never used).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
-import { Server, startProxy, token, waitFor, uid, ROOT } from './harness.mjs';
+import { Server, startProxy, token, waitFor, uid, launchChromium, SHOTS } from './harness.mjs';
 
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const SHOTS = path.join(ROOT, 'artifacts/screenshots');
 const TENANT = 'demo';
 const worker = token('worker-e2e', TENANT, 'worker');
 const staff = token('sam', TENANT, 'staff');
@@ -16,13 +12,7 @@ const staff = token('sam', TENANT, 'staff');
 let browser;
 let server;
 before(async () => {
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: scripts/test-js.sh installs it`);
-  mkdirSync(SHOTS, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-dev-shm-usage'],
-  });
+  browser = await launchChromium();
   server = await Server.start('e2e', ['--demo']);
 });
 after(async () => {

@@ -3,7 +3,7 @@
 // secret, and a tiny HTTP proxy that can refuse WebSocket upgrades or SSE.
 import { spawn } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, openSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, openSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -249,3 +249,22 @@ export async function startProxy(target, block = []) {
 }
 
 export const uid = () => randomUUID().slice(0, 8);
+
+/** Where the browser tests keep their screenshots. */
+export const SHOTS = path.join(ROOT, 'artifacts/screenshots');
+
+/**
+ * Headless Debian Chromium (/usr/bin/chromium, or $CHROMIUM) driven by
+ * playwright-core; Playwright's own browser download is never used.
+ */
+export async function launchChromium() {
+  const { chromium } = await import('playwright-core');
+  const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
+  if (!existsSync(executablePath)) throw new Error(`${executablePath} is missing: scripts/test-js.sh installs it`);
+  mkdirSync(SHOTS, { recursive: true });
+  return chromium.launch({
+    executablePath,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-dev-shm-usage'],
+  });
+}

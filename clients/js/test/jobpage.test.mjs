@@ -5,13 +5,9 @@
 // artifacts as readable cards (GitHub issue 15, item 6).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
-import { Server, token, waitFor, uid, ROOT } from './harness.mjs';
+import { Server, token, waitFor, uid, launchChromium, SHOTS } from './harness.mjs';
 
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const SHOTS = path.join(ROOT, 'artifacts/screenshots');
 const TENANT = 'acme';
 const worker = token('worker-1', TENANT, 'worker');
 const staff = token('sam', TENANT, 'staff');
@@ -20,13 +16,7 @@ const alice = token('alice', TENANT, 'customer');
 let browser;
 let server;
 before(async () => {
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: scripts/test-js.sh installs it`);
-  mkdirSync(SHOTS, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-dev-shm-usage'],
-  });
+  browser = await launchChromium();
   server = await Server.start('jobpage');
 });
 after(async () => {
