@@ -84,6 +84,10 @@ async fn a_subscriber_that_stops_reading_gets_the_final_state_and_every_status_c
         .map(|f| f["data"]["status"].as_str().unwrap())
         .collect();
     changes.dedup();
+    // The job's creation (queued) may still have been on its way when the subscription began.
+    if changes.first() == Some(&"queued") {
+        changes.remove(0);
+    }
     assert_eq!(changes, ["running", "completed"], "every status, in order");
     assert!(kinds.contains(&"task.created") || kinds.contains(&"task.updated"), "the task failure came: {kinds:?}");
     let last = frames.last().unwrap();
