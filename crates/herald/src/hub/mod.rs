@@ -269,12 +269,23 @@ fn register_metrics() {
         "herald_conflated_total",
         "Progress ticks superseded by a newer tick of the same job while their connection was behind"
     );
+    metrics::describe_counter!(
+        "herald_resumes_total",
+        "Subscriptions resumed from a position: result=replayed (from the log) or resync (older than retention)"
+    );
+    metrics::describe_gauge!("herald_queue_waiting", "Deliveries waiting in connection queues (read at scrape)");
+    metrics::describe_gauge!(
+        "herald_queue_lag_max",
+        "Largest lag of a connection, in log positions between the newest event queued and the newest taken"
+    );
     metrics::describe_histogram!("herald_delivery_seconds", "Time from publish to the write of a delivery batch");
     metrics::gauge!("herald_connections").increment(0.0);
     metrics::gauge!("herald_subscriptions").increment(0.0);
     metrics::counter!("herald_deliveries_total").increment(0);
     metrics::counter!("herald_queue_overflows_total").increment(0);
     metrics::counter!("herald_conflated_total").increment(0);
+    metrics::counter!("herald_resumes_total", "result" => "replayed").increment(0);
+    metrics::counter!("herald_resumes_total", "result" => "resync").increment(0);
 }
 
 impl Hub {

@@ -121,6 +121,13 @@ impl Registry {
         self.errors.lock().iter().rev().filter(|e| &*e.tenant == tenant).take(n).cloned().collect()
     }
 
+    /// Over every live connection of the node: deliveries waiting in queues,
+    /// and the largest lag (log positions), for `/metrics`.
+    pub fn backlog(&self) -> (u64, u64) {
+        let conns = self.conns.lock();
+        conns.values().fold((0, 0), |(waiting, lag), c| (waiting + c.stats.waiting(), lag.max(c.stats.lag())))
+    }
+
     /// A tenant's live connections (by id), and its most recent closes, newest first.
     pub fn of_tenant(&self, tenant: &str, closes: usize) -> (Vec<(u64, ConnInfo)>, Vec<Closed>) {
         let conns =

@@ -43,6 +43,12 @@ impl Cursor {
     }
 }
 
+/// Counts a resume: served from the log, or behind retention (a resync).
+pub fn count_resume(behind: bool) {
+    let result = if behind { "resync" } else { "replayed" };
+    metrics::counter!("herald_resumes_total", "result" => result).increment(1);
+}
+
 /// One step of a replay.
 pub enum ReplayPage {
     /// Events after the cursor, oldest first.
@@ -58,11 +64,13 @@ pub struct Replay {
     topics: Vec<String>,
     after: Position,
     done: bool,
+    /// Whether this resume was counted (`herald_resumes_total`), on its first page.
+    counted: bool,
 }
 
 impl Replay {
     pub fn new(tenant: std::sync::Arc<str>, topics: Vec<String>, after: Position) -> Replay {
-        Replay { tenant, topics, after, done: false }
+        Replay { tenant, topics, after, done: false, counted: false }
     }
 
     /// The next page, or `None` once the replay has caught up with the log.
@@ -71,7 +79,11 @@ impl Replay {
             return Ok(None);
         }
         let page = s.store.events(&self.tenant, &self.topics, self.after, REPLAY_PAGE).await?;
-        if self.after < page.floor {
+        let behind = self.after < page.floor;
+        if !std::mem::replace(&mut self.counted, true) {
+            count_resume(behind);
+        }
+        if behind {
             self.done = true;
             return Ok(Some(ReplayPage::Behind { head: page.head }));
         }

@@ -661,6 +661,10 @@ async fn operations_endpoints_answer_and_openapi_lists_every_route() {
         "herald_commit_batch_size",
         "herald_commit_seconds",
         "herald_events_appended_total",
+        "herald_conflated_total",
+        "herald_resumes_total",
+        "herald_queue_waiting",
+        "herald_queue_lag_max",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }

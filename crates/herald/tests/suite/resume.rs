@@ -227,4 +227,12 @@ async fn a_since_older_than_retention_gets_an_explicit_resync_with_a_snapshot() 
     read_until(&mut ws, &mut seen, usize::MAX).await;
     assert_eq!(seen.events.len(), 1);
     assert!(seen.events[0].0 > head);
+    // Resumes behind retention are counted as such.
+    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let resyncs: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("herald_resumes_total{result=\"resync\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no resync count in /metrics:\n{metrics}"));
+    assert!(resyncs >= 2.0, "the long-poll's and the WebSocket's resync: {resyncs}");
 }

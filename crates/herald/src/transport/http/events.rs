@@ -97,8 +97,14 @@ pub async fn poll_events(
         keys.follow(&s, &p);
     }
     let mut shutdown = s.shutdown.clone();
+    let mut first_read = true;
     let page = loop {
         let page = s.store.events(&p.tenant, &topics, since, limit).await?;
+        // A read that names where it stopped is a resume (a first read without `since` is not).
+        if q.since.is_some() && first_read {
+            crate::session::replay::count_resume(since < page.floor);
+        }
+        first_read = false;
         if since < page.floor {
             break EventsPage { events: vec![], next: page.head.get(), resync: true };
         }

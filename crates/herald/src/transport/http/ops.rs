@@ -112,6 +112,10 @@ fn can_write(path: &Path) -> Result<(), String> {
     summary = "Prometheus metrics",
     description = "Connections, subscriptions, deliveries, queue overflows, request counts and latencies, store and replication figures, in the Prometheus text format (docs/OPERATIONS.md lists them).", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    // Read at scrape time from the queues' own counters: nothing per delivery.
+    let (waiting, lag) = s.hub.registry.backlog();
+    metrics::gauge!("herald_queue_waiting").set(waiting as f64);
+    metrics::gauge!("herald_queue_lag_max").set(lag as f64);
     let body = s.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
