@@ -101,19 +101,11 @@ impl Registry {
     }
 
     pub fn record_close(&self, closed: Closed) {
-        let mut list = self.closed.lock();
-        if list.len() == CLOSES_KEPT {
-            list.pop_front();
-        }
-        list.push_back(closed);
+        keep_last(&mut self.closed.lock(), closed);
     }
 
     pub fn record_error(&self, refused: Refused) {
-        let mut list = self.errors.lock();
-        if list.len() == CLOSES_KEPT {
-            list.pop_front();
-        }
-        list.push_back(refused);
+        keep_last(&mut self.errors.lock(), refused);
     }
 
     /// A tenant's most recent errors, newest first.
@@ -135,4 +127,12 @@ impl Registry {
         let closed = self.closed.lock().iter().rev().filter(|c| &*c.tenant == tenant).take(closes).cloned().collect();
         (conns, closed)
     }
+}
+
+/// Appends to a list that keeps only the newest [`CLOSES_KEPT`] entries.
+fn keep_last<T>(list: &mut VecDeque<T>, item: T) {
+    if list.len() == CLOSES_KEPT {
+        list.pop_front();
+    }
+    list.push_back(item);
 }

@@ -212,7 +212,8 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Waits for deliveries and takes those queued, up to a batch; 0 when the outbox closed.
+    /// Waits for deliveries and takes those queued, up to a batch (never 0: a
+    /// queue is read until its connection ends; callers' 0 checks are a guard).
     pub async fn recv(&mut self, inbox: &mut Inbox) -> usize {
         inbox.recv_many(&mut self.buf, WRITE_BATCH).await
     }
