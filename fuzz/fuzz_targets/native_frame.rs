@@ -1,6 +1,6 @@
 //! Native protocol client frames (`/v1/ws`, docs/PROTOCOL.md): the text of one
 //! WebSocket message through `parse_frame`, then the topic parser the session
-//! applies to the frame's topic.
+//! applies to the frame's topic (and the job-list query parser to a `list`'s query).
 
 #![no_main]
 
@@ -18,7 +18,17 @@ fuzz_target!(|data: &[u8]| {
             | ClientFrame::Unsub { topic, .. }
             | ClientFrame::Pub { topic, .. }
             | ClientFrame::Presence { topic, .. } => check_topic(topic),
-            ClientFrame::Auth { .. } | ClientFrame::Ping { .. } | ClientFrame::Refresh { .. } => {}
+            // A list's query goes through the same parser as the session's.
+            ClientFrame::List { query: Some(q), .. } => {
+                if let Ok(query) = herald::model::JobQuery::from_json(q) {
+                    let _ = query.updated_after(0);
+                }
+            }
+            ClientFrame::List { query: None, .. }
+            | ClientFrame::Unlist { .. }
+            | ClientFrame::Auth { .. }
+            | ClientFrame::Ping { .. }
+            | ClientFrame::Refresh { .. } => {}
         },
         Err((code, message, _id)) => {
             assert!(matches!(code, "invalid_json" | "invalid_frame" | "unknown_op" | "json_too_deep"), "{code}");

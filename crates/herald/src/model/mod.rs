@@ -2,6 +2,7 @@
 //! every change to them. Pure data and rules; no I/O.
 
 pub mod event;
+pub mod job_query;
 pub mod key;
 pub mod role;
 pub mod table;
@@ -13,6 +14,7 @@ pub use herald_model::{ids, job, notification, position, requests, task, time, A
 
 pub use event::{Event, EventType};
 pub use job::{Job, JobStatus};
+pub use job_query::{JobFacts, JobQuery};
 pub use notification::Notification;
 pub use position::Position;
 pub use role::{JobVisibility, Role};

@@ -59,6 +59,14 @@ impl JobVisibility {
         }
     }
 
+    /// The one owner whose jobs are visible, if the visibility is limited to one.
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            JobVisibility::All => None,
+            JobVisibility::OwnedBy(sub) => Some(sub),
+        }
+    }
+
     pub fn allows(&self, owner: Option<&str>) -> bool {
         match self {
             JobVisibility::All => true,

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod close;
 pub mod error;
+pub mod job_list;
 pub mod membership;
 pub mod replay;
 pub mod revocation;

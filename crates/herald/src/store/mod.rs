@@ -30,6 +30,21 @@ pub struct JobFilter {
     pub limit: usize,
 }
 
+/// What a live job list starts from (`Reads::job_list`).
+#[derive(Debug, Clone, Default)]
+pub struct JobListSnapshot {
+    /// The log position the jobs reflect: every event at or below it is in them.
+    pub head: Position,
+    /// Jobs passing the query's status, kind, owner and window (tags are the caller's).
+    pub jobs: Vec<Job>,
+    /// More rows matched than were asked for.
+    pub truncated: bool,
+    /// Versions of jobs outside `jobs` changed lately, whose events may still
+    /// reach the log after `head` (PostgreSQL sequences commits after they
+    /// happen): an event at or below such a version is older than the snapshot.
+    pub recent: Vec<(String, u64)>,
+}
+
 /// A page of results and the cursor of the next one.
 #[derive(Debug, Clone)]
 pub struct Page<T> {
@@ -205,6 +220,16 @@ pub trait Reads: Send + Sync + 'static {
     /// that must not load (or be timed by) the whole document.
     async fn job_owner(&self, tenant: &str, id: &str) -> Result<Option<Option<String>>, StoreError>;
     async fn jobs(&self, tenant: &str, vis: &JobVisibility, filter: JobFilter) -> Result<Page<Job>, StoreError>;
+    /// The jobs a live list starts from, consistent with the log's head (at
+    /// most `max_rows`; `truncated` says there were more).
+    async fn job_list(
+        &self,
+        tenant: &str,
+        vis: &JobVisibility,
+        query: &crate::model::JobQuery,
+        now_ms: i64,
+        max_rows: usize,
+    ) -> Result<JobListSnapshot, StoreError>;
     async fn tasks(&self, tenant: &str, job_id: &str) -> Result<Vec<Task>, StoreError>;
     async fn artifacts(&self, tenant: &str, job_id: &str) -> Result<Vec<Artifact>, StoreError>;
     /// A recipient's notifications (newest first) and their unread count.

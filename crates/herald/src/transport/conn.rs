@@ -292,6 +292,12 @@ pub async fn close(sink: &mut impl WsSink, stream: &mut impl WsStream, last: Opt
     .await;
 }
 
+/// Sleeps until the epoch-milliseconds time `at` (a live list's next expiry).
+pub async fn sleep_until_ms(at: i64) {
+    let wait = (at - crate::model::time::now_ms()).max(0) as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

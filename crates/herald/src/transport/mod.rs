@@ -9,4 +9,5 @@ pub mod phoenix;
 pub mod postgrest;
 pub mod socketio;
 pub mod sse;
+pub mod sse_jobs;
 pub mod ws;

@@ -33,9 +33,9 @@ pub struct SseQuery {
 }
 
 /// Time the goodbye message has to get into a stream that is ending.
-const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn frame(id: Option<u64>, event: &str, data: &str) -> String {
+pub(crate) fn frame(id: Option<u64>, event: &str, data: &str) -> String {
     match id {
         Some(id) => format!("id: {id}\nevent: {event}\ndata: {data}\n\n"),
         None => format!("event: {event}\ndata: {data}\n\n"),
@@ -99,6 +99,11 @@ pub async fn stream(State(s): State<AppState>, req: Request) -> Result<Response,
         .map_err(|e| ApiError::from(SessionError::limit("too_many_connections", e.to_string())))?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(run(s, p, topics, since, q.conflate.unwrap_or(true), tx, guard));
+    Ok(response(rx))
+}
+
+/// The `text/event-stream` response carrying what the stream's task sends.
+pub(crate) fn response(rx: mpsc::Receiver<Bytes>) -> Response {
     let body = Body::from_stream(futures_util::StreamExt::map(
         tokio_stream::wrappers::ReceiverStream::new(rx),
         Ok::<Bytes, std::convert::Infallible>,
@@ -108,7 +113,7 @@ pub async fn stream(State(s): State<AppState>, req: Request) -> Result<Response,
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    resp
 }
 
 /// Feeds one SSE stream until the client goes away, the token expires, the
@@ -130,14 +135,7 @@ async fn run(
         member.join_with(&p.tenant, raw, conflate);
     }
     let end = feed(&s, &p, &topics, since, &tx, &mut inbox).await;
-    if let Some(reason) = end {
-        member.ending(reason, reason.advice());
-        member.finish();
-        let body = serde_json::json!({ "reason": reason.name(), "reconnect": reason.reconnect() });
-        // Bounded: a client that stopped reading must not hold the stream open.
-        let goodbye = tx.send(Bytes::from(frame(None, "goodbye", &body.to_string())));
-        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
-    }
+    finish(&mut member, &tx, end).await;
 }
 
 async fn feed(
@@ -147,7 +145,7 @@ async fn feed(
     since: Option<u64>,
     tx: &mpsc::Sender<Bytes>,
     inbox: &mut crate::hub::Inbox,
-) -> Option<CloseReason> {
+) -> Option<StreamEnd> {
     // One stream, one cursor: positions are global, so the highest sent is the resume point.
     let mut cursor = Cursor::default();
     if tx.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
@@ -157,17 +155,17 @@ async fn feed(
         // A live stream starts after the head, and says so in an id-only
         // message: a client (EventSource too) that drops before its first event
         // resumes from there. Subscribed already, so nothing after it is missed.
-        let Ok(h) = head(s).await else { return Some(CloseReason::Unavailable) };
+        let Ok(h) = head(s).await else { return Some(StreamEnd::Closed(CloseReason::Unavailable)) };
         if tx.send(Bytes::from(format!("id: {}\n\n", h.get()))).await.is_err() {
             return None;
         }
         cursor.advance(h);
-        return live(s, p, tx, inbox, cursor).await;
+        return live(s, p, tx, inbox, &mut Topics { cursor }).await;
     };
     // The client has everything up to `since`: a live copy of an older event
     // (another node may deliver it late) is not sent again. A `since` past the
     // head (a database reset) must not hold back what comes next.
-    let Ok(h) = head(s).await else { return Some(CloseReason::Unavailable) };
+    let Ok(h) = head(s).await else { return Some(StreamEnd::Closed(CloseReason::Unavailable)) };
     cursor.advance(Position::from_u64(since).min(h));
     {
         let names = topics.iter().map(|(_, raw)| raw.clone()).collect();
@@ -176,7 +174,7 @@ async fn feed(
             match replay.next_page(s).await {
                 Err(e) => {
                     tracing::warn!(error = %e, "SSE replay failed");
-                    return Some(CloseReason::Unavailable);
+                    return Some(StreamEnd::Closed(CloseReason::Unavailable));
                 }
                 Ok(None) => break,
                 Ok(Some(ReplayPage::Behind { head })) => {
@@ -203,17 +201,62 @@ async fn feed(
             }
         }
     }
-    live(s, p, tx, inbox, cursor).await
+    live(s, p, tx, inbox, &mut Topics { cursor }).await
 }
 
-/// The live part of a stream, after any replay: deliveries past `cursor`.
-async fn live(
+/// What a stream makes of its deliveries: the topic streams here, the live
+/// job lists of `/v1/sse/jobs` ([`super::sse_jobs`]).
+pub(crate) trait Feed {
+    /// The messages a delivery becomes (none, for a duplicate); `Err` ends the stream.
+    fn messages(&mut self, d: &Arc<Delivery>, out: &mut Vec<Bytes>) -> Result<(), Ended>;
+    /// When [`tick`](Self::tick) is due, epoch ms.
+    fn next_tick(&self) -> Option<i64> {
+        None
+    }
+    fn tick(&mut self, _out: &mut Vec<Bytes>) {}
+}
+
+/// Why a feed ends a stream: the goodbye's reason.
+pub(crate) struct Ended(pub &'static str);
+
+/// Topic streams: one cursor, so an event on two topics is sent once.
+struct Topics {
+    cursor: Cursor,
+}
+
+impl Feed for Topics {
+    fn messages(&mut self, d: &Arc<Delivery>, out: &mut Vec<Bytes>) -> Result<(), Ended> {
+        if d.position().is_none_or(|pos| self.cursor.admit(pos)) {
+            out.push(delivery_frame(d));
+        }
+        Ok(())
+    }
+}
+
+/// How a stream ended, for its goodbye.
+pub(crate) enum StreamEnd {
+    Closed(CloseReason),
+    Feed(Ended),
+}
+
+/// Sends the goodbye of a stream that the server ends.
+pub(crate) async fn goodbye(tx: &mpsc::Sender<Bytes>, reason: &str, reconnect: bool) {
+    let body = serde_json::json!({ "reason": reason, "reconnect": reconnect });
+    // Bounded: a client that stopped reading must not hold the stream open.
+    let goodbye = tx.send(Bytes::from(frame(None, "goodbye", &body.to_string())));
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
+}
+
+/// The live part of a stream, after any replay: what `feed` makes of the
+/// deliveries, until the client leaves or the server ends the stream.
+pub(crate) async fn live(
     s: &AppState,
     p: &Principal,
     tx: &mpsc::Sender<Bytes>,
     inbox: &mut crate::hub::Inbox,
-    mut cursor: Cursor,
-) -> Option<CloseReason> {
+    feed: &mut impl Feed,
+) -> Option<StreamEnd> {
+    let closed = |r| Some(StreamEnd::Closed(r));
     let mut keepalive = tokio::time::interval(s.limits.sse_keepalive);
     keepalive.tick().await;
     let mut shutdown = s.shutdown.clone();
@@ -223,39 +266,33 @@ async fn live(
     let mut keys = KeyChanges::default();
     keys.follow(s, &p);
     let mut buf: Vec<Arc<Delivery>> = Vec::with_capacity(256);
+    let mut out: Vec<Bytes> = Vec::new();
     let overflow = inbox.overflow_signal();
     loop {
+        let tick = feed.next_tick();
         tokio::select! {
             biased;
-            _ = crate::app::shutting_down(&mut shutdown) => return Some(CloseReason::ShuttingDown),
-            _ = overflow.overflowed() => return Some(CloseReason::SlowConsumer),
-            _ = expiry.passed(), if expiry.is_armed() => return Some(CloseReason::TokenExpired),
+            _ = crate::app::shutting_down(&mut shutdown) => return closed(CloseReason::ShuttingDown),
+            _ = overflow.overflowed() => return closed(CloseReason::SlowConsumer),
+            _ = expiry.passed(), if expiry.is_armed() => return closed(CloseReason::TokenExpired),
             changed = keys.next(), if keys.is_armed() => {
                 if changed.concerns(&p) {
                     match revocation::recheck(s, &mut p).await {
                         Ok(()) => expiry.set(p.exp, expiry_instant),
-                        Err(AuthError::Expired) => return Some(CloseReason::TokenExpired),
-                        Err(_) => return Some(CloseReason::AuthFailed),
+                        Err(AuthError::Expired) => return closed(CloseReason::TokenExpired),
+                        Err(_) => return closed(CloseReason::AuthFailed),
                     }
                 }
             }
             _ = tx.closed() => return None,
+            _ = super::conn::sleep_until_ms(tick.unwrap_or(0)), if tick.is_some() => feed.tick(&mut out),
             n = inbox.recv_many(&mut buf, 256) => {
                 if n == 0 {
                     return None;
                 }
                 for d in buf.drain(..) {
-                    // The same event on two of this stream's topics is sent once.
-                    if let Some(pos) = d.position() {
-                        if !cursor.admit(pos) {
-                            continue;
-                        }
-                    }
-                    // A client that stops reading blocks this send; its queue
-                    // overflowing must still end the stream.
-                    tokio::select! {
-                        r = tx.send(delivery_frame(&d)) => if r.is_err() { return None },
-                        _ = overflow.overflowed() => return Some(CloseReason::SlowConsumer),
+                    if let Err(ended) = feed.messages(&d, &mut out) {
+                        return Some(StreamEnd::Feed(ended));
                     }
                 }
             }
@@ -265,6 +302,32 @@ async fn live(
                     return None;
                 }
             }
+        }
+        for message in out.drain(..) {
+            // A client that stops reading blocks this send; its queue
+            // overflowing must still end the stream.
+            tokio::select! {
+                r = tx.send(message) => if r.is_err() { return None },
+                _ = overflow.overflowed() => return closed(CloseReason::SlowConsumer),
+            }
+        }
+    }
+}
+
+/// Records how the stream ended and says goodbye when the server ended it.
+pub(crate) async fn finish(member: &mut Membership, tx: &mpsc::Sender<Bytes>, end: Option<StreamEnd>) {
+    match end {
+        None => {}
+        Some(StreamEnd::Closed(reason)) => {
+            member.ending(reason, reason.advice());
+            member.finish();
+            goodbye(tx, reason.name(), reason.reconnect()).await;
+        }
+        Some(StreamEnd::Feed(Ended(reason))) => {
+            // Not a close reason of the protocol: the inspector lists it among the errors.
+            member.record_error(reason, "the stream's list ended");
+            member.finish();
+            goodbye(tx, reason, false).await;
         }
     }
 }

@@ -12,6 +12,7 @@ mod hardening;
 mod inspect;
 mod isolation;
 mod isolation_property;
+mod job_lists;
 mod keys;
 mod limits;
 mod live;

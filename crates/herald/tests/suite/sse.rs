@@ -24,7 +24,13 @@ pub(super) struct Sse {
 
 impl Sse {
     pub(super) async fn open(s: &Server, query: &str, last_event_id: Option<u64>) -> Sse {
-        let mut req = s.http.get(s.url(&format!("/v1/sse?{query}"))).timeout(Duration::from_secs(600));
+        Self::open_path(s, &format!("/v1/sse?{query}"), last_event_id).await
+    }
+
+    /// A stream at any SSE path (`/v1/sse/jobs?…`).
+    pub(super) async fn open_path(s: &Server, path: &str, last_event_id: Option<u64>) -> Sse {
+        let query = path;
+        let mut req = s.http.get(s.url(path)).timeout(Duration::from_secs(600));
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }

@@ -199,6 +199,17 @@ impl Reads for PgStore {
         read::jobs(&self.pool, tenant, vis, &filter).await
     }
 
+    async fn job_list(
+        &self,
+        tenant: &str,
+        vis: &JobVisibility,
+        query: &crate::model::JobQuery,
+        now_ms: i64,
+        max_rows: usize,
+    ) -> Result<crate::store::JobListSnapshot, StoreError> {
+        read::job_list(&self.pool, tenant, vis, query, now_ms, max_rows).await
+    }
+
     async fn tasks(&self, tenant: &str, job_id: &str) -> Result<Vec<Task>, StoreError> {
         read::tasks(&self.pool, tenant, job_id).await
     }

@@ -88,6 +88,60 @@ pub async fn jobs(pool: &Pool, tenant: &str, vis: &JobVisibility, f: &JobFilter)
     Ok(Page { items, next_cursor: if more { last } else { None } })
 }
 
+/// How far back a list's snapshot reads the versions of jobs it does not
+/// hold: longer than the sequencer ever lags behind commits.
+const RECENT_MS: i64 = 60_000;
+
+/// The jobs a live list starts from, with the head and the versions of jobs
+/// changed lately, all in one repeatable-read snapshot. The sequencer appends
+/// events after their commits, so changes the snapshot already shows may still
+/// reach the log after its head: `recent` lets the list tell them apart.
+pub async fn job_list(
+    pool: &Pool,
+    tenant: &str,
+    vis: &JobVisibility,
+    q: &crate::model::JobQuery,
+    now_ms: i64,
+    max_rows: usize,
+) -> Result<crate::store::JobListSnapshot, StoreError> {
+    let mut c = conn(pool).await?;
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let row = tx.query_one("SELECT coalesce((SELECT max(position) FROM herald.events), 0)", &[]).await?;
+    let head = Position::from_u64(row.get::<_, i64>(0).max(0) as u64);
+    let statuses: Vec<&str> = q.status.iter().map(|s| s.as_str()).collect();
+    let limit = (max_rows + 1) as i64;
+    let rows = tx
+        .query(
+            "SELECT to_jsonb(j)::text FROM herald.jobs j
+             WHERE tenant = $1 AND ($2::text IS NULL OR owner = $2) AND ($3::text IS NULL OR owner = $3)
+               AND (cardinality($4::text[]) = 0 OR status = ANY($4)) AND ($5::text IS NULL OR kind = $5)
+               AND ($6::bigint IS NULL OR updated_at >= $6)
+             LIMIT $7",
+            &[&tenant, &vis.owner(), &q.owner, &statuses, &q.kind, &q.updated_after(now_ms), &limit],
+        )
+        .await?;
+    let recent = tx
+        .query(
+            "SELECT id, version FROM herald.jobs
+             WHERE tenant = $1 AND ($2::text IS NULL OR owner = $2) AND updated_at >= $3",
+            &[&tenant, &vis.owner(), &(now_ms - RECENT_MS)],
+        )
+        .await?;
+    tx.commit().await?;
+    let truncated = rows.len() > max_rows;
+    let mut jobs = Vec::with_capacity(rows.len().min(max_rows));
+    for row in rows.iter().take(max_rows) {
+        jobs.push(Job::from(parse_row::<JobRow>("jobs", row.get(0))?));
+    }
+    let recent = recent.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64)).collect();
+    Ok(crate::store::JobListSnapshot { head, jobs, truncated, recent })
+}
+
 pub async fn tasks(pool: &Pool, tenant: &str, job_id: &str) -> Result<Vec<Task>, StoreError> {
     let c = conn(pool).await?;
     texts(

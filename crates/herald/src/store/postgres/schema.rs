@@ -228,6 +228,10 @@ ALTER TABLE herald.api_keys ADD COLUMN last_used_at bigint, ADD COLUMN expires_a
 CREATE INDEX api_keys_by_tenant ON herald.api_keys (tenant, created_at);
 CREATE INDEX api_keys_by_change ON herald.api_keys (changed_at);
 "#,
+    // Live job lists read the versions of a tenant's recently changed jobs.
+    r#"
+CREATE INDEX jobs_by_tenant_updated ON herald.jobs (tenant, updated_at);
+"#,
 ];
 
 /// Creates schema `herald` and brings it up to date.

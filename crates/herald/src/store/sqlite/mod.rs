@@ -136,6 +136,18 @@ impl Reads for SqliteStore {
         self.readers.with(move |c| read::jobs(c, &tenant, &vis, &filter)).await
     }
 
+    async fn job_list(
+        &self,
+        tenant: &str,
+        vis: &JobVisibility,
+        query: &crate::model::JobQuery,
+        now_ms: i64,
+        max_rows: usize,
+    ) -> Result<crate::store::JobListSnapshot, StoreError> {
+        let (tenant, vis, query) = (tenant.to_string(), vis.clone(), query.clone());
+        self.readers.with(move |c| read::job_list(c, &tenant, &vis, &query, now_ms, max_rows)).await
+    }
+
     async fn tasks(&self, tenant: &str, job_id: &str) -> Result<Vec<Task>, StoreError> {
         let (tenant, job_id) = (tenant.to_string(), job_id.to_string());
         self.readers.with(move |c| read::tasks(c, &tenant, &job_id)).await

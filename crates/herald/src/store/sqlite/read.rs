@@ -350,3 +350,48 @@ fn sql_value(kind: ColumnKind, v: &str) -> Result<SqlValue, StoreError> {
         ColumnKind::Bool => SqlValue::Integer(i64::from(v == "true")),
     })
 }
+
+/// The jobs a live list starts from and the head they reflect, read in one
+/// transaction: SQLite commits a job and its events together, so the jobs
+/// are exactly the state after every event up to the head.
+pub fn job_list(
+    c: &Connection,
+    tenant: &str,
+    vis: &JobVisibility,
+    q: &crate::model::JobQuery,
+    now_ms: i64,
+    max_rows: usize,
+) -> Result<crate::store::JobListSnapshot, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let (head, _) = head_and_floor(&tx)?;
+    let mut sql = String::from("SELECT doc FROM jobs WHERE tenant = ?");
+    let mut args: Vec<SqlValue> = vec![tenant.to_string().into()];
+    for owner in [vis.owner(), q.owner.as_deref()].into_iter().flatten() {
+        sql.push_str(" AND owner = ?");
+        args.push(owner.to_string().into());
+    }
+    if !q.status.is_empty() {
+        sql.push_str(&format!(" AND status IN ({})", vec!["?"; q.status.len()].join(",")));
+        args.extend(q.status.iter().map(|s| SqlValue::from(s.as_str().to_string())));
+    }
+    if let Some(k) = &q.kind {
+        sql.push_str(" AND kind = ?");
+        args.push(k.clone().into());
+    }
+    if let Some(after) = q.updated_after(now_ms) {
+        sql.push_str(" AND updated_at >= ?");
+        args.push(after.into());
+    }
+    sql.push_str(" LIMIT ?");
+    args.push(((max_rows + 1) as i64).into());
+    let docs: Vec<String> = {
+        let mut stmt = tx.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    tx.commit()?;
+    let truncated = docs.len() > max_rows;
+    let jobs = docs.iter().take(max_rows).map(|d| from_json(d)).collect::<Result<_, _>>()?;
+    // Nothing newer than the head can have reached the jobs read: no versions needed.
+    Ok(crate::store::JobListSnapshot { head, jobs, truncated, recent: Vec::new() })
+}

@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/ws", get(super::ws::upgrade))
         .route("/v1/sse", get(super::sse::stream))
+        .route("/v1/sse/jobs", get(super::sse_jobs::stream))
         .route("/v1/demo/tokens", get(super::dashboard::demo_tokens))
         .route("/", get(super::dashboard::index))
         .route("/docs", get(super::dashboard::docs))

@@ -21,7 +21,7 @@ use utoipa::{Modify, OpenApi};
         ops::healthz, ops::readyz, ops::metrics, ops::stats,
         keys::list, keys::create, keys::revoke, keys::rotate, inspect::inspect,
         dashboard::demo_tokens,
-        serve, websocket, sse,
+        serve, websocket, sse, sse_jobs,
         phoenix::rest::broadcast, phoenix::rest::broadcast_alias, phoenix_socket, phoenix_socket_alias,
         postgrest::read_table,
     ),
@@ -119,6 +119,25 @@ fn websocket() {}
         (status = 401, body = error::ErrorBody), (status = 403, body = error::ErrorBody)))]
 #[allow(dead_code)]
 fn sse() {}
+
+/// `GET /v1/sse/jobs`, for the document only: a live job list as `text/event-stream`.
+#[utoipa::path(get, path = "/v1/sse/jobs", tag = "streaming",
+    summary = "Follow a live, filtered list of jobs (SSE)",
+    description = "A `snapshot` of the jobs matching the query, then a `change` (`enter`, `update`, `leave`) \
+        each time a job moves into, within or out of it (docs/PROTOCOL.md, live job lists). A reconnect \
+        gets a fresh snapshot. Customers list their own jobs only.",
+    params(("status" = Option<String>, Query, description = "Statuses separated by commas", example = "running,stalled"),
+        ("kind" = Option<String>, Query, description = "The jobs' kind", example = "crawl"),
+        ("owner" = Option<String>, Query, description = "The jobs' owner (customers: themselves)"),
+        ("tag" = Option<String>, Query, description = "Metadata `key:value` pairs separated by commas", example = "env:prod"),
+        ("updated_within" = Option<u64>, Query, description = "Seconds: jobs updated at most this long ago (1–2678400)"),
+        ("token" = Option<String>, Query, description = "Bearer token, for `EventSource`")),
+    responses((status = 200, description = "`text/event-stream`: `snapshot`, then `change` messages"),
+        (status = 400, body = error::ErrorBody, description = "`invalid_query` or `list_too_large`"),
+        (status = 401, body = error::ErrorBody), (status = 403, body = error::ErrorBody),
+        (status = 429, body = error::ErrorBody)))]
+#[allow(dead_code)]
+fn sse_jobs() {}
 
 /// `GET /realtime/v1/websocket`, for the document only: a Phoenix-channels upgrade.
 #[utoipa::path(get, path = "/realtime/v1/websocket", tag = "supabase",

@@ -26,6 +26,17 @@ pub enum ClientFrame {
         topic: String,
         id: Option<Value>,
     },
+    /// A live job list; `have` (ids and versions held) resumes one.
+    List {
+        list: String,
+        query: Option<Value>,
+        have: Option<std::collections::HashMap<String, u64>>,
+        id: Option<Value>,
+    },
+    Unlist {
+        list: String,
+        id: Option<Value>,
+    },
     // A `Value`, not a `RawValue`: an internally tagged enum buffers its
     // fields, and a `RawValue` cannot be read back from that buffer.
     Pub {
@@ -49,7 +60,7 @@ pub enum ClientFrame {
 }
 
 /// Ops the server knows, to tell an unknown op from a malformed known one.
-pub const KNOWN_OPS: &[&str] = &["auth", "sub", "unsub", "pub", "presence", "ping", "refresh"];
+pub const KNOWN_OPS: &[&str] = &["auth", "sub", "unsub", "list", "unlist", "pub", "presence", "ping", "refresh"];
 
 pub fn text(v: Value) -> Utf8Bytes {
     Utf8Bytes::from(v.to_string())
@@ -103,4 +114,15 @@ pub fn delivery(d: &Delivery) -> Utf8Bytes {
         }
         .into()
     })
+}
+
+/// A list's full state: `{"op":"list_snapshot","list","position","jobs"}`.
+pub fn list_snapshot(list: &str, position: crate::model::Position, jobs: &[crate::model::Job]) -> Utf8Bytes {
+    text(json!({ "op": "list_snapshot", "list": list, "position": position, "jobs": jobs }))
+}
+
+/// One change of a list. The job's JSON is the event's, spliced in as is.
+pub fn list_change(list: &str, c: &crate::session::job_list::Change) -> Utf8Bytes {
+    let name = serde_json::to_string(list).unwrap_or_default();
+    Utf8Bytes::from(format!(r#"{{"op":"list_change","list":{name},{}}}"#, c.json_fields()))
 }

@@ -7,7 +7,8 @@ use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::hub::{Delivery, Inbox, Payload, TopicKey};
 use crate::model::topic::{inbox_topic, TENANT_TOPIC};
-use crate::model::{Position, Topic};
+use crate::model::{JobQuery, Position, Topic};
+use crate::session::job_list::{JobList, TooLarge};
 use crate::session::rooms::{self, Broadcast};
 use crate::session::{
     authorize, head, revocation, snapshot, token, CloseReason, Cursor, Deadline, KeyChanges, Membership, Replay,
@@ -44,6 +45,8 @@ struct Session {
     /// Hub topics, presence and the connection count; given back on drop.
     member: Membership,
     subs: HashMap<Arc<str>, Sub>,
+    /// Live job lists, by the client's name.
+    lists: HashMap<String, JobList>,
     rate: RateLimit,
 }
 
@@ -67,6 +70,7 @@ pub async fn serve(
         principal: None,
         member,
         subs: HashMap::new(),
+        lists: HashMap::new(),
         rate: RateLimit::new(s.limits.messages_per_second, Some(FLOOD_TOLERANCE)),
     };
     let reason = session.drive(&mut sink, &mut stream, &mut inbox, initial).await;
@@ -74,6 +78,7 @@ pub async fn serve(
     // more is queued for a connection that is going away. (Dropping the
     // session does the same should this task end any other way.)
     session.subs.clear();
+    session.lists.clear();
     session.member.clear();
     if let Some((reason, message)) = &reason {
         session.member.ending(*reason, message.clone());
@@ -112,6 +117,7 @@ impl Session {
         let mut keys = KeyChanges::default();
         loop {
             deadline.set_for(self.principal.as_ref(), auth_deadline);
+            let expiry = self.lists.values().filter_map(JobList::next_expiry).min();
             if let Some(p) = &self.principal {
                 keys.follow(&self.s, p);
             }
@@ -160,6 +166,16 @@ impl Session {
                         }
                     }
                 }
+                _ = conn::sleep_until_ms(expiry.unwrap_or(0)), if expiry.is_some() => {
+                    let now = crate::model::time::now_ms();
+                    let mut frames = Vec::new();
+                    for (name, list) in &mut self.lists {
+                        frames.extend(list.expire(now).iter().map(|c| Message::Text(frames::list_change(name, c))));
+                    }
+                    if let Written::Failed = conn::write(sink, frames.into_iter(), &overflow).await {
+                        return None;
+                    }
+                }
                 // A beat that pinged loops on; an `Err` pattern here would disable the arm.
                 beat = heartbeat.ping(sink) => {
                     if let Err(dead) = beat {
@@ -170,17 +186,39 @@ impl Session {
         }
     }
 
-    /// Turns queued deliveries into frames, dropping duplicates by position.
+    /// Turns queued deliveries into frames, dropping duplicates by position;
+    /// job events also move the lists fed by their topic.
     fn frames_for(&mut self, batch: std::vec::Drain<'_, Arc<Delivery>>) -> Vec<Utf8Bytes> {
         let mut out = Vec::with_capacity(batch.len());
+        let mut now = None;
+        let mut outgrown = Vec::new();
         for d in batch {
             if let Payload::Event(e) = &d.payload {
+                for (name, list) in &mut self.lists {
+                    if *list.key.topic != *d.topic {
+                        continue;
+                    }
+                    let now = *now.get_or_insert_with(crate::model::time::now_ms);
+                    match list.apply(e, now) {
+                        Ok(Some(change)) => out.push(frames::list_change(name, &change)),
+                        Ok(None) => {}
+                        Err(TooLarge) => outgrown.push(name.clone()),
+                    }
+                }
                 let Some(sub) = self.subs.get_mut(&*d.topic) else { continue };
                 if !sub.cursor.admit(e.position) {
                     continue;
                 }
             }
             out.push(frames::delivery(&d));
+        }
+        for name in outgrown {
+            self.unlist(&name);
+            let e = TooLarge::error();
+            self.member.record_error(e.code, &e.message);
+            out.push(frames::text(
+                json!({ "op": "error", "id": null, "code": e.code, "list": name, "message": e.message }),
+            ));
         }
         out
     }
@@ -254,6 +292,15 @@ impl Session {
                 };
                 self.send(sink, frame).await
             }
+            ClientFrame::List { list, query, have, id } => self.list(sink, &p, list, query, have, &id).await,
+            ClientFrame::Unlist { list, id } => {
+                let frame = if self.unlist(&list) {
+                    frames::ack(&id, json!({ "list": list }))
+                } else {
+                    frames::error(&id, "not_subscribed", format!("no list named {list}"))
+                };
+                self.send(sink, frame).await
+            }
             ClientFrame::Pub { topic, event, data, id } => {
                 if let Err(m) = room_of(&topic) {
                     return self.send(sink, frames::error(&id, "invalid_topic", m)).await;
@@ -322,7 +369,7 @@ impl Session {
     fn check_room_for_one_more(&self, tenant: &str, topic: &str) -> Result<(), SessionError> {
         self.member.check_room_for(tenant, [topic])?;
         let max = self.s.limits.max_subscriptions;
-        if self.subs.len() >= max {
+        if self.subs.len() + self.lists.len() >= max {
             return Err(SessionError::limit(
                 "too_many_subscriptions",
                 format!("at most {max} subscriptions per connection"),
@@ -431,6 +478,56 @@ impl Session {
         }
     }
 
+    /// Opens (or replaces) a live job list and sends its snapshot, or with
+    /// `have` only what the client lacks.
+    async fn list(
+        &mut self,
+        sink: &mut impl WsSink,
+        p: &Principal,
+        name: String,
+        query: Option<Value>,
+        have: Option<HashMap<String, u64>>,
+        id: &Option<Value>,
+    ) -> Result<(), Fatal> {
+        if let Err(m) = crate::model::ids::validate_id(&name) {
+            return self.refuse(sink, id, SessionError::invalid("invalid_frame", format!("list: {m}"))).await;
+        }
+        let query = match JobQuery::from_json(&query.unwrap_or_else(|| json!({}))) {
+            Ok(q) => q,
+            Err(m) => return self.refuse(sink, id, SessionError::invalid("invalid_query", m)).await,
+        };
+        // Replacing a list frees its place first.
+        self.unlist(&name);
+        if let Err(e) = self.check_room_for_one_more(&p.tenant, "jobs") {
+            return self.refuse(sink, id, e).await;
+        }
+        let opened = match JobList::open(&self.s, p, &mut self.member, query).await {
+            Ok(o) => o,
+            Err(e) => return self.refuse(sink, id, e).await,
+        };
+        let ack = json!({ "list": name, "position": opened.position, "count": opened.list.len() });
+        self.send(sink, frames::ack(id, ack)).await?;
+        match have {
+            None => self.send(sink, frames::list_snapshot(&name, opened.position, &opened.jobs)).await?,
+            Some(have) => {
+                for change in opened.list.resume(&opened.jobs, &have) {
+                    sink.feed(Message::Text(frames::list_change(&name, &change)))
+                        .await
+                        .map_err(|_| (CloseReason::ProtocolError, String::new()))?;
+                }
+                sink.flush().await.map_err(|_| (CloseReason::ProtocolError, String::new()))?;
+            }
+        }
+        self.lists.insert(name, opened.list);
+        Ok(())
+    }
+
+    fn unlist(&mut self, name: &str) -> bool {
+        let Some(list) = self.lists.remove(name) else { return false };
+        self.member.leave(&list.key);
+        true
+    }
+
     fn unsubscribe(&mut self, topic: &str) -> bool {
         let Some(sub) = self.subs.remove(topic) else { return false };
         self.member.leave(&sub.key);
@@ -459,6 +556,22 @@ impl Session {
                 dropped.push(t);
             }
         }
+        let names: Vec<String> = self.lists.keys().cloned().collect();
+        for name in names {
+            let topic = self.lists.get(&name).map(|l| l.key.topic.to_string()).unwrap_or_default();
+            if let Err(e) = authorize(&self.s, &new, &topic).await {
+                self.unlist(&name);
+                let message = format!("list {name} ended: {}", e.message);
+                self.send(
+                    sink,
+                    frames::text(
+                        json!({ "op": "error", "id": null, "code": e.code, "list": name, "message": message }),
+                    ),
+                )
+                .await?;
+                dropped.push(name);
+            }
+        }
         let exp = new.exp;
         self.principal = Some(new);
         self.send(sink, frames::ack(id, json!({ "expires_at": exp, "dropped": dropped }))).await
@@ -485,6 +598,8 @@ fn frame_id(f: &ClientFrame) -> Option<Value> {
         ClientFrame::Auth { id, .. }
         | ClientFrame::Sub { id, .. }
         | ClientFrame::Unsub { id, .. }
+        | ClientFrame::List { id, .. }
+        | ClientFrame::Unlist { id, .. }
         | ClientFrame::Pub { id, .. }
         | ClientFrame::Presence { id, .. }
         | ClientFrame::Ping { id }
