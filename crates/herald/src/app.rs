@@ -34,6 +34,8 @@ pub struct Limits {
     pub max_poll_wait: Duration,
     /// Interval of SSE keep-alive comments.
     pub sse_keepalive: Duration,
+    /// Bytes of chunks one job output stream keeps; older ones go first.
+    pub stream_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +52,7 @@ impl Default for Limits {
             heartbeat_timeout: Duration::from_secs(60),
             max_poll_wait: Duration::from_secs(60),
             sse_keepalive: Duration::from_secs(15),
+            stream_max_bytes: 16 * 1024 * 1024,
         }
     }
 }

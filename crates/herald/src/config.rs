@@ -141,6 +141,9 @@ pub struct ServeArgs {
     /// Connections per tenant, 0 for no limit [default: 0].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_TENANT")]
     pub max_connections_per_tenant: Option<u64>,
+    /// Bytes one job output stream keeps; its oldest chunks go past it, e.g. 16MiB [default: 16MiB].
+    #[arg(long, env = "HERALD_STREAM_MAX_BYTES", value_parser = parse_size)]
+    pub stream_max_bytes: Option<usize>,
     /// Queued deliveries per connection before it is cut off as slow [default: 4096].
     #[arg(long, env = "HERALD_OUTBOX_CAPACITY")]
     pub outbox_capacity: Option<usize>,
@@ -206,6 +209,7 @@ struct FileConfig {
     messages_per_second: Option<u32>,
     max_connections_per_tenant: Option<u64>,
     outbox_capacity: Option<usize>,
+    stream_max_bytes: Option<String>,
     heartbeat_interval: Option<String>,
     heartbeat_timeout: Option<String>,
     max_connections: Option<usize>,
@@ -390,6 +394,12 @@ impl Config {
             )?,
             max_poll_wait: d.max_poll_wait,
             sse_keepalive: d.sse_keepalive,
+            stream_max_bytes: size(
+                args.stream_max_bytes,
+                &file.stream_max_bytes,
+                "stream_max_bytes",
+                d.stream_max_bytes as usize,
+            )? as u64,
         };
         let config = Config {
             listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4000))),
@@ -489,6 +499,7 @@ impl Config {
             ("max_bindings", l.max_bindings),
             ("max_topics_per_connection", l.max_topics_per_connection),
             ("outbox_capacity", l.outbox_capacity),
+            ("stream_max_bytes", l.stream_max_bytes as usize),
         ] {
             if n == 0 {
                 return invalid(name, "must be at least 1".into());

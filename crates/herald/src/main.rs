@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a development JWT signed with the configured secret.
     Token {
         #[arg(long)]
@@ -140,7 +140,7 @@ fn main() -> Result<()> {
         Cmd::Serve(args) => {
             let format = args.log_format.unwrap_or(LogFormat::Text);
             init_logging(format);
-            let config = config(args)?;
+            let config = config(*args)?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await

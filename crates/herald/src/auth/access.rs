@@ -29,7 +29,9 @@ pub fn can_read_topic(p: &Principal, topic: &Topic, job_owner: Option<Option<&st
         (Role::Customer, Topic::Jobs) => false,
         (Role::Customer, Topic::JobsOwner(sub)) => sub.as_str() == &*p.sub,
         (Role::Customer, Topic::Job(_)) => matches!(job_owner, Some(Some(o)) if o == &*p.sub),
-        (_, Topic::Jobs | Topic::JobsOwner(_) | Topic::Job(_)) => true,
+        // A job's output streams follow the job's rules.
+        (Role::Customer, Topic::Stream { .. }) => matches!(job_owner, Some(Some(o)) if o == &*p.sub),
+        (_, Topic::Jobs | Topic::JobsOwner(_) | Topic::Job(_) | Topic::Stream { .. }) => true,
         // Whether the table has an owner column is the session's check (it knows the catalog).
         (Role::Customer, Topic::Table { owner: Some(sub), .. }) => sub.as_str() == &*p.sub,
         (_, Topic::Table { .. }) => true,

@@ -50,6 +50,15 @@ enum Message {
         joins: Value,
         leaves: Value,
     },
+    /// Chunks appended to a job's stream on that node (durable in the shared
+    /// store; this only makes them live here too).
+    Chunks {
+        tenant: String,
+        topic: String,
+        first: u64,
+        count: u64,
+        chunks: Box<RawValue>,
+    },
     Heartbeat {
         counts: HashMap<String, TenantCounts>,
     },
@@ -113,6 +122,9 @@ impl ClusterBroker {
                 self.hub.presence.apply_remote(from, &tenant, &topic, &joins, &leaves);
                 self.hub.publish(&tenant, &topic, Payload::PresenceDiff { joins, leaves });
             }
+            Message::Chunks { tenant, topic, first, count, chunks } => {
+                self.hub.publish(&tenant, &topic, Payload::Chunks { first, count, chunks: Arc::from(chunks) });
+            }
             Message::Heartbeat { counts } => self.hub.set_node_counts(from, counts),
             Message::Hello => self.send(Message::Snapshot { rooms: self.hub.presence.local_rooms() }),
             Message::Snapshot { rooms } => {
@@ -152,6 +164,13 @@ impl Broker for ClusterBroker {
                 topic: topic.to_string(),
                 joins: joins.clone(),
                 leaves: leaves.clone(),
+            }),
+            Payload::Chunks { first, count, chunks } => Some(Message::Chunks {
+                tenant: tenant.to_string(),
+                topic: topic.to_string(),
+                first: *first,
+                count: *count,
+                chunks: RawValue::from_string(chunks.get().to_string()).unwrap_or_else(|_| empty_array()),
             }),
             // Events reach every node through the log, never through here.
             Payload::Event(_) => None,
@@ -232,4 +251,8 @@ async fn beat(broker: std::sync::Weak<ClusterBroker>, seen: Arc<Mutex<HashMap<St
         }
         metrics::gauge!("herald_cluster_nodes").set((seen.lock().len() + 1) as f64);
     }
+}
+
+fn empty_array() -> Box<RawValue> {
+    RawValue::from_string("[]".into()).unwrap_or_default()
 }

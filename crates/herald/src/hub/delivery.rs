@@ -39,6 +39,9 @@ pub enum Payload {
     },
     /// Presence changes in a room.
     PresenceDiff { joins: serde_json::Value, leaves: serde_json::Value },
+    /// Chunks appended to a job's output stream (`stream:<job>:<name>`):
+    /// `chunks` is their JSON array, the first at offset `first`.
+    Chunks { first: u64, count: u64, chunks: Arc<RawValue> },
 }
 
 /// One payload on one topic, shared by every subscriber of that topic.

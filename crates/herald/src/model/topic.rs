@@ -16,6 +16,21 @@ pub enum Topic {
     /// `table:<schema>.<name>` — changes of a captured table;
     /// `table:<schema>.<name>:owner:<sub>` — those of rows `sub` owns.
     Table { schema: String, name: String, owner: Option<String> },
+    /// `stream:<job id>:<name>` — the chunks appended to one output stream of a
+    /// job (its own offsets, not log positions).
+    Stream { job: String, name: String },
+}
+
+/// A stream's name: 1–64 characters of `A-Za-z0-9_-.` (no `:`, which ends the job id).
+pub fn validate_stream_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("stream name {name:?}: 1–64 characters of A-Za-z0-9_-."))
+    }
 }
 
 impl Topic {
@@ -33,6 +48,13 @@ impl Topic {
         }
         if let Some(id) = s.strip_prefix("job:") {
             return Ok(Topic::Job(check("job id", id)?));
+        }
+        if let Some(rest) = s.strip_prefix("stream:") {
+            let Some((job, name)) = rest.rsplit_once(':') else {
+                return Err(format!("stream topic {s:?}: expected stream:<job id>:<name>"));
+            };
+            validate_stream_name(name)?;
+            return Ok(Topic::Stream { job: check("job id", job)?, name: name.to_string() });
         }
         if let Some(sub) = s.strip_prefix("user:") {
             return Ok(Topic::User(check("user", sub)?));
@@ -55,7 +77,7 @@ impl Topic {
             };
         }
         Err(format!(
-            "unknown topic {s:?}; expected job:<id>, jobs, jobs:owner:<sub>, user:<sub>, room:<name> or table:<schema>.<table>"
+            "unknown topic {s:?}; expected job:<id>, jobs, jobs:owner:<sub>, user:<sub>, room:<name>, stream:<job id>:<name> or table:<schema>.<table>"
         ))
     }
 
@@ -75,6 +97,7 @@ impl std::fmt::Display for Topic {
             Topic::Room(n) => write!(f, "room:{n}"),
             Topic::Table { schema, name, owner: None } => write!(f, "table:{schema}.{name}"),
             Topic::Table { schema, name, owner: Some(o) } => write!(f, "table:{schema}.{name}:owner:{o}"),
+            Topic::Stream { job, name } => write!(f, "stream:{job}:{name}"),
         }
     }
 }
@@ -113,13 +136,23 @@ mod tests {
 
     #[test]
     fn parses_every_kind_and_round_trips() {
-        for s in
-            ["job:abc", "jobs", "jobs:owner:u1", "user:u1", "room:lobby", "table:public.t_1", "table:app.x:owner:u1"]
-        {
+        for s in [
+            "job:abc",
+            "jobs",
+            "jobs:owner:u1",
+            "user:u1",
+            "room:lobby",
+            "table:public.t_1",
+            "table:app.x:owner:u1",
+            "stream:a:b:log",
+        ] {
             assert_eq!(Topic::parse(s).unwrap().to_string(), s);
         }
         assert!(Topic::parse("job:").is_err());
         assert!(Topic::parse("nope").is_err());
+        assert_eq!(Topic::parse("stream:a:b:log").unwrap(), Topic::Stream { job: "a:b".into(), name: "log".into() });
+        assert!(Topic::parse("stream:job").is_err());
+        assert!(Topic::parse("stream:job:bad name").is_err());
         assert!(Topic::parse("user:a b").is_err());
     }
 }

@@ -21,6 +21,17 @@ pub enum Command {
         kind: String,
         payload: serde_json::Value,
     },
+    /// Appends chunks to a job's output stream (no event: chunks have offsets
+    /// of their own, and one event per token would drown the log).
+    AppendChunks {
+        job_id: String,
+        stream: String,
+        /// The chunks as one JSON array, serialized once by the caller.
+        chunks: String,
+        count: u64,
+        /// The stream's size bound: older segments go past it.
+        max_bytes: u64,
+    },
     CreateNotification(NewNotification),
     MarkRead {
         recipient: String,

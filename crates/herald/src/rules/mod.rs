@@ -28,8 +28,25 @@ pub async fn write(
     cmd: Command,
     idem: Option<IdempotencyKey>,
 ) -> Result<Reply, WriteError> {
+    write_then(store, tenant, cmd, idem, None).await
+}
+
+/// What runs on the writer once a write is committed, before anyone hears of
+/// it: writes commit in order, so what these publish goes out in commit order.
+pub type OnCommit = Box<dyn FnOnce(&Reply) + Send>;
+
+/// [`write`], running `on_commit` with the reply once it is committed (also
+/// for an idempotent replay, which commits nothing new).
+pub async fn write_then(
+    store: &dyn Writer,
+    tenant: &str,
+    cmd: Command,
+    idem: Option<IdempotencyKey>,
+    on_commit: Option<OnCommit>,
+) -> Result<Reply, WriteError> {
     let (tx, rx) = oneshot::channel();
-    let work = Box::new(Apply { tenant: tenant.to_string(), cmd: Some(cmd), idem, outcome: None, answer: tx });
+    let work =
+        Box::new(Apply { tenant: tenant.to_string(), cmd: Some(cmd), idem, outcome: None, answer: tx, on_commit });
     store.submit(work).await?;
     rx.await.map_err(|_| WriteError::Store(StoreError::unavailable("the writer has stopped")))?
 }
@@ -41,6 +58,7 @@ struct Apply {
     idem: Option<IdempotencyKey>,
     outcome: Option<Result<Reply, WriteError>>,
     answer: oneshot::Sender<Result<Reply, WriteError>>,
+    on_commit: Option<OnCommit>,
 }
 
 impl Work for Apply {
@@ -49,7 +67,8 @@ impl Work for Apply {
         let job = match self.cmd.as_ref()? {
             Command::ReportProgress { job_id, .. }
             | Command::UpsertTask { job_id, .. }
-            | Command::AddArtifact { job_id, .. } => job_id.as_str(),
+            | Command::AddArtifact { job_id, .. }
+            | Command::AppendChunks { job_id, .. } => job_id.as_str(),
             Command::CreateJob(new) => new.id.as_deref()?,
             _ => return None,
         };
@@ -68,6 +87,9 @@ impl Work for Apply {
 
     fn committed(self: Box<Self>) {
         let outcome = self.outcome.unwrap_or_else(|| Err(StoreError::internal("the write did not run").into()));
+        if let (Ok(reply), Some(on_commit)) = (&outcome, self.on_commit) {
+            on_commit(reply);
+        }
         let _ = self.answer.send(outcome);
     }
 
@@ -110,6 +132,19 @@ pub fn apply(tx: &mut dyn WriteTx, tenant: &str, cmd: Command) -> Result<Reply, 
         Command::ReportProgress { job_id, report } => jobs::report_progress(tx, tenant, &job_id, &report),
         Command::UpsertTask { job_id, task_id, upsert } => jobs::upsert_task(tx, tenant, &job_id, &task_id, &upsert),
         Command::AddArtifact { job_id, kind, payload } => jobs::add_artifact(tx, tenant, &job_id, kind, payload),
+        Command::AppendChunks { job_id, stream, chunks, count, max_bytes } => {
+            if tx.job(tenant, &job_id)?.is_none() {
+                return Err(WriteError::NotFound(format!("job {job_id}")));
+            }
+            let a = tx.append_chunks(tenant, &job_id, &stream, &chunks, count, max_bytes)?;
+            let body = serde_json::json!({
+                "stream": stream,
+                "first_offset": a.first,
+                "next_offset": a.next,
+                "floor": a.floor,
+            });
+            Ok(Reply { created: false, body: to_raw(&body)? })
+        }
         Command::CreateNotification(n) => {
             let n = notifications::create(tx, tenant, n, None)?;
             Ok(Reply { created: true, body: to_raw(&n)? })

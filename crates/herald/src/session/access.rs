@@ -11,7 +11,26 @@ use crate::model::Topic;
 /// so existence does not leak. A room named after a job (`room:job:<id>`, where
 /// the dashboard keeps a job's viewers) follows that job's read rules.
 pub async fn authorize(s: &AppState, p: &Principal, raw: &str) -> Result<Topic, SessionError> {
+    let topic = check(s, p, raw, false).await?;
+    refuse_streams(topic)
+}
+
+/// As [`authorize`], for the transports that read job output streams
+/// (`stream:<job>:<name>`, with offsets of their own rather than positions):
+/// the native WebSocket and the streams' HTTP endpoints.
+pub async fn authorize_with_streams(s: &AppState, p: &Principal, raw: &str) -> Result<Topic, SessionError> {
     check(s, p, raw, false).await
+}
+
+/// Streams are read where offsets are understood; elsewhere their topic is refused.
+fn refuse_streams(topic: Topic) -> Result<Topic, SessionError> {
+    if let Topic::Stream { job, name } = &topic {
+        return Err(SessionError::invalid(
+            "invalid_topic",
+            format!("read job output streams over /v1/ws or at /v1/jobs/{job}/streams/{name}"),
+        ));
+    }
+    Ok(topic)
 }
 
 /// As [`authorize`], and a job topic (not a job's room) must name a job that
@@ -19,7 +38,7 @@ pub async fn authorize(s: &AppState, p: &Principal, raw: &str) -> Result<Topic, 
 /// (Socket.IO's `job:subscribe`), where [`authorize`] lets staff watch a job
 /// before its worker creates it.
 pub async fn authorize_existing(s: &AppState, p: &Principal, raw: &str) -> Result<Topic, SessionError> {
-    check(s, p, raw, true).await
+    refuse_streams(check(s, p, raw, true).await?)
 }
 
 async fn check(s: &AppState, p: &Principal, raw: &str, job_must_exist: bool) -> Result<Topic, SessionError> {
@@ -47,6 +66,7 @@ async fn check(s: &AppState, p: &Principal, raw: &str, job_must_exist: bool) -> 
     let job = match &topic {
         Topic::Job(id) => Some(id.as_str()),
         Topic::Room(name) => name.strip_prefix("job:"),
+        Topic::Stream { job, .. } => Some(job.as_str()),
         _ => None,
     };
     if let Some(id) = job {
@@ -92,7 +112,7 @@ pub async fn snapshot(s: &AppState, p: &Principal, topic: &Topic) -> Result<serd
             let (items, unread) = s.store.notifications(&p.tenant, sub, false, 50).await?;
             serde_json::json!({ "notifications": items, "unread_count": unread })
         }
-        Topic::Room(_) => serde_json::json!({}),
+        Topic::Room(_) | Topic::Stream { .. } => serde_json::json!({}),
         Topic::Table { schema, name, owner } => {
             let rows = match s.catalog.get(schema, name) {
                 Some(table) => s.store.table_rows(table, &p.tenant, owner.as_deref(), SNAPSHOT_ROWS).await?,

@@ -13,9 +13,10 @@ pub mod membership;
 pub mod replay;
 pub mod revocation;
 pub mod rooms;
+pub mod stream;
 pub mod token;
 
-pub use access::{authorize, authorize_existing, snapshot};
+pub use access::{authorize, authorize_existing, authorize_with_streams, snapshot};
 pub use close::CloseReason;
 pub use error::{Refusal, SessionError};
 pub use membership::Membership;

@@ -45,6 +45,77 @@ pub struct JobListSnapshot {
     pub recent: Vec<(String, u64)>,
 }
 
+/// Chunks read from a job's output stream (`Reads::stream_chunks`).
+#[derive(Debug, Clone, Default)]
+pub struct ChunkPage {
+    /// The oldest offset still kept (retention and the size bound drop older chunks).
+    pub floor: u64,
+    /// The offset the next chunk appended will get: the stream's end.
+    pub next: u64,
+    /// The offset of `chunks[0]` (the one asked for, or `floor` if that was gone).
+    pub first: u64,
+    pub chunks: Vec<Box<serde_json::value::RawValue>>,
+}
+
+/// One output stream of a job (`Reads::streams`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct StreamInfo {
+    pub name: String,
+    /// The oldest offset still kept.
+    pub floor: u64,
+    /// The offset the next chunk will get.
+    pub next_offset: u64,
+    /// Bytes of chunks kept.
+    pub bytes: u64,
+    #[serde(with = "crate::model::time::rfc3339")]
+    #[schema(value_type = String)]
+    pub updated_at: i64,
+}
+
+/// Parses a stored segment (a JSON array of chunks) into its chunks.
+pub(crate) fn segment_chunks(json: &str) -> Result<Vec<Box<serde_json::value::RawValue>>, StoreError> {
+    serde_json::from_str(json).map_err(StoreError::corrupt)
+}
+
+/// Gathers a page of chunks from segments `(first, chunks_json)` in offset order.
+pub(crate) fn chunk_page(
+    next: u64,
+    floor: u64,
+    from: u64,
+    segments: impl IntoIterator<Item = Result<(u64, String), StoreError>>,
+    max_chunks: usize,
+    max_bytes: usize,
+) -> Result<crate::store::ChunkPage, StoreError> {
+    let first = from.max(floor).min(next);
+    let mut page = crate::store::ChunkPage { floor, next, first, chunks: Vec::new() };
+    let mut bytes = 0;
+    'segments: for segment in segments {
+        let (seg_first, json) = segment?;
+        for (i, chunk) in segment_chunks(&json)?.into_iter().enumerate() {
+            if seg_first + (i as u64) < first {
+                continue;
+            }
+            if page.chunks.len() >= max_chunks || (bytes + chunk.get().len() > max_bytes && !page.chunks.is_empty()) {
+                break 'segments;
+            }
+            bytes += chunk.get().len();
+            page.chunks.push(chunk);
+        }
+    }
+    Ok(page)
+}
+
+/// Where an append went in its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first chunk appended.
+    pub first: u64,
+    /// The stream's end after it.
+    pub next: u64,
+    /// The oldest offset still kept after the size bound trimmed it.
+    pub floor: u64,
+}
+
 /// A page of results and the cursor of the next one.
 #[derive(Debug, Clone)]
 pub struct Page<T> {
@@ -189,6 +260,18 @@ pub trait WriteTx {
         fingerprint: &str,
         reply: &str,
     ) -> Result<(), StoreError>;
+    /// Appends one segment of chunks (`chunks_json`, a JSON array of `count`
+    /// chunks, `bytes` long) to a job's stream, then drops its oldest segments
+    /// while it holds more than `max_bytes` (never the one just appended).
+    fn append_chunks(
+        &mut self,
+        tenant: &str,
+        job_id: &str,
+        stream: &str,
+        chunks_json: &str,
+        count: u64,
+        max_bytes: u64,
+    ) -> Result<Appended, StoreError>;
     /// Stores (or replaces) what a recoverable realtime session holds, as a
     /// JSON document, for the client that comes back with its id.
     /// Stores a session's state, unless the stored one is newer than `at` (default: now).
@@ -231,6 +314,19 @@ pub trait Reads: Send + Sync + 'static {
         max_rows: usize,
     ) -> Result<JobListSnapshot, StoreError>;
     async fn tasks(&self, tenant: &str, job_id: &str) -> Result<Vec<Task>, StoreError>;
+    /// Chunks of a job's stream from offset `from` (or the floor, if older):
+    /// at most `max_chunks`, and past `max_bytes` the page ends early.
+    async fn stream_chunks(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        stream: &str,
+        from: u64,
+        max_chunks: usize,
+        max_bytes: usize,
+    ) -> Result<ChunkPage, StoreError>;
+    /// The output streams of a job.
+    async fn streams(&self, tenant: &str, job_id: &str) -> Result<Vec<StreamInfo>, StoreError>;
     async fn artifacts(&self, tenant: &str, job_id: &str) -> Result<Vec<Artifact>, StoreError>;
     /// A recipient's notifications (newest first) and their unread count.
     async fn notifications(

@@ -7,6 +7,7 @@ use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::hub::{ConnectionGuard, Delivery, Payload, WireFormat};
 use crate::model::{Event, Position, Topic};
+use crate::session::stream::{chunks_array, Admit, StreamCursor, StreamRef};
 use crate::session::{
     authorize, expiry_instant, head, revocation, snapshot, CloseReason, Cursor, Deadline, KeyChanges, Membership,
     Replay, ReplayPage, SessionError,
@@ -63,6 +64,9 @@ fn delivery_frame(d: &Delivery) -> Bytes {
                 let body = serde_json::json!({ "topic": &*d.topic, "joins": joins, "leaves": leaves });
                 frame(None, "presence_diff", &body.to_string())
             }
+            // Topic streams cannot carry job output streams (`authorize` refuses
+            // them); theirs is /v1/jobs/{id}/streams/{name}/sse.
+            Payload::Chunks { .. } => String::new(),
         })
     })
 }
@@ -330,4 +334,77 @@ pub(crate) async fn finish(member: &mut Membership, tx: &mpsc::Sender<Bytes>, en
             goodbye(tx, reason, false).await;
         }
     }
+}
+
+/// A job output stream's SSE message: `id` is the offset after its chunks.
+fn chunks_message(first: u64, count: u64, chunks: &str) -> Bytes {
+    let data = format!(r#"{{"offset":{first},"chunks":{chunks}}}"#);
+    Bytes::from(frame(Some(first + count), "chunks", &data))
+}
+
+/// SSE's cache slot for chunk messages (their frame differs from a topic stream's).
+static SSE_CHUNKS: std::sync::LazyLock<WireFormat> = std::sync::LazyLock::new(WireFormat::register);
+
+/// Live chunks of one stream, past the reader's offset.
+struct ChunkFeed {
+    cursor: StreamCursor,
+}
+
+impl Feed for ChunkFeed {
+    fn messages(&mut self, d: &Arc<Delivery>, out: &mut Vec<Bytes>) -> Result<(), Ended> {
+        let Payload::Chunks { first, count, chunks } = &d.payload else { return Ok(()) };
+        match self.cursor.admit(*first, *count, chunks) {
+            Admit::Skip => {}
+            Admit::Whole => out.push(d.frame(*SSE_CHUNKS, |_| chunks_message(*first, *count, chunks.get()))),
+            Admit::Part { first, count, chunks } => out.push(chunks_message(first, count, chunks.get())),
+            Admit::Gap => return Err(Ended("gap")),
+        }
+        Ok(())
+    }
+}
+
+/// Follows a job's output stream from `start`: the stored chunks page by
+/// page, then live ones; a gap in the live ones goes back to the store.
+pub(crate) async fn follow_stream(
+    s: AppState,
+    p: Principal,
+    stream: StreamRef,
+    start: u64,
+    mut member: Membership,
+    mut inbox: crate::hub::Inbox,
+    tx: mpsc::Sender<Bytes>,
+) {
+    if tx.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
+        return;
+    }
+    let mut cursor = StreamCursor::at(start);
+    let end = 'follow: loop {
+        loop {
+            let page = match stream.page(&s, cursor).await {
+                Ok(page) => page,
+                Err(_) => break 'follow Some(StreamEnd::Closed(CloseReason::Unavailable)),
+            };
+            if page.first > cursor.next {
+                let body = serde_json::json!({ "from": cursor.next, "to": page.first });
+                if tx.send(Bytes::from(frame(Some(page.first), "truncated", &body.to_string()))).await.is_err() {
+                    break 'follow None;
+                }
+                cursor = StreamCursor::at(page.first);
+            }
+            if page.chunks.is_empty() {
+                break;
+            }
+            let message = chunks_message(page.first, page.chunks.len() as u64, &chunks_array(&page));
+            if tx.send(message).await.is_err() {
+                break 'follow None;
+            }
+            cursor.read(&page);
+        }
+        let mut feed = ChunkFeed { cursor };
+        match live(&s, &p, &tx, &mut inbox, &mut feed).await {
+            Some(StreamEnd::Feed(Ended("gap"))) => cursor = feed.cursor,
+            other => break other,
+        }
+    };
+    finish(&mut member, &tx, end).await;
 }

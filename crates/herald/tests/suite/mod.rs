@@ -24,3 +24,4 @@ mod resume;
 mod sdk;
 mod session_limits;
 mod sse;
+mod streams;

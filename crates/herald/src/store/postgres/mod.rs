@@ -210,6 +210,22 @@ impl Reads for PgStore {
         read::job_list(&self.pool, tenant, vis, query, now_ms, max_rows).await
     }
 
+    async fn stream_chunks(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        stream: &str,
+        from: u64,
+        max_chunks: usize,
+        max_bytes: usize,
+    ) -> Result<crate::store::ChunkPage, StoreError> {
+        read::stream_chunks(&self.pool, tenant, job_id, stream, from, max_chunks, max_bytes).await
+    }
+
+    async fn streams(&self, tenant: &str, job_id: &str) -> Result<Vec<crate::store::StreamInfo>, StoreError> {
+        read::streams(&self.pool, tenant, job_id).await
+    }
+
     async fn tasks(&self, tenant: &str, job_id: &str) -> Result<Vec<Task>, StoreError> {
         read::tasks(&self.pool, tenant, job_id).await
     }

@@ -551,3 +551,69 @@ fn captured_rows_sql(t: &CapturedTable, q: &RowQuery, p: &mut Params) -> Result<
     sql.push_str(&format!(" LIMIT {limit} OFFSET {offset}"));
     Ok(Some(sql))
 }
+
+pub async fn stream_chunks(
+    pool: &Pool,
+    tenant: &str,
+    job_id: &str,
+    stream: &str,
+    from: u64,
+    max_chunks: usize,
+    max_bytes: usize,
+) -> Result<crate::store::ChunkPage, StoreError> {
+    let mut c = conn(pool).await?;
+    // One snapshot: the floor, the end and the segments agree.
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let head = tx
+        .query_opt(
+            "SELECT s.next_offset, (SELECT min(g.first) FROM herald.stream_segments g
+               WHERE g.tenant = s.tenant AND g.job_id = s.job_id AND g.name = s.name)
+             FROM herald.streams s WHERE s.tenant = $1 AND s.job_id = $2 AND s.name = $3",
+            &[&tenant, &job_id, &stream],
+        )
+        .await?;
+    let Some(head) = head else { return Ok(crate::store::ChunkPage::default()) };
+    let next = head.get::<_, i64>(0);
+    let floor = head.get::<_, Option<i64>>(1).unwrap_or(next);
+    let from_i = from.max(floor as u64) as i64;
+    let rows = tx
+        .query(
+            "SELECT first, chunks FROM herald.stream_segments WHERE tenant = $1 AND job_id = $2 AND name = $3
+             AND first + count > $4 ORDER BY first LIMIT $5",
+            &[&tenant, &job_id, &stream, &from_i, &(max_chunks as i64)],
+        )
+        .await?;
+    tx.commit().await?;
+    let segments = rows.iter().map(|r| Ok((r.get::<_, i64>(0) as u64, r.get::<_, String>(1))));
+    crate::store::chunk_page(next as u64, floor as u64, from, segments, max_chunks, max_bytes)
+}
+
+pub async fn streams(pool: &Pool, tenant: &str, job_id: &str) -> Result<Vec<crate::store::StreamInfo>, StoreError> {
+    let c = conn(pool).await?;
+    let rows = c
+        .query(
+            "SELECT s.name, s.next_offset, s.bytes, s.updated_at, (SELECT min(g.first) FROM herald.stream_segments g
+               WHERE g.tenant = s.tenant AND g.job_id = s.job_id AND g.name = s.name)
+             FROM herald.streams s WHERE s.tenant = $1 AND s.job_id = $2 ORDER BY s.name",
+            &[&tenant, &job_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let next = r.get::<_, i64>(1) as u64;
+            crate::store::StreamInfo {
+                name: r.get(0),
+                next_offset: next,
+                bytes: r.get::<_, i64>(2) as u64,
+                updated_at: r.get(3),
+                floor: r.get::<_, Option<i64>>(4).map_or(next, |f| f as u64),
+            }
+        })
+        .collect())
+}

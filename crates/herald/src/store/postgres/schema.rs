@@ -232,6 +232,31 @@ CREATE INDEX api_keys_by_change ON herald.api_keys (changed_at);
     r#"
 CREATE INDEX jobs_by_tenant_updated ON herald.jobs (tenant, updated_at);
 "#,
+    // Job output streams: one row per append (a segment of chunks), not per
+    // chunk. Not published: chunks are no one's events.
+    r#"
+CREATE TABLE herald.streams (
+    tenant text NOT NULL,
+    job_id text NOT NULL,
+    name text NOT NULL,
+    next_offset bigint NOT NULL,
+    bytes bigint NOT NULL,
+    updated_at bigint NOT NULL,
+    PRIMARY KEY (tenant, job_id, name)
+);
+CREATE TABLE herald.stream_segments (
+    tenant text NOT NULL,
+    job_id text NOT NULL,
+    name text NOT NULL,
+    first bigint NOT NULL,
+    count bigint NOT NULL,
+    bytes bigint NOT NULL,
+    at bigint NOT NULL,
+    chunks text NOT NULL,
+    PRIMARY KEY (tenant, job_id, name, first)
+);
+CREATE INDEX stream_segments_by_time ON herald.stream_segments (at);
+"#,
 ];
 
 /// Creates schema `herald` and brings it up to date.

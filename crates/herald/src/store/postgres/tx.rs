@@ -4,7 +4,7 @@
 
 use super::rows::{parse_row, JobRow, NotificationRow, TaskRow};
 use crate::model::{Artifact, Job, Notification, Task};
-use crate::store::{ApiKeyRecord, NewEvent, StoreError, StoreErrorKind, WriteTx};
+use crate::store::{ApiKeyRecord, Appended, NewEvent, StoreError, StoreErrorKind, WriteTx};
 use postgres::types::ToSql;
 use postgres::{Statement, Transaction};
 use std::collections::HashMap;
@@ -329,6 +329,13 @@ impl WriteTx for PgTx<'_, '_> {
         let statement = self.prepared("SELECT max(position) FROM herald.events WHERE time < $1")?;
         let max: Option<i64> = self.tx.query_one(&statement, &[&before_ms])?.get(0);
         self.execute("DELETE FROM herald.sessions WHERE saved_at < $1", &[&before_ms])?;
+        if self.execute("DELETE FROM herald.stream_segments WHERE at < $1", &[&before_ms])? > 0 {
+            self.execute(
+                "UPDATE herald.streams s SET bytes = coalesce((SELECT sum(g.bytes) FROM herald.stream_segments g
+                   WHERE g.tenant = s.tenant AND g.job_id = s.job_id AND g.name = s.name), 0)",
+                &[],
+            )?;
+        }
         let Some(max) = max else { return Ok(0) };
         self.execute("DELETE FROM herald.event_topics WHERE position <= $1", &[&max])?;
         let pruned = self.execute("DELETE FROM herald.events WHERE position <= $1", &[&max])?;
@@ -424,5 +431,62 @@ impl WriteTx for PgTx<'_, '_> {
             &[&tenant, &id, &sub, &doc, &saved_at],
         )?;
         Ok(())
+    }
+
+    fn append_chunks(
+        &mut self,
+        tenant: &str,
+        job_id: &str,
+        stream: &str,
+        chunks_json: &str,
+        count: u64,
+        max_bytes: u64,
+    ) -> Result<Appended, StoreError> {
+        let (count, bytes, now) = (count as i64, chunks_json.len() as i64, self.now);
+        // One statement gives the offsets: concurrent appends cannot share one.
+        let statement = self.prepared(
+            "INSERT INTO herald.streams (tenant, job_id, name, next_offset, bytes, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (tenant, job_id, name) DO UPDATE SET next_offset = herald.streams.next_offset + excluded.next_offset,
+               bytes = herald.streams.bytes + excluded.bytes, updated_at = excluded.updated_at
+             RETURNING next_offset, bytes",
+        )?;
+        let row = self.tx.query_one(&statement, &[&tenant, &job_id, &stream, &count, &bytes, &now])?;
+        let (next, mut total): (i64, i64) = (row.get(0), row.get(1));
+        let first = next - count;
+        self.execute(
+            "INSERT INTO herald.stream_segments (tenant, job_id, name, first, count, bytes, at, chunks)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&tenant, &job_id, &stream, &first, &count, &bytes, &now, &chunks_json],
+        )?;
+        if total > max_bytes as i64 {
+            let statement = self.prepared(
+                "SELECT first, bytes FROM herald.stream_segments WHERE tenant = $1 AND job_id = $2 AND name = $3
+                 AND first < $4 ORDER BY first LIMIT 1024",
+            )?;
+            let oldest = self.tx.query(&statement, &[&tenant, &job_id, &stream, &first])?;
+            let mut cut = None;
+            for row in oldest {
+                if total <= max_bytes as i64 {
+                    break;
+                }
+                total -= row.get::<_, i64>(1);
+                cut = Some(row.get::<_, i64>(0));
+            }
+            if let Some(cut) = cut {
+                self.execute(
+                    "DELETE FROM herald.stream_segments WHERE tenant = $1 AND job_id = $2 AND name = $3 AND first <= $4",
+                    &[&tenant, &job_id, &stream, &cut],
+                )?;
+                self.execute(
+                    "UPDATE herald.streams SET bytes = $4 WHERE tenant = $1 AND job_id = $2 AND name = $3",
+                    &[&tenant, &job_id, &stream, &total],
+                )?;
+            }
+        }
+        let statement = self.prepared(
+            "SELECT min(first) FROM herald.stream_segments WHERE tenant = $1 AND job_id = $2 AND name = $3",
+        )?;
+        let floor: Option<i64> = self.tx.query_one(&statement, &[&tenant, &job_id, &stream])?.get(0);
+        Ok(Appended { first: first as u64, next: next as u64, floor: floor.unwrap_or(first) as u64 })
     }
 }

@@ -148,6 +148,24 @@ impl Reads for SqliteStore {
         self.readers.with(move |c| read::job_list(c, &tenant, &vis, &query, now_ms, max_rows)).await
     }
 
+    async fn stream_chunks(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        stream: &str,
+        from: u64,
+        max_chunks: usize,
+        max_bytes: usize,
+    ) -> Result<crate::store::ChunkPage, StoreError> {
+        let (tenant, job_id, stream) = (tenant.to_string(), job_id.to_string(), stream.to_string());
+        self.readers.with(move |c| read::stream_chunks(c, &tenant, &job_id, &stream, from, max_chunks, max_bytes)).await
+    }
+
+    async fn streams(&self, tenant: &str, job_id: &str) -> Result<Vec<crate::store::StreamInfo>, StoreError> {
+        let (tenant, job_id) = (tenant.to_string(), job_id.to_string());
+        self.readers.with(move |c| read::streams(c, &tenant, &job_id)).await
+    }
+
     async fn tasks(&self, tenant: &str, job_id: &str) -> Result<Vec<Task>, StoreError> {
         let (tenant, job_id) = (tenant.to_string(), job_id.to_string());
         self.readers.with(move |c| read::tasks(c, &tenant, &job_id)).await

@@ -395,3 +395,62 @@ pub fn job_list(
     // Nothing newer than the head can have reached the jobs read: no versions needed.
     Ok(crate::store::JobListSnapshot { head, jobs, truncated, recent: Vec::new() })
 }
+
+pub fn stream_chunks(
+    c: &Connection,
+    tenant: &str,
+    job_id: &str,
+    stream: &str,
+    from: u64,
+    max_chunks: usize,
+    max_bytes: usize,
+) -> Result<crate::store::ChunkPage, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let next: Option<i64> = tx
+        .prepare_cached("SELECT next_offset FROM streams WHERE tenant = ?1 AND job_id = ?2 AND name = ?3")?
+        .query_row(params![tenant, job_id, stream], |r| r.get(0))
+        .optional()?;
+    let Some(next) = next else { return Ok(crate::store::ChunkPage::default()) };
+    let floor: i64 = tx
+        .prepare_cached("SELECT min(first) FROM stream_segments WHERE tenant = ?1 AND job_id = ?2 AND name = ?3")?
+        .query_row(params![tenant, job_id, stream], |r| r.get::<_, Option<i64>>(0))?
+        .unwrap_or(next);
+    let mut stmt = tx.prepare_cached(
+        "SELECT first, chunks FROM stream_segments WHERE tenant = ?1 AND job_id = ?2 AND name = ?3
+         AND first + count > ?4 ORDER BY first LIMIT ?5",
+    )?;
+    let from_i = from.max(floor as u64) as i64;
+    let rows = stmt.query_map(params![tenant, job_id, stream, from_i, max_chunks as i64], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+    })?;
+    let page = crate::store::chunk_page(
+        next as u64,
+        floor as u64,
+        from,
+        rows.map(|r| r.map_err(StoreError::from)),
+        max_chunks,
+        max_bytes,
+    );
+    drop(stmt);
+    tx.commit()?;
+    page
+}
+
+pub fn streams(c: &Connection, tenant: &str, job_id: &str) -> Result<Vec<crate::store::StreamInfo>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT s.name, s.next_offset, s.bytes, s.updated_at,
+                (SELECT min(g.first) FROM stream_segments g WHERE g.tenant = s.tenant AND g.job_id = s.job_id AND g.name = s.name)
+         FROM streams s WHERE s.tenant = ?1 AND s.job_id = ?2 ORDER BY s.name",
+    )?;
+    let rows = stmt.query_map(params![tenant, job_id], |r| {
+        let next = r.get::<_, i64>(1)? as u64;
+        Ok(crate::store::StreamInfo {
+            name: r.get(0)?,
+            next_offset: next,
+            bytes: r.get::<_, i64>(2)? as u64,
+            updated_at: r.get(3)?,
+            floor: r.get::<_, Option<i64>>(4)?.map_or(next, |f| f as u64),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

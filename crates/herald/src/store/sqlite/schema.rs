@@ -109,6 +109,30 @@ ALTER TABLE api_keys ADD COLUMN changed_at INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at);
 CREATE INDEX api_keys_by_change ON api_keys (changed_at);
 "#,
+    // Job output streams: one row per append (a segment of chunks), not per chunk.
+    r#"
+CREATE TABLE streams (
+    tenant TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    next_offset INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, job_id, name)
+);
+CREATE TABLE stream_segments (
+    tenant TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    chunks TEXT NOT NULL,
+    PRIMARY KEY (tenant, job_id, name, first)
+);
+CREATE INDEX stream_segments_by_time ON stream_segments (at);
+"#,
 ];
 
 /// Brings the schema up to date.

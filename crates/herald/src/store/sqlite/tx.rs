@@ -3,7 +3,7 @@
 //! are kept here until the commit, when the writer hands them to the feed.
 
 use crate::model::{Artifact, Event, Job, Notification, Position, Task};
-use crate::store::{ApiKeyRecord, NewEvent, StoreError, StoreErrorKind, WriteTx, API_KEY_COLUMNS};
+use crate::store::{ApiKeyRecord, Appended, NewEvent, StoreError, StoreErrorKind, WriteTx, API_KEY_COLUMNS};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -206,6 +206,13 @@ impl WriteTx for SqliteTx<'_> {
             self.conn
                 .query_row("SELECT max(position) FROM events WHERE time < ?1", params![before_ms], |r| r.get(0))?;
         self.conn.execute("DELETE FROM sessions WHERE saved_at < ?1", params![before_ms])?;
+        if self.conn.execute("DELETE FROM stream_segments WHERE at < ?1", params![before_ms])? > 0 {
+            self.conn.execute(
+                "UPDATE streams SET bytes = coalesce((SELECT sum(g.bytes) FROM stream_segments g
+                   WHERE g.tenant = streams.tenant AND g.job_id = streams.job_id AND g.name = streams.name), 0)",
+                [],
+            )?;
+        }
         let Some(max) = max else { return Ok(0) };
         self.conn.execute("DELETE FROM event_topics WHERE position <= ?1", params![max])?;
         let pruned = self.conn.execute("DELETE FROM events WHERE position <= ?1", params![max])?;
@@ -297,5 +304,68 @@ impl WriteTx for SqliteTx<'_> {
             )?
             .execute(params![tenant, id, sub, doc, at.unwrap_or(self.now)])?;
         Ok(())
+    }
+
+    fn append_chunks(
+        &mut self,
+        tenant: &str,
+        job_id: &str,
+        stream: &str,
+        chunks_json: &str,
+        count: u64,
+        max_bytes: u64,
+    ) -> Result<Appended, StoreError> {
+        let bytes = chunks_json.len() as i64;
+        // One statement gives the offsets: concurrent appends cannot share one.
+        let (next, mut total): (i64, i64) = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO streams (tenant, job_id, name, next_offset, bytes, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (tenant, job_id, name) DO UPDATE SET next_offset = next_offset + excluded.next_offset,
+                   bytes = bytes + excluded.bytes, updated_at = excluded.updated_at
+                 RETURNING next_offset, bytes",
+            )?
+            .query_row(params![tenant, job_id, stream, count as i64, bytes, self.now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let first = next - count as i64;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO stream_segments (tenant, job_id, name, first, count, bytes, at, chunks)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![tenant, job_id, stream, first, count as i64, bytes, self.now, chunks_json])?;
+        if total > max_bytes as i64 {
+            let oldest: Vec<(i64, i64)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT first, bytes FROM stream_segments WHERE tenant = ?1 AND job_id = ?2 AND name = ?3
+                     AND first < ?4 ORDER BY first LIMIT 1024",
+                )?
+                .query_map(params![tenant, job_id, stream, first], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut cut = None;
+            for (seg_first, seg_bytes) in oldest {
+                if total <= max_bytes as i64 {
+                    break;
+                }
+                total -= seg_bytes;
+                cut = Some(seg_first);
+            }
+            if let Some(cut) = cut {
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM stream_segments WHERE tenant = ?1 AND job_id = ?2 AND name = ?3 AND first <= ?4",
+                    )?
+                    .execute(params![tenant, job_id, stream, cut])?;
+                self.conn
+                    .prepare_cached("UPDATE streams SET bytes = ?4 WHERE tenant = ?1 AND job_id = ?2 AND name = ?3")?
+                    .execute(params![tenant, job_id, stream, total])?;
+            }
+        }
+        let floor: i64 = self
+            .conn
+            .prepare_cached("SELECT min(first) FROM stream_segments WHERE tenant = ?1 AND job_id = ?2 AND name = ?3")?
+            .query_row(params![tenant, job_id, stream], |r| r.get::<_, Option<i64>>(0))?
+            .unwrap_or(first);
+        Ok(Appended { first: first as u64, next: next as u64, floor: floor as u64 })
     }
 }

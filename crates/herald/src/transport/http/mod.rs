@@ -11,6 +11,7 @@ pub mod keys;
 pub mod notifications;
 pub mod openapi;
 pub mod ops;
+pub mod streams;
 
 use crate::app::AppState;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -28,6 +29,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/progress", post(jobs::report_progress))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/jobs/{id}/streams", get(streams::list))
+        .route("/v1/jobs/{id}/streams/{name}", post(streams::append).get(streams::read))
+        .route("/v1/jobs/{id}/streams/{name}/sse", get(streams::follow))
         .route("/v1/jobs/{id}/tasks", get(jobs::list_tasks))
         .route("/v1/jobs/{id}/tasks/{task_id}", put(jobs::upsert_task))
         .route("/v1/jobs/{id}/artifacts", post(jobs::add_artifact).get(jobs::list_artifacts))

@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
-use super::{broadcast, error, events, inspect, jobs, keys, notifications, ops};
+use super::{broadcast, error, events, inspect, jobs, keys, notifications, ops, streams};
 use crate::transport::dashboard;
 use crate::transport::phoenix;
 use crate::transport::postgrest;
@@ -15,6 +15,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         jobs::create_job, jobs::report_progress, jobs::cancel_job, jobs::upsert_task, jobs::add_artifact,
         jobs::list_jobs, jobs::get_job, jobs::list_tasks, jobs::list_artifacts,
+        streams::append, streams::list, streams::read, streams::follow,
         events::poll_events,
         notifications::create, notifications::list, notifications::read_one, notifications::read_all,
         broadcast::broadcast,

@@ -828,6 +828,8 @@ impl Session {
                     out.push(frame);
                 }
             }
+            // Channels cannot join job output streams (`authorize` refuses them).
+            Payload::Chunks { .. } => {}
             Payload::PresenceDiff { joins, leaves } => {
                 let topic = channel_of(&d.topic);
                 if !targets.iter().any(|t| self.channels.get(t).is_some_and(|c| c.presence_synced)) {

@@ -105,6 +105,8 @@ pub fn delivery_packets(d: &Delivery) -> Packets {
                 let body = serde_json::json!({ "room": room, "joins": joins, "leaves": leaves });
                 Arc::from([Str::from(packet::event("presence:diff", &body.to_string()))])
             }
+            // Socket.IO clients cannot subscribe to job output streams (`authorize` refuses them).
+            Payload::Chunks { .. } => Arc::from([]),
         }
     })
 }

@@ -111,6 +111,7 @@ pub fn delivery(d: &Delivery) -> Utf8Bytes {
                 "leaves": leaves,
             })
             .to_string(),
+            Payload::Chunks { first, chunks, .. } => chunks_json(&d.topic, *first, chunks.get()),
         }
         .into()
     })
@@ -125,4 +126,11 @@ pub fn list_snapshot(list: &str, position: crate::model::Position, jobs: &[crate
 pub fn list_change(list: &str, c: &crate::session::job_list::Change) -> Utf8Bytes {
     let name = serde_json::to_string(list).unwrap_or_default();
     Utf8Bytes::from(format!(r#"{{"op":"list_change","list":{name},{}}}"#, c.json_fields()))
+}
+
+/// Chunks of a job's output stream: `{"op":"chunks","topic","offset","chunks"}`,
+/// `offset` being the first chunk's; the array is spliced in as stored.
+pub fn chunks_json(topic: &str, first: u64, chunks: &str) -> String {
+    let topic = serde_json::to_string(topic).unwrap_or_default();
+    format!(r#"{{"op":"chunks","topic":{topic},"offset":{first},"chunks":{chunks}}}"#)
 }

@@ -10,9 +10,10 @@ use crate::model::topic::{inbox_topic, TENANT_TOPIC};
 use crate::model::{JobQuery, Position, Topic};
 use crate::session::job_list::{JobList, TooLarge};
 use crate::session::rooms::{self, Broadcast};
+use crate::session::stream::{chunks_array, Admit, StreamCursor, StreamRef};
 use crate::session::{
-    authorize, head, revocation, snapshot, token, CloseReason, Cursor, Deadline, KeyChanges, Membership, Replay,
-    ReplayPage, SessionError,
+    authorize, authorize_with_streams, head, revocation, snapshot, token, CloseReason, Cursor, Deadline, KeyChanges,
+    Membership, Replay, ReplayPage, SessionError,
 };
 use crate::transport::conn::{self, Batch, Frame, Heartbeat, RateLimit, Read, Verdict, Written, WsSink, WsStream};
 use crate::transport::http::extract::MAX_JSON_DEPTH;
@@ -37,6 +38,8 @@ struct Sub {
     topic: Topic,
     /// The last event position sent; anything at or below it is a duplicate.
     cursor: Cursor,
+    /// For a job output stream (`stream:<job>:<name>`): which, and the next offset to send.
+    stream: Option<(StreamRef, StreamCursor)>,
 }
 
 struct Session {
@@ -47,6 +50,8 @@ struct Session {
     subs: HashMap<Arc<str>, Sub>,
     /// Live job lists, by the client's name.
     lists: HashMap<String, JobList>,
+    /// Streams whose live chunks skipped ahead in the last batch: read from the store next.
+    gaps: Vec<Arc<str>>,
     rate: RateLimit,
 }
 
@@ -71,6 +76,7 @@ pub async fn serve(
         member,
         subs: HashMap::new(),
         lists: HashMap::new(),
+        gaps: Vec::new(),
         rate: RateLimit::new(s.limits.messages_per_second, Some(FLOOD_TOLERANCE)),
     };
     let reason = session.drive(&mut sink, &mut stream, &mut inbox, initial).await;
@@ -165,6 +171,11 @@ impl Session {
                             return Some((CloseReason::SlowConsumer, "send queue overflowed; reconnect and resume with since".into()));
                         }
                     }
+                    for topic in std::mem::take(&mut self.gaps) {
+                        if let Err(r) = Box::pin(self.catch_up(sink, &topic)).await {
+                            return Some(r);
+                        }
+                    }
                 }
                 _ = conn::sleep_until_ms(expiry.unwrap_or(0)), if expiry.is_some() => {
                     let now = crate::model::time::now_ms();
@@ -193,6 +204,21 @@ impl Session {
         let mut now = None;
         let mut outgrown = Vec::new();
         for d in batch {
+            if let Payload::Chunks { first, count, chunks } = &d.payload {
+                let Some((_, cursor)) = self.subs.get_mut(&*d.topic).and_then(|s| s.stream.as_mut()) else { continue };
+                if self.gaps.contains(&d.topic) {
+                    continue;
+                }
+                match cursor.admit(*first, *count, chunks) {
+                    Admit::Skip => {}
+                    Admit::Whole => out.push(frames::delivery(&d)),
+                    Admit::Part { first, chunks, .. } => {
+                        out.push(Utf8Bytes::from(frames::chunks_json(&d.topic, first, chunks.get())))
+                    }
+                    Admit::Gap => self.gaps.push(Arc::clone(&d.topic)),
+                }
+                continue;
+            }
             if let Payload::Event(e) = &d.payload {
                 for (name, list) in &mut self.lists {
                     if *list.key.topic != *d.topic {
@@ -391,7 +417,7 @@ impl Session {
             return Ok(Err(e));
         }
         let key = self.member.join(&p.tenant, raw);
-        self.subs.insert(Arc::clone(&key.topic), Sub { key, topic: room, cursor: Cursor::default() });
+        self.subs.insert(Arc::clone(&key.topic), Sub { key, topic: room, cursor: Cursor::default(), stream: None });
         let state = self.s.hub.presence.state(&p.tenant, raw);
         self.send(sink, frames::text(json!({ "op": "presence_state", "topic": raw, "state": state }))).await?;
         Ok(Ok(()))
@@ -412,10 +438,14 @@ impl Session {
         if let Err(e) = self.check_room_for_one_more(&p.tenant, raw) {
             return self.refuse(sink, id, e).await;
         }
-        let topic = match authorize(&self.s, p, raw).await {
+        let topic = match authorize_with_streams(&self.s, p, raw).await {
             Ok(t) => t,
             Err(e) => return self.refuse(sink, id, e).await,
         };
+        if let Topic::Stream { job, name } = &topic {
+            let stream = StreamRef { tenant: Arc::clone(&p.tenant), job: job.clone(), name: name.clone() };
+            return self.subscribe_stream(sink, p, raw, topic.clone(), stream, since, id).await;
+        }
         if topic.is_room() {
             self.send(sink, frames::ack(id, json!({ "topic": raw }))).await?;
             if let Err(e) = self.subscribe_room(sink, p, raw, topic).await? {
@@ -426,7 +456,7 @@ impl Session {
         // Live first, then the log: anything committed meanwhile arrives twice at
         // most, and the cursor drops the second copy.
         let key = self.member.join_with(&p.tenant, raw, conflate);
-        self.subs.insert(Arc::clone(&key.topic), Sub { key, topic, cursor: Cursor::default() });
+        self.subs.insert(Arc::clone(&key.topic), Sub { key, topic, cursor: Cursor::default(), stream: None });
         let position = match head(&self.s).await {
             Ok(h) => h,
             Err(e) => {
@@ -528,6 +558,59 @@ impl Session {
         true
     }
 
+    /// Subscribes to a job output stream: live first, then (with `since`, the
+    /// next offset wanted) the stored chunks from there.
+    #[allow(clippy::too_many_arguments)]
+    async fn subscribe_stream(
+        &mut self,
+        sink: &mut impl WsSink,
+        p: &Principal,
+        raw: &str,
+        topic: Topic,
+        stream: StreamRef,
+        since: Option<u64>,
+        id: &Option<Value>,
+    ) -> Result<(), Fatal> {
+        let key = self.member.join(&p.tenant, raw);
+        let end = match stream.end(&self.s).await {
+            Ok(end) => end,
+            Err(e) => {
+                self.member.leave(&key);
+                return self.refuse(sink, id, e).await;
+            }
+        };
+        let cursor = StreamCursor::at(since.unwrap_or(end));
+        let sub = Sub { key, topic, cursor: Cursor::default(), stream: Some((stream, cursor)) };
+        self.subs.insert(Arc::from(raw), sub);
+        self.send(sink, frames::ack(id, json!({ "topic": raw, "offset": end }))).await?;
+        self.catch_up(sink, raw).await
+    }
+
+    /// Sends a stream's stored chunks from its reader's offset to the end.
+    async fn catch_up(&mut self, sink: &mut impl WsSink, topic: &str) -> Result<(), Fatal> {
+        loop {
+            let Some((stream, cursor)) = self.subs.get(topic).and_then(|s| s.stream.clone()) else { return Ok(()) };
+            let page = match stream.page(&self.s, cursor).await {
+                Ok(page) => page,
+                Err(e) => return self.refuse(sink, &None, e).await,
+            };
+            if page.first > cursor.next {
+                let gone = json!({ "op": "stream_truncated", "topic": topic, "from": cursor.next, "to": page.first });
+                self.send(sink, frames::text(gone)).await?;
+            }
+            let mut next = StreamCursor::at(page.first);
+            next.read(&page);
+            if let Some(s) = self.subs.get_mut(topic).and_then(|s| s.stream.as_mut()) {
+                s.1 = next;
+            }
+            if page.chunks.is_empty() {
+                return Ok(());
+            }
+            let frame = frames::chunks_json(topic, page.first, &chunks_array(&page));
+            self.send(sink, Utf8Bytes::from(frame)).await?;
+        }
+    }
+
     fn unsubscribe(&mut self, topic: &str) -> bool {
         let Some(sub) = self.subs.remove(topic) else { return false };
         self.member.leave(&sub.key);
@@ -549,7 +632,7 @@ impl Session {
         let topics: Vec<String> = self.subs.keys().map(|k| k.to_string()).collect();
         let mut dropped = Vec::new();
         for t in topics {
-            if let Err(e) = authorize(&self.s, &new, &t).await {
+            if let Err(e) = authorize_with_streams(&self.s, &new, &t).await {
                 self.unsubscribe(&t);
                 self.send(sink, frames::error(&None, e.code, format!("subscription to {t} ended: {}", e.message)))
                     .await?;
