@@ -1,7 +1,7 @@
 // Types of @herald/client/react.
 import type { ReactNode, ReactElement } from 'react';
 import type {
-  HeraldClient, HeraldError, Job, Task, Artifact, HeraldEvent, Notification, PresenceState, Status, TransportKind, JobStatus,
+  HeraldClient, HeraldError, Job, Task, Artifact, HeraldEvent, Notification, PresenceState, Status, TransportKind, JobQuery,
 } from './src/index.js';
 
 export function HeraldProvider(props: { client: HeraldClient; children?: ReactNode }): ReactElement;
@@ -17,8 +17,13 @@ export function useJob(
   options?: { client?: HeraldClient; history?: boolean; historyLimit?: number },
 ): Live & { job: Job | null; tasks: Task[]; artifacts: Artifact[]; events: HeraldEvent[] };
 
-export function useJobs(options?: {
-  client?: HeraldClient; owner?: string; status?: JobStatus; kind?: string; limit?: number;
+/** A live job list (`client.watchJobs`); the query is compared by value. */
+export function useJobs(options?: JobQuery & {
+  client?: HeraldClient;
+  /** `jobs` leaves out the oldest finished jobs past this many. Default 500. */
+  max?: number;
+  /** The REST page when the view cannot have a live list. Default 200. */
+  limit?: number;
 }): Live & { jobs: Job[] };
 
 export function useNotifications(options?: { client?: HeraldClient; sub?: string; limit?: number }): Live & {

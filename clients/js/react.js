@@ -21,7 +21,14 @@ export function useHeraldClient(client) {
 function useView(client, open, deps, read) {
   const [state, setState] = useState(() => ({ loading: true, error: null, ...read(null) }));
   useEffect(() => {
-    const view = open(client);
+    let view;
+    try {
+      view = open(client);
+    } catch (e) {
+      // A bad argument (an unknown query field, say): an error to render, not a crash.
+      setState({ loading: false, error: e, ...read(null) });
+      return undefined;
+    }
     if (!view) {
       setState({ loading: false, error: null, ...read(null) });
       return undefined;
@@ -50,11 +57,18 @@ export function useJob(id, options = {}) {
   );
 }
 
-/** `{ jobs, loading, error }`: the tenant's jobs, or `{ owner }`'s. */
+/**
+ * `{ jobs, loading, error }`: a live job list (`client.watchJobs`), most
+ * recently updated first. Options: the query (`status` — one or a list —,
+ * `kind`, `owner`, `tag`, `updatedWithin` in seconds) and `max`, `limit`;
+ * none: every job the token may see.
+ */
 export function useJobs(options = {}) {
   const client = useHeraldClient(options.client);
-  const { owner, status, kind, limit } = options;
-  return useView(client, (c) => c.watchJobs({ owner, status, kind, limit }), [owner, status, kind, limit], (v) => ({
+  const { owner, status, kind, tag, updatedWithin, limit, max } = options;
+  // By value: `{ status: ['running'] }` written inline is a new array on every render.
+  const key = JSON.stringify({ owner, status, kind, tag, updatedWithin, limit, max });
+  return useView(client, (c) => c.watchJobs(JSON.parse(key)), [key], (v) => ({
     jobs: v ? v.jobs : [],
   }));
 }

@@ -9,6 +9,7 @@ import { TRANSPORTS } from './transports/index.js';
 import { Connection } from './connection.js';
 import { JobView } from './views/job.js';
 import { JobsView } from './views/jobs.js';
+import { JobListView } from './views/joblist.js';
 import { NotificationsView } from './views/notifications.js';
 import { PresenceView, applyPresenceDiff, clonePresence } from './views/presence.js';
 
@@ -49,6 +50,8 @@ export class HeraldClient extends Emitter {
     this._WebSocket = options.WebSocket || (typeof WebSocket !== 'undefined' ? WebSocket : null);
     this._fetch = options.fetch || ((...a) => fetch(...a));
     this._topics = new Map(); // topic -> TopicState
+    this._lists = new Map(); // list name -> ListState (live job lists, views/joblist.js)
+    this._listSeq = 0;
     this._status = 'connecting';
     this._connection = new Connection(this);
     this._started = false;
@@ -224,7 +227,11 @@ export class HeraldClient extends Emitter {
    * `user:<sub>`, `room:<name>`). Each event reaches `onEvent` once, in
    * position order, across reconnects and transport changes.
    *
-   * handlers: { since?, onEvent?, onResync?, onError?, onBroadcast?, onPresence? }
+   * handlers: { since?, conflate?, onEvent?, onResync?, onError?, onBroadcast?, onPresence? }
+   *
+   * `conflate: false` asks the server for every progress tick even when the
+   * connection is behind (docs/PROTOCOL.md, "Conflation when behind"); it
+   * holds for the topic as long as this client is subscribed to it.
    */
   subscribe(topic, handlers = {}) {
     if (this._closed) throw new HeraldError('closed', 'this client was closed');
@@ -239,9 +246,18 @@ export class HeraldClient extends Emitter {
         error: null,
         presence: {},
         meta: null,
+        conflate: handlers.conflate === false ? false : undefined,
       };
       this._topics.set(topic, ts);
       if (this._transport) this._transport.add(ts);
+    } else if (handlers.conflate === false && ts.conflate !== false && !ts.room) {
+      // The topic is held with conflation: subscribe again without it (from
+      // the topic's position, so nothing is lost or repeated).
+      ts.conflate = false;
+      if (this._transport) {
+        this._transport.remove(ts);
+        this._transport.add(ts);
+      }
     }
     const h = { ...handlers };
     ts.handlers.add(h);
@@ -291,7 +307,23 @@ export class HeraldClient extends Emitter {
     return new JobView(this, id, opts);
   }
 
-  /** Watches a list of jobs: the tenant's (`jobs`), or one owner's (`{ owner }`). */
+  /**
+   * A live, filtered list of jobs: `query` is `{ status, kind, owner, tag,
+   * updatedWithin }` (all optional, all must match). The server keeps it:
+   * a snapshot, then each job that enters, changes or leaves.
+   * opts: { max?, limit? } (see views/joblist.js).
+   */
+  jobList(query, opts) {
+    return new JobListView(this, query, opts);
+  }
+
+  /**
+   * Watches a list of jobs: the tenant's, or one owner's (`{ owner }`),
+   * narrowed by the `jobList` query fields. A live list when the server can
+   * hold it; past the server's bound, the `jobs` topic over a REST page as
+   * before lists existed (`limit`, default 200). `view.jobs` leaves out the
+   * oldest finished jobs past `max` (default 500).
+   */
   watchJobs(opts) {
     return new JobsView(this, opts);
   }
@@ -362,6 +394,58 @@ export class HeraldClient extends Emitter {
     if (state) ts.presence = clonePresence(state);
     if (diff) applyPresenceDiff(ts.presence, diff);
     for (const h of [...ts.handlers]) call(h.onPresence, ts.presence);
+  }
+
+  // ------------------------------------------------------------ live job lists (used by views/joblist.js and transports)
+
+  /** A fresh list name, unique within this client. */
+  _listName() {
+    this._listSeq += 1;
+    return `l${this._listSeq}`;
+  }
+
+  /** Holds a list (`{ name, query, view }`) on every connection from now on. */
+  _addList(ls) {
+    if (this._closed) throw new HeraldError('closed', 'this client was closed');
+    this._lists.set(ls.name, ls);
+    if (this._transport) this._transport.addList(ls);
+    this.connect();
+  }
+
+  _removeList(ls) {
+    if (this._lists.get(ls.name) !== ls) return;
+    this._lists.delete(ls.name);
+    if (this._transport) this._transport.removeList(ls);
+  }
+
+  /**
+   * A list's `snapshot` or `change` from `transport`. Only the transport
+   * carrying the subscriptions is heard: during a switch the old one may
+   * still deliver, but the new one resumed from what the view held when it
+   * took the list over, so the old one's news would only be applied twice
+   * or, worse, out of order.
+   */
+  _listIn(transport, name, kind, msg) {
+    if (transport !== this._transport) return;
+    const ls = this._lists.get(name);
+    this.lastEventAt = Date.now();
+    if (msg.position != null) this._headHint = Math.max(this._headHint ?? 0, msg.position);
+    if (!ls) return;
+    if (kind === 'snapshot') ls.view._listSnapshot(msg.jobs || []);
+    else ls.view._listChange(msg);
+  }
+
+  _listAcked(name, ack) {
+    if (ack && ack.position != null) this._headHint = Math.max(this._headHint ?? 0, ack.position);
+  }
+
+  /** The server ended a list (invalid_query, list_too_large, ...). */
+  _listFailed(name, err) {
+    const ls = this._lists.get(name);
+    if (!ls) return;
+    this._lists.delete(name);
+    if (this._transport) this._transport.removeList(ls, true);
+    ls.view._listFailed(err);
   }
 
   // ------------------------------------------------------------ connection (see connection.js)

@@ -173,6 +173,9 @@ export class Connection {
       const current = this.transport;
       if (!current || current.kind === 'websocket') return;
       const probe = makeTransport('websocket', c);
+      // A probe subscribes the topics at once (positions make the overlap
+      // harmless) but takes the job lists only once adopted, below.
+      probe.probing = true;
       this._probe = probe;
       let settle;
       const ready = new Promise((r) => (settle = r));
@@ -193,6 +196,8 @@ export class Connection {
       this._adoptedRun = run;
       this.transport = probe;
       current.stop({ replaced: true });
+      probe.probing = false;
+      probe.listAll();
       c.emit('fallback', { from: current.kind, to: 'websocket' });
       this.established(probe);
     }, c.options.wsRetryMs);

@@ -137,6 +137,12 @@ export interface ClientOptions {
 export interface SubscribeHandlers {
   /** Resume after this position (the events after it are replayed, then live ones). */
   since?: number;
+  /**
+   * `false`: every progress tick, even while the connection is behind (the
+   * server otherwise lets a newer tick of a job replace one still queued).
+   * Holds for the topic as long as it is subscribed. Default: conflate.
+   */
+  conflate?: boolean;
   onEvent?: (event: HeraldEvent) => void;
   /** The position was older than retention: take the snapshot instead of the lost events. */
   onResync?: (resync: Resync) => void;
@@ -151,6 +157,35 @@ export interface Subscription {
   /** The last position delivered (the resume cursor). */
   readonly position: number | null;
   unsubscribe(): void;
+}
+
+/** Which jobs a live list holds; every field given must match (none: every job the token may see). */
+export interface JobQuery {
+  /** One status or any of several. */
+  status?: JobStatus | JobStatus[];
+  kind?: string;
+  /** Customers always get their own jobs, whatever this says. */
+  owner?: string;
+  /** Metadata keys and the value each must have (a number or boolean in metadata matches its text). */
+  tag?: Record<string, string | number | boolean>;
+  /** Seconds: `updated_at` at most this old (1 to 2,678,400). */
+  updatedWithin?: number;
+}
+
+export interface JobListOptions {
+  /** `jobs` leaves out the oldest finished jobs past this many. Default: none left out. */
+  max?: number;
+  /** On long-poll (no server-side lists): the REST page holds at most this many jobs. Default 10,000. */
+  limit?: number;
+}
+
+/** A job that left a live list. */
+export interface JobLeave {
+  id: string;
+  /** The job as it is now (e.g. `completed`), or null when it aged out of `updatedWithin` or is gone. */
+  job: Job | null;
+  /** The job as the list last held it. */
+  previous: Job;
 }
 
 export interface Identity {
@@ -189,7 +224,10 @@ export class HeraldClient {
   onBroadcast(room: string, fn: (message: BroadcastMessage) => void): Unsubscribe;
 
   watchJob(id: string, options?: { history?: boolean; historyLimit?: number }): JobView;
-  watchJobs(options?: { owner?: string; status?: JobStatus; kind?: string; limit?: number; max?: number }): JobsView;
+  /** A live, filtered job list: a snapshot, then each job entering, changing in or leaving it. */
+  jobList(query?: JobQuery, options?: JobListOptions): JobListView;
+  /** A live job list with watchJobs' defaults (`max` 500); a list too large for the server follows the `jobs` topic instead. */
+  watchJobs(options?: JobQuery & { limit?: number; max?: number }): JobsView;
   notifications(options?: { sub?: string; limit?: number }): NotificationsView;
   presence(room: string, meta?: Record<string, unknown>): PresenceView;
 
@@ -226,10 +264,23 @@ export class JobView extends View<Job | null> {
   events: HeraldEvent[];
 }
 
-export class JobsView extends View<Job[]> {
-  readonly topic: string;
-  /** Most recently updated first. */
+export class JobListView extends View<Job[]> {
+  /** The list's name on the connection (`l1`, `l2`, ...). */
+  readonly name: string;
+  readonly query: JobQuery;
+  /** The members, most recently updated first. */
   jobs: Job[];
+  on(type: 'change', fn: (jobs: Job[]) => void): Unsubscribe;
+  /** A job started to match (created, or moved into the query); not fired for the first snapshot. */
+  on(type: 'enter', fn: (job: Job) => void): Unsubscribe;
+  /** A member changed and still matches. */
+  on(type: 'update', fn: (job: Job) => void): Unsubscribe;
+  on(type: 'leave', fn: (leave: JobLeave) => void): Unsubscribe;
+}
+
+export class JobsView extends JobListView {
+  /** The topic followed when there can be no live list (long-poll, a list too large). */
+  readonly topic: string;
 }
 
 export class NotificationsView extends View<{ items: Notification[]; unreadCount: number }> {

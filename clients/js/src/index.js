@@ -8,7 +8,8 @@
 //   client.js        HeraldClient: subscriptions, resume cursors, tokens, HTTP
 //   connection.js    one transport at a time: reconnect, fallback, way back
 //   transports/      websocket.js; stream.js (SSE and long-poll); index.js
-//   views/           the live views: job, jobs, notifications, presence
+//   views/           the live views: job, joblist (live job lists), jobs,
+//                    notifications, presence
 //   reporter.js      ProgressReporter, the worker side
 //   errors.js, emitter.js, util.js
 
@@ -20,6 +21,7 @@ export { HeraldError } from './errors.js';
 export { backoffDelay, decodeToken } from './util.js';
 export { JobView } from './views/job.js';
 export { JobsView } from './views/jobs.js';
+export { JobListView } from './views/joblist.js';
 export { NotificationsView } from './views/notifications.js';
 export { PresenceView } from './views/presence.js';
 export { ProgressReporter } from './reporter.js';

@@ -165,18 +165,27 @@ export class Server {
  * A reverse proxy in front of a server. `block` may hold 'websocket' (upgrades
  * are refused with 403, like a corporate proxy) and 'sse' (streams get 502).
  * `failOnce(pathPrefix)` forwards the next matching request but answers the
- * client 502, as if the response had been lost.
+ * client 502, as if the response had been lost. `freeze()` / `thaw()` stop
+ * and restart the traffic of open WebSockets and SSE streams (a reader that
+ * stops reading); `drop()` breaks the open ones and, with `hold`, keeps new
+ * WebSocket handshakes waiting until `release()` (a network outage).
  */
 export async function startProxy(target, block = []) {
   const port = await freePort();
   const t = new URL(target);
-  const state = { block: new Set(block), failNext: [], requests: [], upgrades: 0, tunnels: [] };
+  const state = { block: new Set(block), failNext: [], requests: [], upgrades: 0, tunnels: [], frozen: [], streams: new Set(), held: [], hold: false };
   const sockets = new Set(); // every upgraded socket, to end them on close
   const server = http.createServer((req, res) => {
     state.requests.push(`${req.method} ${req.url}`);
     if (state.block.has('sse') && req.url.startsWith('/v1/sse')) {
       res.writeHead(502, { 'Content-Type': 'text/plain' });
       return res.end('bad gateway: streaming not allowed here');
+    }
+    if (req.url.startsWith('/v1/sse')) {
+      const stream = { res, up: null };
+      state.streams.add(stream);
+      res.on('close', () => state.streams.delete(stream));
+      res.stream = stream;
     }
     const i = state.failNext.findIndex((p) => req.url.startsWith(p));
     const lose = i >= 0 ? state.failNext.splice(i, 1)[0] : null;
@@ -193,6 +202,7 @@ export async function startProxy(target, block = []) {
         }
         res.writeHead(r.statusCode, r.headers);
         r.pipe(res);
+        if (res.stream) res.stream.up = r;
         // When the server dies mid-stream, so does the client's stream, as
         // with any real proxy.
         r.on('aborted', () => res.destroy());
@@ -214,6 +224,14 @@ export async function startProxy(target, block = []) {
       socket.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
       return;
     }
+    if (state.hold) {
+      state.held.push(() => tunnel(req, socket, head));
+      return;
+    }
+    tunnel(req, socket, head);
+  });
+  const tunnel = (req, socket, head) => {
+    if (socket.destroyed) return;
     const up = net.connect(Number(t.port), t.hostname, () => {
       let raw = `${req.method} ${req.url} HTTP/1.1\r\n`;
       for (let k = 0; k < req.rawHeaders.length; k += 2) raw += `${req.rawHeaders[k]}: ${req.rawHeaders[k + 1]}\r\n`;
@@ -225,7 +243,7 @@ export async function startProxy(target, block = []) {
     });
     up.on('error', () => socket.destroy());
     socket.on('error', () => up.destroy());
-  });
+  };
   await new Promise((r) => server.listen(port, '127.0.0.1', r));
   return {
     url: `http://127.0.0.1:${port}`,
@@ -233,12 +251,49 @@ export async function startProxy(target, block = []) {
     failOnce: (prefix) => state.failNext.push(prefix),
     /** Open WebSockets go silent both ways, TCP still up: a dead connection nobody closed. */
     freeze: () => {
-      for (const { socket, up } of state.tunnels.splice(0)) {
+      for (const tun of state.tunnels.splice(0)) {
+        const { socket, up } = tun;
         up.unpipe(socket);
         socket.unpipe(up);
         up.pause();
         socket.pause();
+        state.frozen.push(tun);
       }
+      for (const st of state.streams) {
+        if (!st.up) continue;
+        st.up.unpipe(st.res);
+        st.up.pause();
+        st.frozen = true;
+      }
+    },
+    /** Undoes `freeze()`: what waited flows on. */
+    thaw: () => {
+      for (const tun of state.frozen.splice(0)) {
+        tun.up.pipe(tun.socket);
+        tun.socket.pipe(tun.up);
+        tun.up.resume();
+        tun.socket.resume();
+        state.tunnels.push(tun);
+      }
+      for (const st of state.streams) {
+        if (!st.frozen) continue;
+        st.frozen = false;
+        st.up.pipe(st.res);
+        st.up.resume();
+      }
+    },
+    /** Breaks every open WebSocket and SSE stream (no close frame, no goodbye). */
+    drop: () => {
+      for (const { socket, up } of [...state.tunnels.splice(0), ...state.frozen.splice(0)]) {
+        socket.destroy();
+        up.destroy();
+      }
+      for (const st of state.streams) st.res.destroy();
+    },
+    /** Lets the WebSocket handshakes kept waiting by `hold` through. */
+    release: () => {
+      state.hold = false;
+      for (const go of state.held.splice(0)) go();
     },
     close: () => new Promise((r) => {
       for (const s of sockets) s.destroy();

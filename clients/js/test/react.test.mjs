@@ -15,7 +15,11 @@ const worker = token('w', 'acme', 'worker');
 const staff = token('sam', 'acme', 'staff');
 
 let server;
-after(async () => server && server.stop());
+let stalling;
+after(async () => {
+  if (server) await server.stop();
+  if (stalling) await stalling.stop();
+});
 
 test('hooks follow the server live and clean up on unmount', async () => {
   server = await Server.start('react');
@@ -65,11 +69,62 @@ test('hooks follow the server live and clean up on unmount', async () => {
   });
   assert.equal(seen.notes.unreadCount, 0);
 
-  // Unmount: every view closes, every topic is released.
+  // Unmount: every view closes, every topic and list is released. (useJobs
+  // of all of an owner's jobs follows the jobs:owner topic, not a list.)
   assert.equal(client._topics.size, 4);
   assert.equal(await subscriptions(), baseline + 4, 'job, jobs:owner, user and room on the server');
   await act(async () => renderer.unmount());
   assert.equal(client._topics.size, 0, `left subscribed: ${[...client._topics.keys()]}`);
+  assert.equal(client._lists.size, 0, `lists left: ${[...client._lists.keys()]}`);
   await waitFor(async () => (await subscriptions()) === baseline, 'the server to drop the subscriptions');
+  client.close();
+});
+
+test('useJobs with a list of statuses renders the live list, and inline queries do not reopen it', async () => {
+  // Running jobs without a report for a second become stalled: still in the list.
+  stalling = await Server.start('react-list', ['--stall-timeout', '1s']);
+  const s = stalling;
+  const make = (id, status, extra = {}) => s.api(worker, 'POST', '/v1/jobs', { id, owner: 'alice', kind: 'crawl', status, ...extra });
+  await make('j1', 'running');
+  await make('j2', 'queued');
+  await make('j3', 'running', { kind: 'mail' });
+  const client = createClient({ url: s.url, token: staff, backoff: { initialMs: 100 } });
+  let renders = 0;
+  function Active() {
+    renders += 1;
+    // A new array and object on every render: compared by value, so one list throughout.
+    const { jobs, loading, error } = useJobs({ status: ['running', 'stalled'], kind: 'crawl', tag: {} });
+    if (error) return h('p', null, `error ${error.code}`);
+    if (loading) return h('p', null, 'loading');
+    return h('ul', null, jobs.map((j) => h('li', { key: j.id }, `${j.id}:${j.status}`)));
+  }
+  let renderer;
+  await act(async () => {
+    renderer = TestRenderer.create(h(HeraldProvider, { client }, h(Active)));
+  });
+  const items = () => {
+    const tree = renderer.toJSON();
+    return tree && tree.type === 'ul' ? (tree.children || []).map((li) => li.children.join('')) : tree && tree.children;
+  };
+  const settle = (what, fn) =>
+    waitFor(async () => {
+      await act(async () => {
+        await new Promise((r) => setTimeout(r, 30));
+      });
+      return fn();
+    }, what);
+  await settle('the list', () => JSON.stringify(items()) === JSON.stringify(['j1:running']));
+  const name = [...client._lists.keys()][0];
+  await s.api(worker, 'POST', '/v1/jobs/j2/progress', { status: 'running' });
+  await settle('j2 in', () => items().length === 2 && items()[0] === 'j2:running');
+  await settle('both stalled, still listed', () => JSON.stringify([...items()].sort()) === JSON.stringify(['j1:stalled', 'j2:stalled']));
+  await s.api(worker, 'POST', '/v1/jobs/j1/progress', { status: 'completed' });
+  await settle('j1 out', () => JSON.stringify(items()) === JSON.stringify(['j2:stalled']));
+  const truth = (await s.api(staff, 'GET', '/v1/jobs?kind=crawl')).jobs.filter((j) => ['running', 'stalled'].includes(j.status));
+  assert.deepEqual(items(), truth.map((j) => `${j.id}:${j.status}`));
+  assert.ok(renders > 3);
+  assert.deepEqual([...client._lists.keys()], [name], 'the same list across renders');
+  await act(async () => renderer.unmount());
+  assert.equal(client._lists.size, 0);
   client.close();
 });

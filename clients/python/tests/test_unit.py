@@ -1,7 +1,7 @@
 """The client's own logic without a server: retry classification under one
 Idempotency-Key, ordering per job, the job_started fallback, patch
-composition, the SSE decoder, and the subscriber's resume and dedupe, all
-against httpx.MockTransport."""
+composition, the SSE decoder, the subscriber's resume and dedupe, and the
+batching of stream writers, all against httpx.MockTransport."""
 
 from __future__ import annotations
 
@@ -353,3 +353,76 @@ def test_head_search_finds_the_newest_event(size: int) -> None:
 def test_head_search_past_retention() -> None:
     # Nothing of the topic is left and the log starts at 500: the head is the cursor.
     assert search_head([], floor=500)[0] == 500
+
+
+# Stream writers: batches, barriers, retries and failures.
+
+
+def test_stream_chunks_travel_in_batches_around_the_jobs_other_reports() -> None:
+    s = Script({})
+    with reporter(s, coalesce=0.05, stream_linger=0.05, stream_batch=3) as r:
+        out, err = r.stream("j", "out"), r.stream("j", "err")
+        out.write("a")
+        out.write("b")
+        r.progress("j", stage="one")  # progress and other streams do not split a batch
+        err.write("e")
+        out.write("c")  # the batch is full: sent now
+        out.write("d")
+        r.task_started("j", "t")  # a barrier: what came before goes before it
+        out.write("f")
+        out.flush()
+    appends = [(p.rsplit("/", 1)[1], b["chunks"]) for m, p, _, b in s.seen if "/streams/" in p]  # type: ignore[index]
+    assert [c for name, c in appends if name == "out"] == [["a", "b", "c"], ["d"], ["f"]]
+    assert [c for name, c in appends if name == "err"] == [["e"]]
+    paths = [p for _, p, _, _ in s.seen]
+    task = paths.index("/v1/jobs/j/tasks/t")
+    seen_bodies = [b for _, _, _, b in s.seen]
+    assert seen_bodies.index({"chunks": ["d"]}) < task < seen_bodies.index({"chunks": ["f"]})
+    assert seen_bodies.index({"chunks": ["e"]}) < task
+    assert paths.count("/v1/jobs/j/progress") == 1
+
+
+def test_an_append_is_retried_under_one_key_and_a_lone_chunk_goes_after_its_linger() -> None:
+    s = Script({"/v1/jobs/j/streams/log": [503, 200]})
+    with reporter(s, stream_linger=0.2) as r:
+        w = r.stream("j", "log")
+        started = time.monotonic()
+        fut = w.write({"line": 1})
+        assert fut.result(5) == {"ok": True}
+        assert time.monotonic() - started >= 0.19, "the batch waited out its linger"
+        assert w.write({"line": 2}).result(5) == {"ok": True}
+    keys = [k for _, p, k, _ in s.seen]
+    assert len(keys) == 3 and keys[0] == keys[1] != keys[2], "a retry keeps its key; each append has its own"
+    assert [b for _, _, _, b in s.seen] == [{"chunks": [{"line": 1}]}] * 2 + [{"chunks": [{"line": 2}]}]
+
+
+def test_a_failed_append_stops_its_writer_and_bad_chunks_are_refused_at_the_call() -> None:
+    s = Script({"/v1/jobs/j/streams/out": [422]})
+    with reporter(s, stream_linger=0.01) as r:
+        w = r.stream("j", "out")
+        w.write("a")
+        with pytest.raises(InvalidRequest) as e:
+            w.flush()
+        assert (e.value.code, e.value.status) == ("code_422", 422)
+        with pytest.raises(InvalidRequest):
+            w.write("b")  # it would follow a hole
+        with pytest.raises(InvalidRequest):
+            w.flush()
+        # A new writer of the stream starts afresh.
+        fresh = r.stream("j", "out")
+        fresh.write("c").result(5)
+        with pytest.raises(ValueError):
+            fresh.write("x" * (64 * 1024))  # 64 KiB and its quotes
+        with pytest.raises(ValueError):
+            fresh.write(float("nan"))
+        with pytest.raises(TypeError):
+            fresh.write(object())
+        with pytest.raises(ValueError):
+            r.append_chunks("j", "out", [])
+        fresh.write("x" * (64 * 1024 - 2)).result(5)
+        fresh.close()
+        with pytest.raises(HeraldError) as closed:
+            fresh.write("late")
+        assert closed.value.code == "closed"
+    bodies = [b["chunks"] for _, p, _, b in s.seen]  # type: ignore[index]
+    assert bodies == [["a"], ["c"], ["x" * (64 * 1024 - 2)]]

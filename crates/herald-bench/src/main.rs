@@ -10,6 +10,7 @@ mod ingest;
 mod report;
 mod resume;
 mod soak;
+mod streams;
 mod target;
 
 use clap::{Parser, Subcommand};
@@ -87,6 +88,8 @@ enum Cmd {
     Churn(churn::Args),
     /// SQL commit → subscriber: rows INSERTed into a table Herald captures (PostgreSQL).
     Capture(capture::Args),
+    /// Chunks per second one job output stream sustains, and append → reader latency.
+    Streams(streams::Args),
     /// Long steady mix for leak hunting: churn over every transport plus paced ingest (bench/soak.sh).
     Soak(soak::Args),
 }
@@ -103,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Churn(a) => churn::run(&cli.common, a).await?,
         Cmd::Capture(a) => capture::run(&cli.common, a).await?,
         Cmd::Soak(a) => soak::run(&cli.common, a).await?,
+        Cmd::Streams(a) => streams::run(&cli.common, a).await?,
     };
     report::emit(&cli.common, result)
 }

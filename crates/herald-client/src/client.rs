@@ -3,6 +3,7 @@
 //! server's record, so a report is never counted twice.
 
 use crate::error::{Error, Result};
+use crate::stream::{Appended, ChunkPage, StreamInfo};
 use herald_model::{
     Artifact, CreateJob, CreateNotification, Job, NewArtifact, Notification, Position, ProgressReport, Task,
     TaskUpsert, WireEvent,
@@ -11,6 +12,7 @@ use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -209,6 +211,17 @@ impl Client {
             .map(serde_json::to_vec)
             .transpose()
             .map_err(|e| Error::Invalid(format!("the request body did not serialize: {e}")))?;
+        self.request_bytes(method, path, body, wait).await
+    }
+
+    /// [`Client::request_waiting`] with a body already serialized as JSON.
+    pub(crate) async fn request_bytes<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        wait: Duration,
+    ) -> Result<T> {
         let key = (method != Method::GET).then(|| uuid::Uuid::new_v4().simple().to_string());
         let started = Instant::now();
         let retry = &self.inner.retry;
@@ -273,6 +286,56 @@ impl Client {
         let page: Tasks =
             self.request(Method::GET, &format!("/v1/jobs/{}/tasks", segment(job_id)), None::<&()>).await?;
         Ok(page.tasks)
+    }
+
+    /// `POST /v1/jobs/{id}/streams/{name}`: appends `chunks` (1 to 10,000 JSON
+    /// values of at most 64 KiB each) to the job's output stream `stream`,
+    /// created on first use, as one request retried under one
+    /// `Idempotency-Key` (a retry never appends twice). Herald refuses a bad
+    /// stream name, an empty or oversized append with `invalid_field` (422).
+    /// To write chunk by chunk, use [`Reporter::stream`](crate::Reporter::stream),
+    /// which batches them.
+    pub async fn append_chunks(&self, job_id: &str, stream: &str, chunks: &[Value]) -> Result<Appended> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            chunks: &'a [Value],
+        }
+        let path = format!("/v1/jobs/{}/streams/{}", segment(job_id), segment(stream));
+        self.request(Method::POST, &path, Some(&Body { chunks })).await
+    }
+
+    /// `GET /v1/jobs/{id}/streams`: the job's output streams.
+    pub async fn streams(&self, job_id: &str) -> Result<Vec<StreamInfo>> {
+        #[derive(Deserialize)]
+        struct Streams {
+            streams: Vec<StreamInfo>,
+        }
+        let list: Streams =
+            self.request(Method::GET, &format!("/v1/jobs/{}/streams", segment(job_id)), None::<&()>).await?;
+        Ok(list.streams)
+    }
+
+    /// `GET /v1/jobs/{id}/streams/{name}`: up to `limit` chunks (1 to 10,000;
+    /// a page also ends past 1 MiB) of the job's stream from `offset` on,
+    /// oldest first. With a non-zero `wait` (at most 60 s) a read that would
+    /// come back empty waits for the next append: call it in a loop with
+    /// `offset = page.next` to follow a stream. A stream never appended to
+    /// reads as empty (`end` 0).
+    pub async fn read_stream(
+        &self,
+        job_id: &str,
+        stream: &str,
+        offset: u64,
+        limit: u32,
+        wait: Duration,
+    ) -> Result<ChunkPage> {
+        let path = format!(
+            "/v1/jobs/{}/streams/{}?offset={offset}&limit={limit}&wait={}",
+            segment(job_id),
+            segment(stream),
+            wait.as_secs_f64()
+        );
+        self.request_waiting(Method::GET, &path, None::<&()>, wait).await
     }
 
     /// `GET /v1/events`: the log of `topics` after `since`, waiting up to

@@ -1,5 +1,5 @@
 //! Rust SDK for Herald: report a job's
-//! progress from a worker, and watch jobs live with resume.
+//! progress and output streams from a worker, and watch jobs live with resume.
 //!
 //! ```no_run
 //! use herald_client::{Client, JobStart, Reporter};
@@ -12,6 +12,13 @@
 //! let _ = reporter.task_started("crawl-42", "page-1", Some("https://example.com"));
 //! let _ = reporter.task_succeeded("crawl-42", "page-1");
 //! reporter.job_completed("crawl-42").await?;
+//!
+//! // An output stream (log lines, LLM tokens): chunks go in batches, one append each.
+//! let log = reporter.stream("crawl-42", "log");
+//! log.write("fetched /pricing")?;
+//! log.close().await?;
+//! let page = client.read_stream("crawl-42", "log", 0, 1000, std::time::Duration::ZERO).await?;
+//! assert_eq!(page.chunks[0], "fetched /pricing");
 //!
 //! let mut watch = client.watch_job("crawl-42", None);
 //! while let Ok(update) = watch.next().await {
@@ -26,6 +33,7 @@
 pub mod client;
 pub mod error;
 pub mod reporter;
+pub mod stream;
 pub mod watch;
 
 pub use client::{Client, ClientBuilder, EventPage, Retry};
@@ -35,5 +43,6 @@ pub use herald_model::{
     Artifact, CreateJob, CreateNotification, Job, JobStatus, Level, NewArtifact, Notification, Position,
     ProgressReport, Task, TaskStatus, TaskUpsert, WireEvent,
 };
-pub use reporter::{Answer, JobStart, Receipt, Reporter, ReporterOptions};
+pub use reporter::{Answer, JobStart, Receipt, Reporter, ReporterOptions, StreamWriter};
+pub use stream::{Appended, ChunkPage, StreamInfo};
 pub use watch::{Update, Watch};

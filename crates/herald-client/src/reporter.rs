@@ -10,11 +10,25 @@
 //! one is sent first, at once. The queue holds at most `capacity` requests;
 //! when it is full a call that cannot merge fails with [`Error::QueueFull`]
 //! and nothing is queued.
+//!
+//! Output streams ([`Reporter::stream`]) ride the same queue as batches: a
+//! chunk joins its writer's newest unsent batch (up to
+//! [`ReporterOptions::stream_batch`] chunks and 512 KiB), and a batch waits
+//! at most [`ReporterOptions::stream_linger`] for more before it is sent as
+//! one append. Progress and other streams' chunks commute with a batch (a
+//! chunk may join a batch queued before them); any other request of the job
+//! (a task, an artifact, a status change) is a barrier: chunks written after
+//! it are sent after it. Each append is retried under its own
+//! `Idempotency-Key`, so chunks arrive in order and once; after an append
+//! fails for good, the writer's later chunks are refused rather than sent
+//! past a hole.
 
 use crate::client::{segment, Client};
 use crate::error::{Error, Result};
+use crate::stream::MAX_CHUNK_BYTES;
 use herald_model::{CreateJob, CreateNotification, JobStatus, NewArtifact, ProgressReport, TaskStatus, TaskUpsert};
 use reqwest::Method;
+use serde::Serialize;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
@@ -31,13 +45,37 @@ pub struct ReporterOptions {
     pub coalesce: Duration,
     /// Most requests waiting to be sent. Default 10,000.
     pub capacity: usize,
+    /// How long a batch of stream chunks ([`Reporter::stream`]) waits for
+    /// more before it is sent as one append, when nothing is queued behind
+    /// it. Default 100 ms; zero sends a batch as soon as the sender is free
+    /// (chunks written meanwhile still join it).
+    pub stream_linger: Duration,
+    /// Most chunks in one append (1 to 10,000): a full batch is sent at once.
+    /// Default 1,000.
+    pub stream_batch: usize,
 }
 
 impl Default for ReporterOptions {
     fn default() -> Self {
-        ReporterOptions { coalesce: Duration::from_millis(250), capacity: 10_000 }
+        ReporterOptions {
+            coalesce: Duration::from_millis(250),
+            capacity: 10_000,
+            stream_linger: Duration::from_millis(100),
+            stream_batch: 1_000,
+        }
     }
 }
+
+impl ReporterOptions {
+    /// [`ReporterOptions::stream_batch`] within what Herald takes.
+    fn max_chunks(&self) -> usize {
+        self.stream_batch.clamp(1, crate::stream::MAX_CHUNKS_PER_APPEND)
+    }
+}
+
+/// Most bytes of chunks in one append: well under Herald's default 1 MiB
+/// `--body-limit`, with room for any one chunk.
+const MAX_BATCH_BYTES: usize = 512 * 1024;
 
 /// Herald's answer to one queued request (the job, task, artifact or
 /// notification as stored). `.await` it, or drop it: the request is sent
@@ -94,8 +132,37 @@ enum Request {
     Task(String, String, TaskUpsert),
     Artifact(String, NewArtifact),
     Notify(CreateNotification),
+    /// Chunks of one stream writer, sent as one append.
+    Chunks(Batch),
     /// Resolves once everything queued before it was sent.
     Flush,
+}
+
+/// Chunks gathered for one append.
+struct Batch {
+    writer: Arc<WriterShared>,
+    /// The chunks' JSON, comma-separated: the inside of `"chunks": [...]`.
+    json: String,
+    count: usize,
+}
+
+impl Batch {
+    fn fits(&self, chunk: &str, max_chunks: usize) -> bool {
+        self.count < max_chunks && self.json.len() + 1 + chunk.len() <= MAX_BATCH_BYTES
+    }
+
+    /// No chunk fits any more: sent without waiting out the linger.
+    fn full(&self, max_chunks: usize) -> bool {
+        !self.fits("", max_chunks)
+    }
+
+    fn add(&mut self, chunk: &str) {
+        if self.count > 0 {
+            self.json.push(',');
+        }
+        self.json.push_str(chunk);
+        self.count += 1;
+    }
 }
 
 impl Request {
@@ -107,6 +174,7 @@ impl Request {
             | Request::Status(j, _)
             | Request::Task(j, _, _)
             | Request::Artifact(j, _) => Some(j),
+            Request::Chunks(b) => Some(&b.writer.job),
             Request::Notify(_) | Request::Flush => None,
         }
     }
@@ -224,8 +292,13 @@ impl Reporter {
                 return Receipt::failed(Error::Closed);
             }
             let coalescing = !self.shared.opts.coalesce.is_zero();
-            // The job's newest queued request, if it is progress, takes this one in.
-            let target = state.queue.iter_mut().rev().find(|q| q.request.job() == Some(job_id));
+            // The job's newest queued request, if it is progress, takes this one in
+            // (stream chunks commute with progress: they are looked past).
+            let target = state
+                .queue
+                .iter_mut()
+                .rev()
+                .find(|q| q.request.job() == Some(job_id) && !matches!(q.request, Request::Chunks(_)));
             if let Some(Queued { request: Request::Progress(_, pending), answer, .. }) = target {
                 if coalescing && mergeable(pending, &report) {
                     merge(pending, report);
@@ -300,6 +373,162 @@ impl Reporter {
     /// How many requests wait to be sent.
     pub fn pending(&self) -> usize {
         self.shared.lock().queue.len()
+    }
+
+    /// A writer of the job's output stream `name` (created on first append;
+    /// 1–64 characters of `A-Za-z0-9_-.`): [`StreamWriter::write`] queues one
+    /// chunk, and chunks travel in batches, one append per batch (see the
+    /// module's documentation), never one request per chunk.
+    pub fn stream(&self, job_id: &str, name: &str) -> StreamWriter {
+        StreamWriter {
+            reporter: self.clone(),
+            shared: Arc::new(WriterShared {
+                job: job_id.to_string(),
+                name: name.to_string(),
+                failed: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Queues one serialized chunk of `writer`: into its newest unsent batch
+    /// when no barrier of the job stands behind that batch, else as a new batch.
+    fn push_chunk(&self, writer: &Arc<WriterShared>, chunk: &str) -> Result<()> {
+        let max_chunks = self.shared.opts.max_chunks();
+        {
+            let mut state = self.shared.lock();
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            // A chunk queued anyway would not be sent (see `send`).
+            if let Some(e) = writer.failure() {
+                return Err(e);
+            }
+            for q in state.queue.iter_mut().rev() {
+                match &mut q.request {
+                    Request::Chunks(b) if Arc::ptr_eq(&b.writer, writer) => {
+                        if !b.fits(chunk, max_chunks) {
+                            break;
+                        }
+                        b.add(chunk);
+                        let full = b.full(max_chunks);
+                        drop(state);
+                        if full {
+                            // The sender may be waiting out the batch's linger.
+                            self.shared.wake.notify_one();
+                        }
+                        return Ok(());
+                    }
+                    // Progress and other streams commute with this one.
+                    Request::Progress(..) | Request::Chunks(_) => {}
+                    // Anything else of the job comes before chunks written after it.
+                    other if other.job() == Some(writer.job.as_str()) => break,
+                    _ => {}
+                }
+            }
+            if state.queue.len() >= self.shared.opts.capacity {
+                return Err(Error::QueueFull(state.queue.len()));
+            }
+            let mut batch =
+                Batch { writer: Arc::clone(writer), json: String::with_capacity(chunk.len() * 16), count: 0 };
+            batch.add(chunk);
+            let (queued, _) = Queued::new(Request::Chunks(batch));
+            state.queue.push_back(queued);
+        }
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// What the clones of one [`StreamWriter`] share.
+struct WriterShared {
+    job: String,
+    name: String,
+    /// The first append of this writer that failed for good.
+    failed: Mutex<Option<Error>>,
+}
+
+impl WriterShared {
+    fn failure(&self) -> Option<Error> {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn fail(&self, e: &Error) {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(|| e.clone());
+    }
+}
+
+/// Writes one job output stream through a [`Reporter`]: chunks are queued
+/// in call order and sent in batches (one append of up to
+/// [`ReporterOptions::stream_batch`] chunks, at most
+/// [`ReporterOptions::stream_linger`] after its first chunk), each append
+/// retried under its own `Idempotency-Key`, so every chunk lands once, in
+/// order, across Herald restarts. From [`Reporter::stream`]; cheap to clone
+/// (clones write the same batches). Dropping it does not drop what was
+/// written: the reporter sends it.
+///
+/// ```no_run
+/// # async fn run(reporter: herald_client::Reporter, tokens: Vec<String>) -> herald_client::Result<()> {
+/// let out = reporter.stream("gen-7", "tokens");
+/// for t in tokens {
+///     out.write(&t)?; // queued: no request per token
+/// }
+/// out.close().await?; // sent, and Herald took every append
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct StreamWriter {
+    reporter: Reporter,
+    shared: Arc<WriterShared>,
+}
+
+impl StreamWriter {
+    /// Queues one chunk: any JSON value (a string for a line or a token, an
+    /// object for a record). Fails at once, and queues nothing, when the
+    /// chunk is over 64 KiB as JSON (`invalid`) or does not serialize, when
+    /// the reporter's queue is full (`queue_full`) or closed, and with the
+    /// error of an earlier append of this writer that failed for good (a
+    /// later chunk would leave a hole in the stream).
+    pub fn write(&self, chunk: impl Serialize) -> Result<()> {
+        let json = serde_json::to_string(&chunk)
+            .map_err(|e| Error::Invalid(format!("a stream chunk did not serialize: {e}")))?;
+        if json.len() > MAX_CHUNK_BYTES {
+            return Err(Error::Invalid(format!(
+                "a stream chunk is {} bytes as JSON; Herald takes at most {MAX_CHUNK_BYTES}",
+                json.len()
+            )));
+        }
+        self.reporter.push_chunk(&self.shared, &json)
+    }
+
+    /// Queues chunks in order, as [`StreamWriter::write`] each; stops at the
+    /// first that fails (the ones before it are queued).
+    pub fn write_all<T: Serialize>(&self, chunks: impl IntoIterator<Item = T>) -> Result<()> {
+        chunks.into_iter().try_for_each(|c| self.write(c))
+    }
+
+    /// Sends what was written now and waits until Herald answered every
+    /// append queued so far (and everything queued before it on the
+    /// reporter); the first append of this writer that failed for good, if any.
+    pub async fn flush(&self) -> Result<()> {
+        self.reporter.flush().await;
+        match self.shared.failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// [`StreamWriter::flush`], for the last time.
+    pub async fn close(self) -> Result<()> {
+        self.flush().await
+    }
+
+    pub fn job_id(&self) -> &str {
+        &self.shared.job
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
     }
 }
 
@@ -383,9 +612,13 @@ async fn send_loop(client: Client, shared: Arc<Shared>) {
                 Some(front) => {
                     // A lone progress report waits out its window for more to merge;
                     // anything queued behind it (a status change, a flush) sends it now.
-                    let wait = match front.request {
+                    let wait = match &front.request {
                         Request::Progress(..) if state.queue.len() == 1 => {
                             shared.opts.coalesce.saturating_sub(front.at.elapsed())
+                        }
+                        // So does a lone batch of chunks that has room for more.
+                        Request::Chunks(b) if state.queue.len() == 1 && !b.full(shared.opts.max_chunks()) => {
+                            shared.opts.stream_linger.saturating_sub(front.at.elapsed())
                         }
                         _ => Duration::ZERO,
                     };
@@ -453,6 +686,21 @@ async fn send(client: &Client, request: Request) -> Result<Value> {
             client.request(Method::POST, &format!("/v1/jobs/{}/artifacts", segment(&job_id)), Some(&artifact)).await
         }
         Request::Notify(n) => client.request(Method::POST, "/v1/notifications", Some(&n)).await,
+        Request::Chunks(batch) => {
+            let writer = batch.writer;
+            // An earlier append of this writer failed for good: sending this
+            // one would leave a hole in the stream.
+            if let Some(e) = writer.failure() {
+                return Err(e);
+            }
+            let path = format!("/v1/jobs/{}/streams/{}", segment(&writer.job), segment(&writer.name));
+            let body = format!("{{\"chunks\":[{}]}}", batch.json).into_bytes();
+            let result = client.request_bytes(Method::POST, &path, Some(body), Duration::ZERO).await;
+            if let Err(e) = &result {
+                writer.fail(e);
+            }
+            result
+        }
         Request::Flush => Ok(Value::Null),
     }
 }
@@ -488,6 +736,69 @@ mod tests {
         // An object patched where the first patch put a scalar (or deleted): not composable.
         assert!(!composable(&json!({ "b": 1 }), &json!({ "b": { "x": 1 } })));
         assert!(!composable(&json!({ "a": null }), &json!({ "a": { "x": 1 } })));
+    }
+
+    /// A reporter whose queue nobody sends: what the calls leave in it.
+    fn idle_reporter(stream_batch: usize) -> Reporter {
+        let opts = ReporterOptions { stream_batch, ..ReporterOptions::default() };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(State { queue: VecDeque::new(), closed: false }),
+            wake: Notify::new(),
+            opts,
+        });
+        Reporter { shared }
+    }
+
+    /// The queue as `C<count>:<stream>` for batches and `P`, `T` for the rest.
+    fn shape(r: &Reporter) -> Vec<String> {
+        r.shared
+            .lock()
+            .queue
+            .iter()
+            .map(|q| match &q.request {
+                Request::Chunks(b) => format!("C{}:{}", b.count, b.writer.name),
+                Request::Progress(..) => "P".into(),
+                Request::Task(..) => "T".into(),
+                _ => "?".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_join_their_writers_batch_past_progress_and_other_streams_but_not_past_a_barrier() {
+        let r = idle_reporter(3);
+        let out = r.stream("j", "out");
+        let err = r.stream("j", "err");
+        let other_job = r.stream("k", "out");
+        out.write("a").unwrap();
+        let _ = r.progress("j", ProgressReport { succeeded: Some(1), ..Default::default() });
+        err.write("e").unwrap();
+        out.write("b").unwrap();
+        other_job.write("x").unwrap();
+        let _ = r.progress("j", ProgressReport { succeeded: Some(2), ..Default::default() });
+        assert_eq!(shape(&r), ["C2:out", "P", "C1:err", "C1:out"], "progress merged past err's batch too");
+        out.write("c").unwrap();
+        out.write("d").unwrap(); // the batch holds 3: a new one
+        assert_eq!(shape(&r), ["C3:out", "P", "C1:err", "C1:out", "C1:out"]);
+        let _ = r.task_started("j", "t", None);
+        out.write("e").unwrap(); // written after the task: sent after it
+        assert_eq!(shape(&r), ["C3:out", "P", "C1:err", "C1:out", "C1:out", "T", "C1:out"]);
+        let Request::Chunks(b) = &r.shared.lock().queue[0].request else { panic!() };
+        assert_eq!(format!("[{}]", b.json), r#"["a","b","c"]"#);
+    }
+
+    #[test]
+    fn a_failed_append_refuses_the_writers_later_chunks_and_a_big_chunk_is_refused_at_once() {
+        let r = idle_reporter(1000);
+        let out = r.stream("j", "out");
+        let e = out.write("x".repeat(MAX_CHUNK_BYTES)).unwrap_err();
+        assert_eq!(e.code(), "invalid", "{e}");
+        out.write("x".repeat(MAX_CHUNK_BYTES - 2)).unwrap(); // 64 KiB with its quotes
+        out.shared.fail(&Error::Api { status: 404, code: "not_found".into(), message: "no job".into() });
+        assert_eq!(out.write("y").unwrap_err().code(), "not_found");
+        assert_eq!(shape(&r), ["C1:out"]);
+        // Another writer of the same stream starts afresh.
+        r.stream("j", "out").write("z").unwrap();
     }
 
     #[test]

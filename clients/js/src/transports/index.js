@@ -10,7 +10,8 @@ export const TRANSPORTS = Object.freeze(['websocket', 'sse', 'longpoll']);
  * A transport of `kind` for `client`. Every transport has the same shape:
  * `run()` resolves with `{ established, error?, immediate?, retryAfterMs?,
  * replaced? }` when it is over; `stop()`, `add(topicState)`,
- * `remove(topicState)`; `kind`, `ready`, `adopted`, `expiresAt`.
+ * `remove(topicState)`, `addList(listState)`, `removeList(listState)`;
+ * `kind`, `ready`, `adopted`, `expiresAt`.
  */
 export function makeTransport(kind, client) {
   if (kind === 'websocket') return new WsTransport(client);

@@ -1,14 +1,43 @@
-// The fallback transports over plain HTTP: Server-Sent Events (`/v1/sse`)
-// and long-poll over the event log (`/v1/events`).
+// The fallback transports over plain HTTP: Server-Sent Events (`/v1/sse`,
+// and `/v1/sse/jobs` for live job lists) and long-poll over the event log
+// (`/v1/events`).
 
 import { HeraldError, errorFromResponse } from '../errors.js';
 import { decodeToken } from '../util.js';
+
+/** The `_loops` key of a list: topics never start with `@`. */
+const listKey = (ls) => `@${ls.name}`;
+
+/**
+ * A list's query as `/v1/sse/jobs` parameters, or null when it cannot be
+ * said there (`tag=k:v,k2:v2` has no escape for `,` in a value nor for `,`
+ * or `:` in a key).
+ */
+export function sseListParams(query) {
+  const p = new URLSearchParams();
+  if (query.status) p.set('status', [].concat(query.status).join(','));
+  if (query.kind != null) p.set('kind', query.kind);
+  if (query.owner != null) p.set('owner', query.owner);
+  if (query.tag) {
+    const pairs = [];
+    for (const [k, v] of Object.entries(query.tag)) {
+      const text = String(v);
+      if (/[,:]/.test(k) || text.includes(',')) return null;
+      pairs.push(`${k}:${text}`);
+    }
+    if (pairs.length) p.set('tag', pairs.join(','));
+  }
+  if (query.updated_within != null) p.set('updated_within', String(query.updated_within));
+  return p;
+}
 
 /**
  * The fallback transports. One stream (SSE) or poll loop per topic: an SSE
  * stream or a poll over several topics names each event under only one of
  * them, and the client must hand each event to every subscription it belongs
- * to. Read-only: presence needs the WebSocket, broadcasts go over HTTP.
+ * to. Over SSE each job list has its stream too; long-poll has no lists, so
+ * their views stand in with a topic (views/joblist.js). Read-only: presence
+ * needs the WebSocket, broadcasts go over HTTP.
  */
 export class StreamTransport {
   constructor(client, kind) {
@@ -17,7 +46,7 @@ export class StreamTransport {
     this.ready = false;
     this.adopted = false;
     this.expiresAt = null;
-    this._loops = new Map(); // topic -> AbortController
+    this._loops = new Map(); // topic (or listKey) -> AbortController
     this._healthy = new Set();
   }
 
@@ -26,17 +55,18 @@ export class StreamTransport {
       this._resolve = resolve;
       this._stopped = false;
       this.expiresAt = (decodeToken(this.client._token) || {}).exp ?? null;
-      const topics = [...this.client._topics.values()];
-      if (topics.length === 0) {
+      // Lists first: on long-poll their stand-in topics join the topics below.
+      for (const ls of [...this.client._lists.values()]) this.addList(ls);
+      for (const ts of [...this.client._topics.values()]) this.add(ts);
+      if (this._loops.size === 0) {
         // Nothing to stream yet: connected as soon as the server answers.
         this.client._serverReachable().then((ok) => {
-          if (this._stopped) return;
+          if (this._stopped || this.ready) return;
           if (!ok) return this._end({ error: new HeraldError('unreachable', 'server unreachable') });
           this.ready = true;
           this.client._established(this);
         });
       }
-      for (const ts of topics) this.add(ts);
     });
   }
 
@@ -62,11 +92,33 @@ export class StreamTransport {
   }
 
   remove(ts) {
-    const ac = this._loops.get(ts.topic);
+    this._drop(ts.topic);
+  }
+
+  _drop(key) {
+    const ac = this._loops.get(key);
     if (ac) ac.abort();
-    this._loops.delete(ts.topic);
-    this._healthy.delete(ts.topic);
+    this._loops.delete(key);
+    this._healthy.delete(key);
     this._checkReady();
+  }
+
+  addList(ls) {
+    if (this._stopped || this._loops.has(listKey(ls))) return;
+    const params = this.kind === 'sse' && !ls.emulated ? sseListParams(ls.query) : null;
+    if (!params) {
+      // Long-poll, or a query SSE cannot carry: the view follows a topic instead.
+      ls.view._listEmulate();
+      return;
+    }
+    ls.view._listClaimed();
+    const ac = new AbortController();
+    this._loops.set(listKey(ls), ac);
+    this._sseListLoop(ls, params, ac.signal).catch((e) => this._end({ error: e }));
+  }
+
+  removeList(ls) {
+    this._drop(listKey(ls));
   }
 
   _up(topic) {
@@ -97,17 +149,67 @@ export class StreamTransport {
     return ts.position ?? this.client._headHint;
   }
 
-  async _sseLoop(ts, signal) {
-    const c = this.client;
+  _sseLoop(ts, signal) {
     const since = this._startPosition(ts);
     const q = new URLSearchParams({ topic: ts.topic });
     if (since != null && !ts.room) q.set('since', String(since));
+    if (ts.conflate === false && !ts.room) q.set('conflate', 'false');
+    return this._sseStream(ts.topic, `/v1/sse?${q}`, signal, {
+      message: (event, body) => this._sseMessage(ts, event, body),
+      failed: (err) => this._failed(ts, err),
+    });
+  }
+
+  /** A live job list over `/v1/sse/jobs`: every (re)connection starts with a
+   * fresh snapshot, which replaces the list (the view works out what changed). */
+  _sseListLoop(ls, params, signal) {
+    const c = this.client;
+    const key = listKey(ls);
+    const gone = (err) => {
+      this._loops.delete(key);
+      this._healthy.delete(key);
+      c._listFailed(ls.name, err);
+      this._checkReady();
+    };
+    return this._sseStream(key, `/v1/sse/jobs?${params}`, signal, {
+      message: (event, body) => {
+        if (event === 'snapshot') c._listIn(this, ls.name, 'snapshot', body);
+        else if (event === 'change') c._listIn(this, ls.name, 'change', body);
+      },
+      failed: (err) => {
+        if (err.status === 404) {
+          // A server from before live lists: the view makes do with the `jobs` topic.
+          this._loops.delete(key);
+          this._healthy.delete(key);
+          ls.emulated = true;
+          ls.view._listEmulate();
+          this._checkReady();
+        } else if (err.status && [400, 403, 413].includes(err.status)) gone(err);
+        else this._end({ error: err });
+      },
+      goodbye: (g) => {
+        if (g.reason !== 'list_too_large') return false;
+        // The list outgrew the server's bound: it ends, the connection stays.
+        gone(new HeraldError('list_too_large', 'the list grew past the server\'s bound (10,000 jobs)'));
+        return true;
+      },
+    });
+  }
+
+  /**
+   * Reads one SSE stream until it ends. `on.message(event, body)` gets each
+   * message with a JSON body; `on.failed(err)` a refusal or a broken stream;
+   * `on.goodbye(body)` may take a goodbye on itself (returns true), else the
+   * end of the stream ends this transport and the client reconnects.
+   */
+  async _sseStream(key, path, signal, on) {
+    const c = this.client;
     let res;
     const timeout = setTimeout(() => ac2.abort(), c.options.connectTimeoutMs);
     const ac2 = new AbortController();
     signal.addEventListener('abort', () => ac2.abort(), { once: true });
     try {
-      res = await c._fetch(`${c.url}/v1/sse?${q}`, {
+      res = await c._fetch(`${c.url}${path}`, {
         headers: { Authorization: `Bearer ${c._token}`, Accept: 'text/event-stream' },
         cache: 'no-store',
         signal: ac2.signal,
@@ -115,22 +217,23 @@ export class StreamTransport {
     } catch (e) {
       clearTimeout(timeout);
       if (signal.aborted) return;
-      return this._failed(ts, new HeraldError('disconnected', `SSE: ${e.message || e}`));
+      return on.failed(new HeraldError('disconnected', `SSE: ${e.message || e}`));
     }
     if (!res.ok) {
       clearTimeout(timeout);
-      return this._failed(ts, await errorFromResponse(res));
+      return on.failed(await errorFromResponse(res));
     }
     const type = res.headers.get('content-type') || '';
     if (!type.startsWith('text/event-stream') || !res.body) {
       clearTimeout(timeout);
-      return this._failed(ts, new HeraldError('bad_stream', 'SSE: not an event stream'));
+      return on.failed(new HeraldError('bad_stream', 'SSE: not an event stream'));
     }
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
     let buf = '';
     let lastRecv = Date.now();
     let first = true;
+    let goodbye = null;
     // Keep-alive comments come every 15 s; three missing ones mean the stream is dead.
     const watchdog = setInterval(() => {
       if (Date.now() - lastRecv > 50000) ac2.abort();
@@ -143,48 +246,34 @@ export class StreamTransport {
         if (first) {
           first = false;
           clearTimeout(timeout);
-          this._up(ts.topic);
+          this._up(key);
         }
         buf += decoder.decode(value, { stream: true }).replace(/\r\n?/g, '\n');
         let i;
         while ((i = buf.indexOf('\n\n')) >= 0) {
           const block = buf.slice(0, i);
           buf = buf.slice(i + 2);
-          this._sseMessage(ts, block);
+          const m = parseSse(block);
+          if (!m || signal.aborted) continue;
+          if (m.event === 'goodbye') goodbye = m.body;
+          else on.message(m.event, m.body);
         }
       }
     } catch (e) {
       if (signal.aborted) return;
-      return this._failed(ts, new HeraldError('disconnected', `SSE: ${e.message || e}`));
+      return on.failed(new HeraldError('disconnected', `SSE: ${e.message || e}`));
     } finally {
       clearTimeout(timeout);
       clearInterval(watchdog);
     }
     if (signal.aborted) return;
-    const g = this._goodbye;
-    this._goodbye = null;
+    if (goodbye && on.goodbye && on.goodbye(goodbye)) return;
+    const g = goodbye;
     const err = new HeraldError(g && g.reason === 'token_expired' ? 'token_expired' : 'disconnected', 'SSE stream ended');
     this._end({ error: err, immediate: !!(g && g.reconnect) });
   }
 
-  _sseMessage(ts, block) {
-    let event = 'message';
-    const data = [];
-    for (const line of block.split('\n')) {
-      if (!line || line.startsWith(':')) continue;
-      const k = line.indexOf(':');
-      const field = k < 0 ? line : line.slice(0, k);
-      const value = k < 0 ? '' : line.slice(k + 1).replace(/^ /, '');
-      if (field === 'event') event = value;
-      else if (field === 'data') data.push(value);
-    }
-    if (data.length === 0) return;
-    let body;
-    try {
-      body = JSON.parse(data.join('\n'));
-    } catch {
-      return;
-    }
+  _sseMessage(ts, event, body) {
     const c = this.client;
     if (event === 'resync') {
       const snap = body.snapshot ? body.snapshot[ts.topic] : null;
@@ -193,8 +282,6 @@ export class StreamTransport {
       c._broadcastIn({ ...body, topic: ts.topic });
     } else if (event === 'presence_diff') {
       c._presenceIn(ts.topic, null, body);
-    } else if (event === 'goodbye') {
-      this._goodbye = body;
     } else if (body && body.position != null) {
       // The stream names the event under the topic it asked for.
       c._deliver(ts.topic, { ...body, op: 'event', topic: ts.topic });
@@ -258,5 +345,26 @@ export class StreamTransport {
       for (const ev of page.events) c._deliver(ts.topic, { ...ev, op: 'event', topic: ts.topic });
       since = Math.max(since, page.next);
     }
+  }
+}
+
+/** One SSE message block: `{ event, body }` with its JSON data, or null
+ * (a comment, an `id:` alone, data that is not JSON). */
+function parseSse(block) {
+  let event = 'message';
+  const data = [];
+  for (const line of block.split('\n')) {
+    if (!line || line.startsWith(':')) continue;
+    const k = line.indexOf(':');
+    const field = k < 0 ? line : line.slice(0, k);
+    const value = k < 0 ? '' : line.slice(k + 1).replace(/^ /, '');
+    if (field === 'event') event = value;
+    else if (field === 'data') data.push(value);
+  }
+  if (data.length === 0) return null;
+  try {
+    return { event, body: JSON.parse(data.join('\n')) };
+  } catch {
+    return null;
   }
 }

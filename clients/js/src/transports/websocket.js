@@ -9,6 +9,12 @@ function wsUrl(base) {
   return base.replace(/^http/i, 'ws') + '/v1/ws';
 }
 
+// A `list` frame carrying `have` must fit the server's frame limit
+// (`--ws-max-message`, 64 KiB by default); past this a list resumes with a
+// fresh snapshot instead, which the view compares with what it held.
+const LIST_FRAME_MAX_BYTES = 60 * 1024;
+const utf8Length = (s) => (typeof TextEncoder !== 'undefined' ? new TextEncoder().encode(s).length : s.length * 3);
+
 export class WsTransport {
   constructor(client) {
     this.kind = 'websocket';
@@ -20,6 +26,9 @@ export class WsTransport {
     this._pending = new Map();
     this._finish = null;
     this.onReady = null;
+    /** Set while this is a probe not yet adopted by the connection: it holds no lists. */
+    this.probing = false;
+    this._held = new Set(); // topics subscribed on this connection
   }
 
   /** Resolves when the connection is over: { established, error?, immediate?, retryAfterMs? }. */
@@ -98,7 +107,9 @@ export class WsTransport {
   }
 
   remove(ts, alreadyGone) {
-    if (!this.ready || alreadyGone) return;
+    // A topic never sent on this connection (a list's long-poll stand-in
+    // ending as the list moves here) needs no unsub.
+    if (!this.ready || alreadyGone || !this._held.delete(ts.topic)) return;
     this.request({ op: 'unsub', topic: ts.topic }).catch(() => {});
   }
 
@@ -107,6 +118,8 @@ export class WsTransport {
       ? { op: 'presence', topic: ts.topic, meta: ts.meta }
       : { op: 'sub', topic: ts.topic };
     if (!ts.room && ts.position != null) frame.since = ts.position;
+    if (!ts.room && ts.conflate === false) frame.conflate = false;
+    this._held.add(ts.topic);
     this.request(frame).then(
       (ack) => this.client._acked(ts.topic, ack.position),
       (err) => {
@@ -117,6 +130,54 @@ export class WsTransport {
           return;
         }
         this.client._topicFailed(ts.topic, err);
+      },
+    );
+  }
+
+  // Live job lists (`list` / `unlist`): sent on every connection, resuming
+  // with `have` so that only the difference comes back.
+
+  addList(ls) {
+    if (this.ready && !this.probing) this._list(ls);
+  }
+
+  removeList(ls, alreadyGone) {
+    if (!this.ready || this.probing || alreadyGone) return;
+    this.request({ op: 'unlist', list: ls.name }).catch(() => {});
+  }
+
+  /** Takes over every list of the client (on welcome, or when a probe is adopted). */
+  listAll() {
+    for (const ls of [...this.client._lists.values()]) this._list(ls);
+  }
+
+  _list(ls) {
+    if (ls.emulated) return ls.view._listEmulate(); // the server has no lists (see below)
+    // From here on this connection speaks for the list: the view stops any
+    // stand-in (long-poll) and what it holds now is what `have` says.
+    ls.view._listClaimed();
+    const frame = { op: 'list', list: ls.name, query: ls.query };
+    const have = ls.view._listHave();
+    if (have) {
+      const withHave = { ...frame, have, id: this._nextId };
+      if (utf8Length(JSON.stringify(withHave)) <= LIST_FRAME_MAX_BYTES) frame.have = have;
+    }
+    this.request(frame).then(
+      (ack) => this.client._listAcked(ls.name, ack),
+      (err) => {
+        if (err.code === 'disconnected') return; // listed again on the next connection
+        if (this.client._lists.get(ls.name) !== ls) return;
+        if (err.code === 'unavailable' || err.code === 'too_many_subscriptions') {
+          setTimeout(() => this.client._lists.get(ls.name) === ls && this.ready && this._list(ls), 2000);
+          return;
+        }
+        if (err.code === 'unknown_op') {
+          // A server from before live lists: the view makes do with the `jobs` topic.
+          ls.emulated = true;
+          ls.view._listEmulate();
+          return;
+        }
+        this.client._listFailed(ls.name, err);
       },
     );
   }
@@ -142,6 +203,9 @@ export class WsTransport {
         c.identity = { sub: msg.sub, role: msg.role, tenant: msg.tenant, exp: msg.expires_at ?? null };
         const every = c.options.heartbeatMs ?? Math.min(msg.heartbeat_ms || 20000, 20000);
         this._startHeartbeat(every);
+        // Lists first: taking one over may end a stand-in topic subscription
+        // (long-poll), which then need not be sent at all.
+        if (!this.probing) this.listAll();
         for (const ts of c._topics.values()) this._subscribe(ts);
         if (this.onReady) this.onReady();
         if (!this.adopted) c._established(this);
@@ -163,11 +227,20 @@ export class WsTransport {
         if (p) {
           this._pending.delete(msg.id);
           p.reject(err);
+        } else if (msg.list != null && c._lists.has(msg.list)) {
+          // A live list that ended (e.g. list_too_large once it grew past the bound).
+          c._listFailed(msg.list, err);
         } else {
           c.emit('error', err);
         }
         break;
       }
+      case 'list_snapshot':
+        c._listIn(this, msg.list, 'snapshot', msg);
+        break;
+      case 'list_change':
+        c._listIn(this, msg.list, 'change', msg);
+        break;
       case 'event':
         c._deliver(msg.topic, msg);
         break;

@@ -1,6 +1,6 @@
 // Compiled (not run) by types.test.mjs: the hand-written .d.ts files must
 // describe the API the way the docs use it.
-import { createClient, ProgressReporter, HeraldError, type Job, type HeraldEvent, type Status } from '@herald/client';
+import { createClient, ProgressReporter, HeraldError, JobListView, type Job, type JobQuery, type JobLeave, type HeraldEvent, type Status } from '@herald/client';
 import { useJob, useJobs, useNotifications, usePresence, useConnectionStatus, HeraldProvider } from '@herald/client/react';
 
 const herald = createClient({ url: 'http://127.0.0.1:4000', getToken: async () => 'token', transports: ['websocket', 'sse'] });
@@ -24,6 +24,19 @@ console.log(room.members(), room.list()[0]?.sub);
 void herald.broadcast('room:lobby', 'typing', { field: 'title' }).then((r) => r.delivered);
 void herald.setToken('t').then((ack) => ack?.dropped);
 herald.on('fallback', ({ from, to }) => console.log(from, to));
+herald.subscribe('job:1', { conflate: false, onEvent: (e) => console.log(e.data) });
+
+// Live job lists.
+const query: JobQuery = { status: ['running', 'stalled'], kind: 'crawl', tag: { env: 'prod', n: 4 }, updatedWithin: 3600 };
+const active: JobListView = herald.jobList(query, { max: 100 });
+active.on('enter', (job: Job) => console.log('in', job.id, job.progress));
+active.on('update', (job) => console.log(job.version));
+active.on('leave', ({ id, job, previous }: JobLeave) => console.log(id, job?.status ?? 'aged out', previous.status));
+active.on('change', (jobs) => console.log(jobs.length, active.jobs[0]?.updated_at, active.name, active.query.status));
+const one = herald.jobList({ status: 'queued' });
+one.close();
+const watched = herald.watchJobs({ owner: 'alice', status: ['running', 'queued'], max: 50 });
+console.log(watched.topic, watched.jobs.length);
 
 const reporter = new ProgressReporter({ url: 'http://127.0.0.1:4000', token: 'hk_x_y', retries: 3 });
 async function work() {
@@ -43,6 +56,8 @@ async function work() {
 function Widget() {
   const { job, tasks, loading, error } = useJob('1', { history: true });
   const { jobs } = useJobs({ owner: 'alice' });
+  const { jobs: crawling, loading: l2 } = useJobs({ status: ['running', 'stalled'], kind: 'crawl', tag: { env: 'prod' }, updatedWithin: 600 });
+  void [crawling.map((j) => j.progress), l2];
   const { unreadCount, markRead } = useNotifications();
   const { members, broadcast } = usePresence('room:job:1', { name: 'a' });
   const { status: s, transport } = useConnectionStatus();

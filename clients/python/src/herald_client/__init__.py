@@ -6,12 +6,16 @@
   with bursts of progress coalesced.
 - :class:`Subscriber` / :class:`AsyncSubscriber`: watch a job or all jobs
   live over server-sent events, resuming after any cut without missing or
-  repeating an event.
+  repeating an event; read a job's output streams (``read_stream``,
+  ``streams``).
+- :class:`StreamWriter` / :class:`AsyncStreamWriter` (``reporter.stream(job,
+  name)``): write a job's output stream (log lines, LLM tokens) chunk by
+  chunk; chunks travel in batches, one append each.
 - Errors: :class:`HeraldError` and its subclasses.
 """
 
 from ._common import ReporterStats
-from .async_reporter import AsyncJobReporter, AsyncReporter
+from .async_reporter import AsyncJobReporter, AsyncReporter, AsyncStreamWriter
 from .errors import (
     Conflict,
     Forbidden,
@@ -24,7 +28,7 @@ from .errors import (
     Unavailable,
 )
 from .events import Event
-from .reporter import JobReporter, Reporter
+from .reporter import JobReporter, Reporter, StreamWriter
 from .subscriber import AsyncEventStream, AsyncSubscriber, EventStream, Subscriber
 
 __version__ = "0.1.0"
@@ -33,6 +37,7 @@ __all__ = [
     "AsyncEventStream",
     "AsyncJobReporter",
     "AsyncReporter",
+    "AsyncStreamWriter",
     "AsyncSubscriber",
     "Conflict",
     "Event",
@@ -46,6 +51,7 @@ __all__ = [
     "QueueFull",
     "Reporter",
     "ReporterStats",
+    "StreamWriter",
     "Subscriber",
     "Unauthorized",
     "Unavailable",

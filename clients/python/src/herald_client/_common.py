@@ -24,6 +24,14 @@ USER_AGENT = "herald-client-python/0.1.0"
 #: must not turn a failure report into a refused request, so it is cut first.
 MAX_ERROR_BYTES = 16 * 1024 - 16
 
+#: The largest chunk of a job output stream Herald takes, as compact JSON.
+MAX_CHUNK_BYTES = 64 * 1024
+#: Most chunks in one append (and one read).
+MAX_CHUNKS_PER_APPEND = 10_000
+#: Most bytes of chunks a stream writer puts in one append: well under
+#: Herald's default 1 MiB ``--body-limit``, with room for any one chunk.
+MAX_BATCH_BYTES = 512 * 1024
+
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
     """Seconds to wait before retry number ``attempt`` (0-based): exponential,
@@ -72,6 +80,43 @@ def json_copy(value: Any) -> Any:
 
 def dumps(body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def chunk_json(chunk: Any) -> bytes:
+    """One stream chunk as the compact JSON it is sent as. Raises at the
+    caller: ``TypeError`` for a value JSON cannot hold, ``ValueError`` for a
+    NaN or infinity, or a chunk over 64 KiB (Herald would refuse the whole
+    append it travels in)."""
+    raw = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    if len(raw) > MAX_CHUNK_BYTES:
+        raise ValueError(f"a stream chunk is {len(raw)} bytes as JSON; Herald takes at most {MAX_CHUNK_BYTES}")
+    return raw
+
+
+def stream_path(job_id: str, stream: str) -> str:
+    return f"/v1/jobs/{seg(job_id)}/streams/{seg(stream)}"
+
+
+def append_spec(job_id: str, stream: str, chunks: Sequence[Any]) -> Spec:
+    """``append_chunks``: one append of 1 to 10,000 chunks, checked here."""
+    if isinstance(chunks, (str, bytes)) or not 1 <= len(chunks) <= MAX_CHUNKS_PER_APPEND:
+        raise ValueError(f"chunks: a list of 1 to {MAX_CHUNKS_PER_APPEND} JSON values")
+    parts = [chunk_json(c) for c in chunks]
+    return Spec(job_id, "POST", stream_path(job_id, stream), {"chunks": [json.loads(p) for p in parts]})
+
+
+def read_stream_params(offset: int, limit: Optional[int], wait: float) -> Dict[str, str]:
+    """The query of ``GET /v1/jobs/{id}/streams/{name}``, checked."""
+    if offset < 0:
+        raise ValueError("offset: a chunk offset (0 for the oldest kept)")
+    if limit is not None and not 1 <= limit <= MAX_CHUNKS_PER_APPEND:
+        raise ValueError(f"limit: 1 to {MAX_CHUNKS_PER_APPEND} chunks")
+    if not 0 <= wait <= 60:
+        raise ValueError("wait: 0 to 60 seconds")
+    params = {"offset": str(offset), "wait": repr(float(wait))}
+    if limit is not None:
+        params["limit"] = str(limit)
+    return params
 
 
 def transport_error(exc: Exception) -> HeraldError:

@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, ContextManager, Dict, Generator, Generic, List, Optional, Tuple, TypeVar
+from typing import Any, ContextManager, Dict, Generator, Generic, Hashable, List, Optional, Tuple, TypeVar
 
-from ._common import JSON, ReporterStats, Spec, base_url, dumps, new_key, pair, split_token
-from ._queue import Lanes, Request
+from ._common import (
+    JSON,
+    MAX_CHUNKS_PER_APPEND,
+    ReporterStats,
+    Spec,
+    base_url,
+    dumps,
+    new_key,
+    pair,
+    split_token,
+)
+from ._queue import Batch, Lanes, Request, StreamTarget
 from .errors import Conflict, HeraldError, NotFound, QueueFull, Unavailable
 
 log = logging.getLogger("herald_client")
@@ -27,6 +37,10 @@ def delivery(req: Request[Any]) -> Generator[Call, JSON, JSON]:
     each one and is sent its answer, or thrown its :class:`HeraldError`;
     returns the answer for ``req``'s future."""
     spec = req.spec
+    if req.batch is not None and req.batch.target.failure is not None:
+        # An earlier append of this writer failed for good: this one would
+        # leave a hole in the stream.
+        raise req.batch.target.failure
     try:
         return (yield (spec.method, spec.path, req.content(), req.key))
     except NotFound as e:
@@ -65,9 +79,15 @@ class ReporterBase(Generic[F]):
         timeout: float,
         max_in_flight: int,
         on_error: Optional[Any],
+        stream_linger: float = 0.1,
+        stream_batch: int = 1000,
     ) -> None:
         if coalesce < 0:
             raise ValueError("coalesce: seconds, 0 to send every progress report")
+        if stream_linger < 0 or not 1 <= stream_batch <= MAX_CHUNKS_PER_APPEND:
+            raise ValueError(f"stream_linger: seconds >= 0; stream_batch: 1 to {MAX_CHUNKS_PER_APPEND} chunks")
+        self._stream_linger = float(stream_linger)
+        self._stream_batch = stream_batch
         if max_queue < 1 or max_in_flight < 1:
             raise ValueError("max_queue and max_in_flight must be at least 1")
         self.url = base_url(url)
@@ -110,11 +130,17 @@ class ReporterBase(Generic[F]):
         if self._closed:
             raise HeraldError("closed", "the reporter is closed")
 
-    def _close_buffer(self, lane: str) -> None:
-        merged = self._lanes.close_buffer(lane)
-        self._stats.coalesced += merged
+    def _close_buffer(self, key: Hashable) -> None:
+        merged = self._lanes.close_buffer(key)
+        if isinstance(key, str):  # a progress buffer (a batch's key is a tuple)
+            self._stats.coalesced += merged
         if merged:
             self._room_freed()
+
+    def _close_lane_buffers(self, lane: str) -> None:
+        """Sends the job's progress and stream batches that are gathering now."""
+        for key in self._lanes.buffered_keys(lane):
+            self._close_buffer(key)
 
     def _fold_progress(self, job_id: str, body: JSON) -> Tuple[Optional[F], bool]:
         """Places a progress report without waiting: ``(future, _)`` when it
@@ -145,9 +171,42 @@ class ReporterBase(Generic[F]):
             self._lanes.push(req)
 
     def _has_room(self, spec: Spec) -> bool:
-        # A status change never overtakes the progress reported before it.
-        self._close_buffer(spec.lane)
+        # A status change never overtakes the progress (nor the stream
+        # chunks) reported before it.
+        self._close_lane_buffers(spec.lane)
         return self._lanes.size < self._max_queue
+
+    def _fold_chunk(self, target: StreamTarget, part: bytes) -> Tuple[Optional[F], bool, bool]:
+        """Places one chunk without waiting: ``(future, _, wake)`` when it
+        joined its writer's batch (``wake``: the batch is full, send it now);
+        ``(None, True, _)`` when there is room for a new batch; ``(None,
+        False, _)`` when the caller must wait for room and try again."""
+        target.check()
+        key = target.key
+        buf = self._lanes.buffer(key)
+        if buf is not None:
+            assert buf.batch is not None
+            if buf.batch.fits(len(part)):
+                buf.batch.add(part)
+                wake = buf.batch.full
+                if wake:
+                    self._close_buffer(key)
+                return buf.future, True, wake
+            self._close_buffer(key)
+        if self._lanes.size < self._max_queue:
+            return None, True, False
+        # Full: join the writer's batch at the end of its lane, if not sent yet.
+        tail = self._lanes.tail(target.job_id)
+        if tail is not None and tail.batch is not None and tail.batch.target is target and not tail.started:
+            if tail.batch.fits(len(part)):
+                tail.batch.add(part)
+                return tail.future, True, False
+        return None, False, False
+
+    def _queue_chunk(self, target: StreamTarget, part: bytes, future: F) -> None:
+        """Opens a new batch for the writer, sent after its linger."""
+        req = Request(target.spec, future, batch=Batch(target, part))
+        self._lanes.open_buffer(req, time.monotonic() + self._stream_linger)
 
     def _room_wait(self, deadline: Optional[float], spec: Spec) -> Tuple[float, float]:
         """The deadline for room (set on the first wait) and the seconds left
@@ -173,8 +232,8 @@ class ReporterBase(Generic[F]):
     def _pending(self, job_id: Optional[str]) -> List[F]:
         """Sends the coalescing windows now (of one job, or all) and returns
         the futures of every request held for it."""
-        for lane in [job_id] if job_id is not None else self._lanes.buffered_lanes():
-            self._close_buffer(lane)
+        for key in self._lanes.buffered_keys(job_id):
+            self._close_buffer(key)
         return [r.future for r in self._lanes.outstanding(job_id)]
 
     # Answers and failures.
@@ -190,6 +249,8 @@ class ReporterBase(Generic[F]):
         with self._guard():
             if error is not None:
                 error.request = req.describe()
+                if req.batch is not None and req.batch.target.failure is None:
+                    req.batch.target.failure = error
                 self._failures.setdefault(req.lane, []).append(error)
                 self._stats.failed += 1
             else:

@@ -14,7 +14,21 @@ import logging
 import time
 from types import TracebackType
 from contextlib import nullcontext
-from typing import Any, Awaitable, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    ContextManager,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    Union,
+)
 
 import httpx
 
@@ -22,8 +36,10 @@ from ._common import (
     JSON,
     Attempts,
     Spec,
+    append_spec,
     artifact_spec,
     call_token_getter,
+    chunk_json,
     create_job_spec,
     headers,
     http_options,
@@ -35,7 +51,7 @@ from ._common import (
     task_spec,
     task_status_body,
 )
-from ._queue import Request
+from ._queue import Request, StreamTarget
 from ._reporter_base import ReporterBase, delivery
 from .errors import HeraldError
 
@@ -98,10 +114,12 @@ class AsyncReporter(ReporterBase["asyncio.Future[JSON]"]):
         max_in_flight: int = 4,
         on_error: Optional[Callable[[HeraldError], None]] = None,
         transport: Optional[httpx.AsyncBaseTransport] = None,
+        stream_linger: float = 0.1,
+        stream_batch: int = 1000,
     ) -> None:
         self._configure(
             url, token, get_token is not None, coalesce, max_queue, queue_timeout, retry_timeout, backoff, timeout,
-            max_in_flight, on_error
+            max_in_flight, on_error, stream_linger, stream_batch
         )
         self._get_token = get_token
         self._http = httpx.AsyncClient(**http_options(self.url, timeout, transport, max_in_flight))
@@ -235,6 +253,14 @@ class AsyncReporter(ReporterBase["asyncio.Future[JSON]"]):
         """See :meth:`herald_client.Reporter.notify`."""
         return await self._enqueue(notify_spec(recipient, title, body=body, level=level, link=link))
 
+    async def append_chunks(self, job_id: str, stream: str, chunks: Sequence[Any]) -> asyncio.Future[JSON]:
+        """See :meth:`herald_client.Reporter.append_chunks`."""
+        return await self._enqueue(append_spec(job_id, stream, chunks))
+
+    def stream(self, job_id: str, name: str) -> AsyncStreamWriter:
+        """See :meth:`herald_client.Reporter.stream`."""
+        return AsyncStreamWriter(self, StreamTarget(job_id, name, self._stream_batch))
+
     def job(
         self,
         job_id: str,
@@ -338,6 +364,27 @@ class AsyncReporter(ReporterBase["asyncio.Future[JSON]"]):
             deadline = await self._wait_for_room(deadline, spec)
         fut = self._new_future()
         self._lanes.push(Request(spec, fut))
+        self._start_senders()
+        ev.work.set()
+        return fut
+
+    async def _write_chunk(self, target: StreamTarget, chunk: Any) -> asyncio.Future[JSON]:
+        part = chunk_json(chunk)
+        self._check_open()
+        ev = self._ev
+        deadline: Optional[float] = None
+        while True:
+            folded, room, wake = self._fold_chunk(target, part)
+            if folded is not None:
+                if wake:
+                    ev.work.set()
+                return folded
+            if room:
+                break
+            ev.work.set()  # a batch closed above may be sendable
+            deadline = await self._wait_for_room(deadline, target.spec)
+        fut = self._new_future()
+        self._queue_chunk(target, part, fut)
         self._start_senders()
         ev.work.set()
         return fut
@@ -469,6 +516,12 @@ class AsyncJobReporter:
     async def artifact(self, kind: str, payload: Any) -> asyncio.Future[JSON]:
         return await self.reporter.artifact(self.id, kind, payload)
 
+    def stream(self, name: str) -> AsyncStreamWriter:
+        return self.reporter.stream(self.id, name)
+
+    async def append_chunks(self, stream: str, chunks: Sequence[Any]) -> asyncio.Future[JSON]:
+        return await self.reporter.append_chunks(self.id, stream, chunks)
+
     async def flush(self, timeout: Optional[float] = None) -> None:
         await self.reporter.flush(self.id, timeout)
 
@@ -487,3 +540,57 @@ class AsyncJobReporter:
             await self.reporter.job_failed(self.id, exc)
         except HeraldError as e:
             log.warning("herald: reporting job %s failed: %s", self.id, e)
+
+
+class AsyncStreamWriter:
+    """The asyncio twin of :class:`herald_client.StreamWriter` (from
+    :meth:`AsyncReporter.stream`): ``await writer.write(chunk)`` returns
+    once the chunk is queued (it waits only for room in a full queue), with
+    the future of the append it travels in; ``await writer.flush()``,
+    ``await writer.close()``, ``async with``."""
+
+    def __init__(self, reporter: AsyncReporter, target: StreamTarget) -> None:
+        self.reporter = reporter
+        self._target = target
+
+    @property
+    def job_id(self) -> str:
+        return self._target.job_id
+
+    @property
+    def name(self) -> str:
+        return self._target.name
+
+    async def write(self, chunk: Any) -> asyncio.Future[JSON]:
+        """See :meth:`herald_client.StreamWriter.write`."""
+        return await self.reporter._write_chunk(self._target, chunk)
+
+    async def write_many(self, chunks: Iterable[Any]) -> Optional[asyncio.Future[JSON]]:
+        fut: Optional[asyncio.Future[JSON]] = None
+        for c in chunks:
+            fut = await self.write(c)
+        return fut
+
+    async def flush(self, timeout: Optional[float] = None) -> None:
+        """See :meth:`herald_client.StreamWriter.flush`."""
+        await self.reporter.flush(self.job_id, timeout)
+        if self._target.failure is not None:
+            raise self._target.failure
+
+    async def close(self, timeout: Optional[float] = None) -> None:
+        self._target.closed = True
+        await self.flush(timeout)
+
+    async def __aenter__(self) -> AsyncStreamWriter:
+        return self
+
+    async def __aexit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        if exc is None:
+            await self.close()
+            return
+        try:
+            await self.close()
+        except HeraldError as e:
+            log.warning("herald: closing stream %s of job %s: %s", self.name, self.job_id, e)

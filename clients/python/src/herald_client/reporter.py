@@ -16,7 +16,7 @@ import weakref
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
 from types import TracebackType
-from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type
 
 import httpx
 
@@ -24,7 +24,9 @@ from ._common import (
     JSON,
     Attempts,
     Spec,
+    append_spec,
     artifact_spec,
+    chunk_json,
     create_job_spec,
     headers,
     http_options,
@@ -36,7 +38,7 @@ from ._common import (
     task_spec,
     task_status_body,
 )
-from ._queue import Request
+from ._queue import Request, StreamTarget
 from ._reporter_base import ReporterBase, delivery
 from .errors import HeraldError
 
@@ -78,6 +80,11 @@ class Reporter(ReporterBase["Future[JSON]"]):
     :class:`HeraldError` of a report that failed for good (from a sender
     thread); without it such errors are logged. ``transport``: an httpx
     transport (tests, proxies).
+
+    ``stream_linger``: seconds a batch of stream chunks (:meth:`stream`)
+    gathers more before it is sent as one append (0: as soon as a sender is
+    free). ``stream_batch``: most chunks in one append (at most 10,000); a
+    full batch is sent at once.
     """
 
     def __init__(
@@ -95,10 +102,12 @@ class Reporter(ReporterBase["Future[JSON]"]):
         max_in_flight: int = 4,
         on_error: Optional[Callable[[HeraldError], None]] = None,
         transport: Optional[httpx.BaseTransport] = None,
+        stream_linger: float = 0.1,
+        stream_batch: int = 1000,
     ) -> None:
         self._configure(
             url, token, get_token is not None, coalesce, max_queue, queue_timeout, retry_timeout, backoff, timeout,
-            max_in_flight, on_error
+            max_in_flight, on_error, stream_linger, stream_batch
         )
         self._get_token = get_token
         self._http = httpx.Client(**http_options(self.url, timeout, transport, max_in_flight))
@@ -250,6 +259,20 @@ class Reporter(ReporterBase["Future[JSON]"]):
         (``level``: info, success, warning or error)."""
         return self._enqueue(notify_spec(recipient, title, body=body, level=level, link=link))
 
+    def append_chunks(self, job_id: str, stream: str, chunks: Sequence[Any]) -> Future[JSON]:
+        """Appends ``chunks`` (1 to 10,000 JSON values of at most 64 KiB each)
+        to the job's output stream ``stream`` as one request, queued in order
+        with the job's other reports; the answer is ``{"stream",
+        "first_offset", "next_offset", "floor"}``. To write chunk by chunk,
+        use :meth:`stream`, which batches them."""
+        return self._enqueue(append_spec(job_id, stream, chunks))
+
+    def stream(self, job_id: str, name: str) -> StreamWriter:
+        """A writer of the job's output stream ``name`` (1–64 characters of
+        ``A-Za-z0-9_-.``; created on first append): ``write(chunk)`` queues
+        one chunk, and chunks travel in batches, one append per batch."""
+        return StreamWriter(self, StreamTarget(job_id, name, self._stream_batch))
+
     def job(
         self,
         job_id: str,
@@ -354,6 +377,27 @@ class Reporter(ReporterBase["Future[JSON]"]):
             while not self._has_room(spec):
                 deadline = self._wait_for_room(deadline, spec)
             self._lanes.push(req)
+            self._start_senders()
+            self._work.notify()
+        return fut
+
+    def _write_chunk(self, target: StreamTarget, chunk: Any) -> Future[JSON]:
+        part = chunk_json(chunk)
+        with self._lock:
+            self._check_open()
+            deadline: Optional[float] = None
+            while True:
+                folded, room, wake = self._fold_chunk(target, part)
+                if folded is not None:
+                    if wake:
+                        self._work.notify()
+                    return folded
+                if room:
+                    break
+                self._work.notify()  # a batch closed above may be sendable
+                deadline = self._wait_for_room(deadline, target.spec)
+            fut: Future[JSON] = Future()
+            self._queue_chunk(target, part, fut)
             self._start_senders()
             self._work.notify()
         return fut
@@ -491,6 +535,13 @@ class JobReporter:
     def artifact(self, kind: str, payload: Any) -> Future[JSON]:
         return self.reporter.artifact(self.id, kind, payload)
 
+    def stream(self, name: str) -> StreamWriter:
+        """See :meth:`Reporter.stream`."""
+        return self.reporter.stream(self.id, name)
+
+    def append_chunks(self, stream: str, chunks: Sequence[Any]) -> Future[JSON]:
+        return self.reporter.append_chunks(self.id, stream, chunks)
+
     def flush(self, timeout: Optional[float] = None) -> None:
         self.reporter.flush(self.id, timeout)
 
@@ -509,3 +560,75 @@ class JobReporter:
             self.reporter.job_failed(self.id, exc)
         except HeraldError as e:  # the worker's own exception matters more
             log.warning("herald: reporting job %s failed: %s", self.id, e)
+
+
+class StreamWriter:
+    """Writes one job output stream through a :class:`Reporter` (from
+    :meth:`Reporter.stream`). Chunks are queued in call order and travel in
+    batches: a batch is sent as one append once it holds ``stream_batch``
+    chunks (or 512 KiB), or ``stream_linger`` seconds after its first chunk,
+    or at ``flush()``. Each append is retried under its own Idempotency-Key,
+    so every chunk lands once and in order, across restarts of Herald.
+
+    The job's progress and its other streams do not split a batch; any
+    other report of the job (a task, an artifact, a status change) is sent
+    after the chunks written before it. When an append fails for good, its
+    error is raised by ``flush()``/``close()`` and by every later ``write()``:
+    the writer's later chunks are not sent past the hole. As a context
+    manager it is closed on exit.
+    """
+
+    def __init__(self, reporter: Reporter, target: StreamTarget) -> None:
+        self.reporter = reporter
+        self._target = target
+
+    @property
+    def job_id(self) -> str:
+        return self._target.job_id
+
+    @property
+    def name(self) -> str:
+        return self._target.name
+
+    def write(self, chunk: Any) -> Future[JSON]:
+        """Queues one chunk: any JSON value (a string for a line or a token,
+        an object for a record) of at most 64 KiB as JSON, or ``ValueError``
+        / ``TypeError`` now. Returns the future of the append it travels in
+        (shared by the batch's chunks), Herald's ``{"stream", "first_offset",
+        "next_offset", "floor"}``. Waits for room like every report when the
+        queue is full; raises the error of an earlier failed append."""
+        return self.reporter._write_chunk(self._target, chunk)
+
+    def write_many(self, chunks: Iterable[Any]) -> Optional[Future[JSON]]:
+        """Queues chunks in order; the future of the last one (None for none)."""
+        fut: Optional[Future[JSON]] = None
+        for c in chunks:
+            fut = self.write(c)
+        return fut
+
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Sends the batch now and waits until Herald answered every report
+        of the job queued so far (see :meth:`Reporter.flush`); raises the
+        first failure, and this writer's failed append if there was one."""
+        self.reporter.flush(self.job_id, timeout)
+        if self._target.failure is not None:
+            raise self._target.failure
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Flushes; later writes raise ``HeraldError("closed")``."""
+        self._target.closed = True
+        self.flush(timeout)
+
+    def __enter__(self) -> StreamWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except HeraldError as e:  # the exception in flight matters more
+            log.warning("herald: closing stream %s of job %s: %s", self.name, self.job_id, e)

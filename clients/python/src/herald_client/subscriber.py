@@ -12,6 +12,10 @@ cursor is dropped, so none is delivered twice.
 Only topics with a log are watched this way (``job:<id>``, ``jobs``,
 ``jobs:owner:<sub>``, ``user:<sub>``); room broadcasts and presence need
 the WebSocket protocol.
+
+A job's output streams are read with ``read_stream`` (a page of chunks from
+an offset, and with ``wait`` a long-poll that follows the stream) and listed
+with ``streams``.
 """
 
 from __future__ import annotations
@@ -41,13 +45,31 @@ from typing import (
 
 import httpx
 
-from ._common import USER_AGENT, backoff_delay, base_url, call_token_getter, pair, split_token, transport_error
+from ._common import (
+    JSON,
+    USER_AGENT,
+    Attempts,
+    backoff_delay,
+    base_url,
+    call_token_getter,
+    pair,
+    read_stream_params,
+    seg,
+    split_token,
+    stream_path,
+    timeouts,
+    transport_error,
+)
 from .errors import HeraldError, Unauthorized, Unavailable, error_from_response, is_retryable_status
 from .events import Event, Goodbye, SseDecoder, SseMessage, interpret
 
 #: A connection that lasted this long was healthy: the next cut starts the
 #: backoff from its first step again.
 _HEALTHY_AFTER = 30.0
+
+#: How long a read (``read_stream``, ``streams``) is retried when the
+#: subscriber has no ``reconnect_timeout``.
+_READ_RETRY = 60.0
 
 
 def job_topic(job_id: str) -> str:
@@ -314,6 +336,7 @@ class _SubscriberBase(Generic[S]):
         self._can_refresh = has_getter
         self._backoff = pair(backoff, "backoff")
         self._reconnect_timeout = reconnect_timeout
+        self._connect_timeout = connect_timeout
         return dict(
             base_url=self.url,
             timeout=_http_timeout(connect_timeout, idle_timeout),
@@ -340,6 +363,16 @@ class _SubscriberBase(Generic[S]):
     def watch(self, *topics: str, since: Optional[int] = None) -> S:
         """Several topics as one ordered stream: an event on two of them comes once."""
         return self._stream(_check_topics(topics), since)
+
+    def _read_attempts(self) -> Attempts:
+        """The retry policy of one read: network errors, 5xx, 408 and 429
+        retried with the backoff for up to ``reconnect_timeout`` (60 s when
+        there is none); a first 401 asks ``get_token`` again."""
+        limit = self._reconnect_timeout if self._reconnect_timeout is not None else _READ_RETRY
+        return Attempts(self._backoff, limit, self._can_refresh)
+
+    def _read_timeout(self, wait: float) -> httpx.Timeout:
+        return timeouts(wait + 15.0, self._connect_timeout)
 
 
 class EventStream(_StreamBase):
@@ -529,6 +562,46 @@ class Subscriber(_SubscriberBase["EventStream"]):
     def _stream(self, topics: List[str], since: Optional[int]) -> EventStream:
         return EventStream(self, topics, since)
 
+    def read_stream(
+        self, job_id: str, stream: str, offset: int = 0, *, limit: Optional[int] = None, wait: float = 0.0
+    ) -> JSON:
+        """A page of the job's output stream ``stream`` from ``offset`` on,
+        oldest first: ``{"stream", "offset", "next", "end", "floor",
+        "truncated", "chunks"}``. ``limit``: 1 to 10,000 chunks (Herald's
+        default 1,000; a page also ends past 1 MiB). ``wait``: seconds (at
+        most 60) to wait for an append when there is nothing at ``offset``
+        yet, a long-poll: read again from ``next`` to follow the stream.
+        ``offset`` in the answer is later than asked (and ``truncated`` true)
+        when older chunks were dropped; a stream never written reads empty."""
+        params = read_stream_params(offset, limit, wait)
+        return self._get(stream_path(job_id, stream), params, wait)
+
+    def streams(self, job_id: str) -> List[JSON]:
+        """The job's output streams: ``[{"name", "floor", "next_offset",
+        "bytes", "updated_at"}]``."""
+        body = self._get(f"/v1/jobs/{seg(job_id)}/streams", {}, 0.0)
+        streams: List[JSON] = body["streams"]
+        return streams
+
+    def _get(self, path: str, params: Dict[str, str], wait: float) -> JSON:
+        attempts = self._read_attempts()
+        while True:
+            token = self._token_value()
+            answer: Any
+            try:
+                answer = self._http.get(
+                    path, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=self._read_timeout(wait)
+                )
+            except httpx.TransportError as e:
+                answer = e
+            delay = attempts.judge(answer)
+            if isinstance(delay, dict):
+                return delay
+            if delay is None:
+                self._refresh_token()
+                continue
+            time.sleep(delay)
+
     def close(self) -> None:
         self._http.close()
 
@@ -713,6 +786,38 @@ class AsyncSubscriber(_SubscriberBase["AsyncEventStream"]):
 
     def _stream(self, topics: List[str], since: Optional[int]) -> AsyncEventStream:
         return AsyncEventStream(self, topics, since)
+
+    async def read_stream(
+        self, job_id: str, stream: str, offset: int = 0, *, limit: Optional[int] = None, wait: float = 0.0
+    ) -> JSON:
+        """See :meth:`herald_client.Subscriber.read_stream`."""
+        params = read_stream_params(offset, limit, wait)
+        return await self._get(stream_path(job_id, stream), params, wait)
+
+    async def streams(self, job_id: str) -> List[JSON]:
+        """See :meth:`herald_client.Subscriber.streams`."""
+        body = await self._get(f"/v1/jobs/{seg(job_id)}/streams", {}, 0.0)
+        streams: List[JSON] = body["streams"]
+        return streams
+
+    async def _get(self, path: str, params: Dict[str, str], wait: float) -> JSON:
+        attempts = self._read_attempts()
+        while True:
+            token = await self._token_value()
+            answer: Any
+            try:
+                answer = await self._http.get(
+                    path, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=self._read_timeout(wait)
+                )
+            except httpx.TransportError as e:
+                answer = e
+            delay = attempts.judge(answer)
+            if isinstance(delay, dict):
+                return delay
+            if delay is None:
+                await self._refresh_token()
+                continue
+            await asyncio.sleep(delay)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -186,6 +186,20 @@ impl JobList {
         out
     }
 
+    /// Fills in the jobs that a resume's leaves name, as they are now, so a
+    /// client can tell "completed" from "cancelled" (one read per leave; a job
+    /// gone from the store, or one the caller may not see, leaves with its id).
+    pub async fn describe_leaves(s: &AppState, p: &Principal, changes: &mut [Change]) {
+        let vis = p.job_visibility();
+        for c in changes.iter_mut().filter(|c| c.kind == ChangeKind::Leave && c.job.is_none()) {
+            if let Ok(Some(job)) = s.store.job(&p.tenant, &c.id).await {
+                if vis.allows(job.owner.as_deref()) {
+                    c.job = job_json(&job);
+                }
+            }
+        }
+    }
+
     /// A live event of the list's topic: the change it makes, if any.
     pub fn apply(&mut self, event: &Event, now_ms: i64) -> Result<Option<Change>, TooLarge> {
         if !event.kind.table().eq("jobs") || !self.cursor.admit(event.position) {

@@ -46,6 +46,7 @@ const CLIENT_MODULES: &[(&str, &str)] = client_modules![
     "transports/stream.js",
     "transports/websocket.js",
     "views/job.js",
+    "views/joblist.js",
     "views/jobs.js",
     "views/notifications.js",
     "views/presence.js",

@@ -367,6 +367,9 @@ async fn a_resume_sends_only_the_difference_even_across_a_restart() {
     let mut changes = Vec::new();
     while let Some(f) = ws.next(Duration::from_millis(700)).await {
         assert_ne!(f["op"], "list_snapshot", "a resume sends no snapshot");
+        if f["change"] == "leave" {
+            assert_eq!(f["job"]["status"], "completed", "a resume's leave says where the job went: {f}");
+        }
         if f["op"] == "list_change" {
             changes.push((f["change"].as_str().unwrap().to_string(), f["id"].as_str().unwrap().to_string()));
         }

@@ -1,8 +1,10 @@
 //! The Rust SDK (`herald-client`) and the `herald job` / `herald notify`
 //! commands built on it, against the real server: seed 000's worker flow, a
 //! server restart in the middle of a run (nothing lost, nothing counted
-//! twice), Herald's error codes as typed errors and exit codes, and a watcher
-//! that resumes after a cut.
+//! twice), Herald's error codes as typed errors and exit codes, a watcher
+//! that resumes after a cut, and job output streams written through the
+//! reporter's batching writer (across a `kill -9`) and read back with
+//! `read_stream`.
 
 use super::live::log_positions;
 use crate::harness::{settle, token, Server};
@@ -11,6 +13,7 @@ use herald_client::{
 };
 use serde_json::{json, Value};
 use std::time::Duration;
+use std::time::Instant;
 
 fn client(s: &Server, tok: &str) -> Client {
     Client::new(s.url(""), tok).unwrap()
@@ -233,4 +236,191 @@ async fn coalescing_merges_a_burst_and_never_a_status_change() {
     let updates = log.iter().filter(|(t, _)| t == "job.updated").count();
     assert!(updates < 20, "1,000 reports in a burst became {updates} updates");
     assert_eq!(log.last().unwrap().1["status"], "completed", "the status change came last");
+}
+
+/// Every chunk of a stream from offset 0, page by page.
+async fn read_all(c: &Client, job: &str, stream: &str) -> Vec<Value> {
+    let mut got = Vec::new();
+    loop {
+        let page = c.read_stream(job, stream, got.len() as u64, 700, Duration::ZERO).await.unwrap();
+        assert_eq!(page.offset, got.len() as u64, "pages follow each other: {page:?}");
+        assert!(!page.truncated);
+        if page.chunks.is_empty() {
+            assert_eq!(page.next, page.end);
+            return got;
+        }
+        got.extend(page.chunks);
+    }
+}
+
+fn assert_tokens(got: &[Value], n: usize) {
+    assert_eq!(got.len(), n, "every chunk, once");
+    for (i, c) in got.iter().enumerate() {
+        assert_eq!(c, &json!({ "i": i, "t": format!("tok{i}") }), "chunk {i} in order");
+    }
+}
+
+/// POSTs to the append route that the server counted (in /metrics, since it started).
+async fn appends_counted(s: &Server) -> u64 {
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("herald_http_requests_total{")
+                && l.contains(r#"route="/v1/jobs/{id}/streams/{name}""#)
+                && l.contains(r#"method="POST""#)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_writer_sends_5000_chunks_across_a_kill_9_and_they_read_back_once_in_order() {
+    const N: usize = 5_000;
+    let mut s = Server::start("sdk-stream-restart", &[]).await;
+    let worker = token("agent-1", "acme", "worker");
+    let c = client(&s, &worker);
+    let reporter = Reporter::new(c.clone());
+    reporter.job_started("gen", JobStart { title: Some("Generate".into()), ..JobStart::default() }).await.unwrap();
+    let out = reporter.stream("gen", "tokens");
+    for i in 0..N {
+        out.write(json!({ "i": i, "t": format!("tok{i}") })).unwrap();
+        // Tokens come at a pace (a few thousand a second), not all at once.
+        if i % 25 == 24 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if i == 2_000 {
+            // Herald dies with an append in flight or queued, and comes back while tokens keep coming.
+            s.kill9();
+        }
+        if i == 2_500 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if i == 3_000 {
+            assert!(reporter.pending() > 0, "appends wait (and are retried) while Herald is down");
+            s.restart().await;
+        }
+        // Progress and other streams of the job go along without splitting the batches.
+        if i % 500 == 0 {
+            let _ =
+                reporter.progress("gen", ProgressReport { stage: Some(format!("token {i}")), ..Default::default() });
+            reporter.stream("gen", "log").write(format!("at {i}")).unwrap();
+        }
+    }
+    out.close().await.expect("every append reached Herald");
+    reporter.job_completed("gen").await.unwrap();
+
+    let reader = client(&s, &token("sam", "acme", "staff"));
+    assert_tokens(&read_all(&reader, "gen", "tokens").await, N);
+    let log = read_all(&reader, "gen", "log").await;
+    assert_eq!(log, (0..N).step_by(500).map(|i| json!(format!("at {i}"))).collect::<Vec<_>>());
+    let mut streams = reader.streams("gen").await.unwrap();
+    streams.sort_by(|a, b| a.name.cmp(&b.name));
+    let ends: Vec<_> = streams.iter().map(|i| (i.name.as_str(), i.floor, i.next_offset)).collect();
+    assert_eq!(ends, [("log", 0, 10), ("tokens", 0, N as u64)], "{streams:?}");
+    assert!(streams.iter().all(|i| i.bytes > 0 && i.updated_at > 0), "{streams:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_writer_batches_chunks_and_a_long_poll_reader_follows_them_live() {
+    const N: usize = 3_000;
+    let s = Server::start("sdk-stream-batches", &[]).await;
+    let worker = token("agent-1", "acme", "worker");
+    let alice = token("alice", "acme", "customer");
+    let c = client(&s, &worker);
+    c.create_job(&CreateJob { id: Some("llm".into()), owner: Some("alice".into()), ..Default::default() })
+        .await
+        .unwrap();
+
+    // The owner follows the stream by long-polling from offset 0, before anything is written.
+    let follower = {
+        let alice = client(&s, &alice);
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut first_at = None;
+            while got.len() < N + 1 {
+                let page = alice.read_stream("llm", "tokens", got.len() as u64, 10_000, Duration::from_secs(10)).await;
+                let page = page.unwrap();
+                assert!(!page.chunks.is_empty(), "a long-poll answers when chunks come");
+                first_at.get_or_insert_with(Instant::now);
+                got.extend(page.chunks);
+            }
+            (got, first_at.unwrap())
+        })
+    };
+
+    let reporter = Reporter::new(c.clone());
+    let out = reporter.stream("llm", "tokens");
+    let before = appends_counted(&s).await;
+    // One chunk, no flush: the batch goes out after its linger (100 ms).
+    let wrote = Instant::now();
+    out.write(json!({ "i": 0, "t": "tok0" })).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for i in 1..N {
+        out.write(json!({ "i": i, "t": format!("tok{i}") })).unwrap();
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    out.write("the end").unwrap();
+    out.flush().await.unwrap();
+    let appends = appends_counted(&s).await - before;
+    assert!((2..=60).contains(&appends), "{N} chunks went in {appends} appends");
+
+    let (got, first_at) = tokio::time::timeout(Duration::from_secs(20), follower).await.unwrap().unwrap();
+    let lag = first_at.duration_since(wrote);
+    assert!(lag < Duration::from_millis(390), "a lone chunk was sent after its linger, not at the next write: {lag:?}");
+    assert_eq!(got.last(), Some(&json!("the end")));
+    assert_tokens(&got[..N], N);
+    // The writer's stream reads the same for the worker, page by page.
+    assert_eq!(read_all(&c, "llm", "tokens").await, got);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_refusals_are_typed_errors_with_heralds_codes() {
+    let s = Server::start("sdk-stream-errors", &[]).await;
+    let worker = token("agent-1", "acme", "worker");
+    let c = Client::builder(s.url(""), &worker).retry(Retry::none()).build().unwrap();
+    c.create_job(&CreateJob { id: Some("j".into()), ..Default::default() }).await.unwrap();
+
+    let e = c.append_chunks("j", "bad:name", &[json!("a")]).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(422), "invalid_field"), "{e}");
+    assert!(!e.is_retryable());
+    let e = c.read_stream("j", "bad name", 0, 10, Duration::ZERO).await.unwrap_err();
+    assert_eq!(e.code(), "invalid_field", "{e}");
+    let e = c.append_chunks("nope", "log", &[json!("a")]).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(404), "not_found"), "{e}");
+    let e = c.append_chunks("j", "log", &[]).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(422), "invalid_field"), "{e}");
+    let staff = client(&s, &token("sam", "acme", "staff"));
+    let e = staff.append_chunks("j", "log", &[json!("a")]).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(403), "forbidden"), "{e}");
+    let e = c.read_stream("j", "log", 0, 0, Duration::ZERO).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(400), "invalid_query"), "{e}");
+    let e = c.read_stream("j", "log", 0, 10, Duration::from_secs(61)).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(400), "invalid_query"), "{e}");
+
+    // Through the reporter: the refusal comes back from flush and close, and
+    // the writer takes nothing more (a later chunk would follow a hole).
+    let reporter = Reporter::new(c.clone());
+    let bad = reporter.stream("j", "bad:name");
+    bad.write("a").unwrap();
+    let e = bad.flush().await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(422), "invalid_field"), "{e}");
+    assert_eq!(bad.write("b").unwrap_err().code(), "invalid_field");
+    assert_eq!(bad.close().await.unwrap_err().code(), "invalid_field");
+    // A chunk over 64 KiB is refused at the call; the stream goes on.
+    let log = reporter.stream("j", "log");
+    assert_eq!(log.write("x".repeat(64 * 1024)).unwrap_err().code(), "invalid");
+    log.write_all(["one", "two"]).unwrap();
+    log.close().await.unwrap();
+
+    let appended = c.append_chunks("j", "log", &[json!(3), json!({ "k": [1] })]).await.unwrap();
+    assert_eq!((appended.stream.as_str(), appended.first_offset, appended.next_offset), ("log", 2, 4));
+    let page = c.read_stream("j", "log", 1, 2, Duration::ZERO).await.unwrap();
+    assert_eq!((page.offset, page.next, page.end, page.truncated), (1, 3, 4, false));
+    assert_eq!(page.chunks, [json!("two"), json!(3)]);
+    // Nothing of the refused appends was written; a stream never written reads empty.
+    assert_eq!(c.streams("j").await.unwrap().iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["log"]);
+    let never = c.read_stream("j", "never", 0, 10, Duration::ZERO).await.unwrap();
+    assert_eq!((never.end, never.chunks.len()), (0, 0));
 }

@@ -540,7 +540,9 @@ impl Session {
         match have {
             None => self.send(sink, frames::list_snapshot(&name, opened.position, &opened.jobs)).await?,
             Some(have) => {
-                for change in opened.list.resume(&opened.jobs, &have) {
+                let mut changes = opened.list.resume(&opened.jobs, &have);
+                JobList::describe_leaves(&self.s, p, &mut changes).await;
+                for change in changes {
                     sink.feed(Message::Text(frames::list_change(&name, &change)))
                         .await
                         .map_err(|_| (CloseReason::ProtocolError, String::new()))?;
