@@ -2,6 +2,7 @@
 import type { ReactNode, ReactElement } from 'react';
 import type {
   HeraldClient, HeraldError, Job, Task, Artifact, HeraldEvent, Notification, PresenceState, Status, TransportKind, JobQuery,
+  JobStreamOptions,
 } from './src/index.js';
 
 export function HeraldProvider(props: { client: HeraldClient; children?: ReactNode }): ReactElement;
@@ -25,6 +26,17 @@ export function useJobs(options?: JobQuery & {
   /** The REST page when the view cannot have a live list. Default 200. */
   limit?: number;
 }): Live & { jobs: Job[] };
+
+/**
+ * A job's output stream (`client.jobStream`), live: `chunks` (a new array on
+ * every change, the newest `max`), `offset` of `chunks[0]`, `end` the next
+ * offset (null until known with `offset: null`), the last truncation seen.
+ */
+export function useJobStream<T = unknown>(
+  jobId: string | null | undefined,
+  name: string | null | undefined,
+  options?: JobStreamOptions & { client?: HeraldClient },
+): Live & { chunks: T[]; end: number | null; offset: number | null; truncated: { from: number; to: number } | null };
 
 export function useNotifications(options?: { client?: HeraldClient; sub?: string; limit?: number }): Live & {
   items: Notification[];

@@ -73,6 +73,29 @@ export function useJobs(options = {}) {
   }));
 }
 
+/**
+ * `{ chunks, end, offset, truncated, loading, error }`: a job's output stream
+ * (`client.jobStream`), live. `chunks` is a new array on every change and
+ * keeps the newest `max` (default 5,000); `offset` is the first one's, `end`
+ * the next offset. Options: `offset` (default 0; `null`: from the end), `max`.
+ */
+export function useJobStream(jobId, name, options = {}) {
+  const client = useHeraldClient(options.client);
+  const offset = options.offset === undefined ? 0 : options.offset;
+  const max = options.max;
+  return useView(
+    client,
+    (c) => (jobId && name ? c.jobStream(jobId, name, { offset, max }) : null),
+    [jobId, name, offset, max],
+    (v) => ({
+      chunks: v ? v.chunks : [],
+      end: v ? v.end : null,
+      offset: v ? v.offset : null,
+      truncated: v ? v.truncated : null,
+    }),
+  );
+}
+
 /** `{ items, unreadCount, loading, error, markRead, markAllRead }` for the signed-in user. */
 export function useNotifications(options = {}) {
   const client = useHeraldClient(options.client);

@@ -12,6 +12,7 @@ import { JobsView } from './views/jobs.js';
 import { JobListView } from './views/joblist.js';
 import { NotificationsView } from './views/notifications.js';
 import { PresenceView, applyPresenceDiff, clonePresence } from './views/presence.js';
+import { JobStreamView } from './views/stream.js';
 
 /** Connection states, in the order a healthy client goes through them. */
 export const STATUSES = Object.freeze(['connecting', 'connected', 'reconnecting', 'offline', 'error']);
@@ -52,6 +53,7 @@ export class HeraldClient extends Emitter {
     this._topics = new Map(); // topic -> TopicState
     this._lists = new Map(); // list name -> ListState (live job lists, views/joblist.js)
     this._listSeq = 0;
+    this._streams = new Map(); // stream topic -> StreamState: one subscription for every view of a job output stream
     this._status = 'connecting';
     this._connection = new Connection(this);
     this._started = false;
@@ -150,7 +152,9 @@ export class HeraldClient extends Emitter {
     if (t && t.kind === 'websocket' && t.ready) {
       const ack = await t.request({ op: 'refresh', token });
       for (const topic of ack.dropped || []) {
-        this._topicFailed(topic, new HeraldError('forbidden', `subscription to ${topic} ended: the new token does not allow it`));
+        const err = new HeraldError('forbidden', `subscription to ${topic} ended: the new token does not allow it`);
+        if (this._streams.has(topic)) this._streamFailed(topic, err);
+        else this._topicFailed(topic, err);
       }
       this.emit('token', { expiresAt: ack.expires_at ?? null });
       return ack;
@@ -338,6 +342,16 @@ export class HeraldClient extends Emitter {
     return new PresenceView(this, room, meta);
   }
 
+  /**
+   * Follows a job's output stream `name` (log lines, LLM tokens, JSON
+   * records): the chunks from `offset` (default 0; `null`: from the end),
+   * then live, each once and in order across reconnects and transports.
+   * `view.chunks` keeps the newest `max` (default 5,000).
+   */
+  jobStream(jobId, name, opts) {
+    return new JobStreamView(this, jobId, name, opts);
+  }
+
   // ------------------------------------------------------------ delivery (used by transports)
 
   _deliver(topic, ev) {
@@ -446,6 +460,87 @@ export class HeraldClient extends Emitter {
     this._lists.delete(name);
     if (this._transport) this._transport.removeList(ls, true);
     ls.view._listFailed(err);
+  }
+
+  // ------------------------------------------------------------ job output streams (used by views/stream.js and transports)
+  //
+  // A stream's resume cursor is an offset (chunks counted from 0), not a log
+  // position: streams are kept apart from `_topics`, whose dedupe by
+  // position would mangle them. One StreamState per stream, `{ topic, jobId,
+  // name, views, restarting }`, subscribed from the lowest `end` of its
+  // views; each view cuts what it holds already.
+
+  /** Holds `view`'s stream on every connection from now on. */
+  _addStreamView(view) {
+    if (this._closed) throw new HeraldError('closed', 'this client was closed');
+    let ss = this._streams.get(view.topic);
+    if (!ss) {
+      ss = { topic: view.topic, jobId: view.jobId, name: view.name, views: new Set([view]), restarting: false };
+      this._streams.set(ss.topic, ss);
+      if (this._transport) this._transport.addStream(ss);
+    } else {
+      // A second view of a stream already followed: unless it starts at or
+      // past every other view, subscribe again from its offset (the others
+      // cut the repeats).
+      const ends = [...ss.views].map((v) => v.end);
+      ss.views.add(view);
+      const ahead = view.end != null && ends.every((e) => e != null && view.end >= e);
+      if (!ahead) this._restartStream(ss);
+    }
+    this.connect();
+  }
+
+  _removeStreamView(view) {
+    const ss = this._streams.get(view.topic);
+    if (!ss || !ss.views.delete(view) || ss.views.size) return;
+    this._streams.delete(ss.topic);
+    if (this._transport) this._transport.removeStream(ss);
+  }
+
+  /** Subscribes to the stream again, from its views' lowest offset. */
+  _restartStream(ss) {
+    if (this._streams.get(ss.topic) !== ss) return;
+    const t = this._transport;
+    if (t) t.restartStream(ss);
+  }
+
+  /** The subscription of a stream is in place (a WebSocket ack, a page read); `end` is the stream's end now. */
+  _streamAcked(transport, topic, end) {
+    if (transport !== this._transport) return;
+    const ss = this._streams.get(topic);
+    if (!ss) return;
+    ss.restarting = false;
+    for (const v of [...ss.views]) v._acked(end);
+  }
+
+  /** Chunks of a stream from `offset` on, from `transport`. */
+  _chunksIn(transport, topic, offset, chunks) {
+    // Only the transport carrying the subscriptions: during a switch the
+    // old one may still deliver what the new one resumes from.
+    if (transport !== this._transport) return;
+    this.lastEventAt = Date.now();
+    const ss = this._streams.get(topic);
+    if (!ss || typeof offset !== 'number') return;
+    let gap = false;
+    for (const v of [...ss.views]) if (v._chunksIn(offset, chunks) === 'gap') gap = true;
+    // A batch past what a view holds: never sent by the server, but if it
+    // were, reading again from the view's offset fills the hole.
+    if (gap && !ss.restarting) this._restartStream(ss);
+  }
+
+  _streamTruncated(transport, topic, from, to) {
+    if (transport !== this._transport) return;
+    const ss = this._streams.get(topic);
+    if (ss) for (const v of [...ss.views]) v._truncatedIn(from, to);
+  }
+
+  /** The server refused or ended a stream's subscription (not_found, forbidden, ...). */
+  _streamFailed(topic, err) {
+    const ss = this._streams.get(topic);
+    if (!ss) return;
+    this._streams.delete(topic);
+    if (this._transport) this._transport.removeStream(ss, true);
+    for (const v of [...ss.views]) v._failed(err);
   }
 
   // ------------------------------------------------------------ connection (see connection.js)

@@ -174,7 +174,7 @@ export class Connection {
       if (!current || current.kind === 'websocket') return;
       const probe = makeTransport('websocket', c);
       // A probe subscribes the topics at once (positions make the overlap
-      // harmless) but takes the job lists only once adopted, below.
+      // harmless) but takes the job lists and streams only once adopted, below.
       probe.probing = true;
       this._probe = probe;
       let settle;
@@ -198,6 +198,7 @@ export class Connection {
       current.stop({ replaced: true });
       probe.probing = false;
       probe.listAll();
+      probe.streamAll();
       c.emit('fallback', { from: current.kind, to: 'websocket' });
       this.established(probe);
     }, c.options.wsRetryMs);

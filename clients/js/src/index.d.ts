@@ -188,6 +188,30 @@ export interface JobLeave {
   previous: Job;
 }
 
+export interface JobStreamOptions {
+  /** The first offset wanted: 0 (default) for the whole stream as far as the server keeps it; `null` for new chunks only, from the stream's end. */
+  offset?: number | null;
+  /** `chunks` keeps at most this many, the newest. Default 5,000. */
+  max?: number;
+}
+
+/** Chunks `from`–`to` (exclusive) are gone: retention or the stream's size bound dropped them before they were read. */
+export interface StreamTruncation {
+  from: number;
+  to: number;
+}
+
+/** A job output stream's append, as the server answers it. */
+export interface Appended {
+  stream: string;
+  /** Offset of the first chunk appended. */
+  first_offset: number;
+  /** The offset the next chunk will get. */
+  next_offset: number;
+  /** The oldest offset still kept. */
+  floor: number;
+}
+
 export interface Identity {
   sub: string | null;
   role: string | null;
@@ -230,6 +254,11 @@ export class HeraldClient {
   watchJobs(options?: JobQuery & { limit?: number; max?: number }): JobsView;
   notifications(options?: { sub?: string; limit?: number }): NotificationsView;
   presence(room: string, meta?: Record<string, unknown>): PresenceView;
+  /**
+   * Follows a job's output stream: the chunks from `offset` (default 0),
+   * then live, each once and in order across reconnects and transports.
+   */
+  jobStream<T = unknown>(jobId: string, name: string, options?: JobStreamOptions): JobStreamView<T>;
 
   onStatus(fn: (status: Status, detail?: HeraldError) => void): Unsubscribe;
   on(type: 'status', fn: (status: Status, detail?: HeraldError) => void): Unsubscribe;
@@ -304,6 +333,27 @@ export class PresenceView extends View<Array<Record<string, unknown> & { sub: st
   on(type: 'broadcast', fn: (message: BroadcastMessage) => void): Unsubscribe;
 }
 
+/** A job's output stream, live (`client.jobStream`). `value` is `chunks`. */
+export class JobStreamView<T = unknown> extends View<T[]> {
+  readonly jobId: string;
+  readonly name: string;
+  /** `stream:<job>:<name>` */
+  readonly topic: string;
+  /** The newest chunks, at most `max`, oldest first: `chunks[i]` is at offset `offset + i`. A new array on every change. */
+  chunks: T[];
+  /** Offset of `chunks[0]` (null until known, with `offset: null`). */
+  offset: number | null;
+  /** The next offset wanted: every chunk before it was received (null until known, with `offset: null`). */
+  end: number | null;
+  /** The last truncation seen, or null. */
+  truncated: StreamTruncation | null;
+  on(type: 'change', fn: (chunks: T[]) => void): Unsubscribe;
+  /** New chunks, in order, the first at `offset` (every chunk once, including those `max` leaves out of `chunks`). */
+  on(type: 'chunks', fn: (chunks: T[], offset: number) => void): Unsubscribe;
+  /** Chunks were dropped before this view read them; `chunks` starts again at `to`. */
+  on(type: 'truncated', fn: (t: StreamTruncation) => void): Unsubscribe;
+}
+
 export interface ProgressReport {
   status?: 'running' | 'completed' | 'failed' | 'cancelled';
   total?: number;
@@ -328,6 +378,34 @@ export interface ReporterOptions {
   backoff?: { initialMs?: number; maxMs?: number };
   /** Per-request timeout. Default 15 s. */
   timeoutMs?: number;
+  /** Stream writers: most chunks in one append (at most 10,000). Default 1,000. */
+  streamBatch?: number;
+  /** Stream writers: how long a batch waits after its first chunk. Default 100 ms. */
+  streamLingerMs?: number;
+}
+
+/** Writes one job output stream (`reporter.stream(jobId, name)`), in batches. */
+export class StreamWriter<T = unknown> {
+  readonly jobId: string;
+  readonly name: string;
+  /** Most chunks in one append. */
+  readonly batch: number;
+  readonly lingerMs: number;
+  /** The error of the append that failed for good, or null. */
+  failure: HeraldError | null;
+  closed: boolean;
+  /** Appends sent and answered so far. */
+  appends: number;
+  /**
+   * Queues one chunk (any JSON value of at most 64 KiB as JSON; throws at once
+   * otherwise, after close() and after a failed append). Resolves with the
+   * answer of the append it travels in; need not be awaited.
+   */
+  write(chunk: T): Promise<Appended>;
+  /** Sends what is queued and waits for every append; throws a failed append's error. */
+  flush(): Promise<void>;
+  /** Flushes; later writes throw `closed`. */
+  close(): Promise<void>;
 }
 
 export class ProgressReporter {
@@ -342,7 +420,10 @@ export class ProgressReporter {
   artifact(jobId: string, kind: string, payload: unknown): Promise<Artifact>;
   jobCompleted(jobId: string, options?: { stage?: string; metadata?: unknown }): Promise<Job>;
   jobFailed(jobId: string, error?: string | Error): Promise<Job>;
+  /** Sends coalesced progress and stream chunks now and waits for everything queued (for one job, or all). */
   flush(jobId?: string): Promise<void>;
+  /** A writer of the job's output stream `name`: batches of up to `batch` chunks, sent `lingerMs` after the first. */
+  stream<T = unknown>(jobId: string, name: string, options?: { batch?: number; lingerMs?: number }): StreamWriter<T>;
 }
 
 export function backoffDelay(attempt: number, initialMs?: number, maxMs?: number): number;

@@ -9,8 +9,8 @@
 //   connection.js    one transport at a time: reconnect, fallback, way back
 //   transports/      websocket.js; stream.js (SSE and long-poll); index.js
 //   views/           the live views: job, joblist (live job lists), jobs,
-//                    notifications, presence
-//   reporter.js      ProgressReporter, the worker side
+//                    notifications, presence, stream (job output streams)
+//   reporter.js      ProgressReporter and its StreamWriter, the worker side
 //   errors.js, emitter.js, util.js
 
 import { HeraldClient } from './client.js';
@@ -24,7 +24,8 @@ export { JobsView } from './views/jobs.js';
 export { JobListView } from './views/joblist.js';
 export { NotificationsView } from './views/notifications.js';
 export { PresenceView } from './views/presence.js';
-export { ProgressReporter } from './reporter.js';
+export { JobStreamView } from './views/stream.js';
+export { ProgressReporter, StreamWriter } from './reporter.js';
 
 /**
  * Creates a client. Nothing connects until the first subscription (or

@@ -1,7 +1,15 @@
-// The worker side: reporting a job's progress over the HTTP API.
+// The worker side: reporting a job's progress over the HTTP API, and writing
+// its output streams (StreamWriter, below).
 
 import { HeraldError, errorFromResponse } from './errors.js';
-import { backoffDelay, baseUrl, randomId, sleep } from './util.js';
+import { STREAM_NAME, backoffDelay, baseUrl, randomId, sleep, utf8Length } from './util.js';
+
+/** Largest chunk, as JSON (the server's bound). */
+const CHUNK_MAX_BYTES = 64 * 1024;
+/** Most chunks in one append (the server's bound). */
+const APPEND_MAX_CHUNKS = 10000;
+/** An append is sent once its chunks pass this many bytes, well within the server's 1 MiB body limit. */
+const APPEND_MAX_BYTES = 512 * 1024;
 
 /**
  * Reports a worker's progress over the HTTP API: every request retried with
@@ -19,8 +27,11 @@ export class ProgressReporter {
     this.coalesceMs = options.coalesceMs ?? 250;
     this.backoff = { initialMs: 200, maxMs: 10000, ...(options.backoff || {}) };
     this.timeoutMs = options.timeoutMs ?? 15000;
+    this.streamBatch = Math.min(APPEND_MAX_CHUNKS, Math.max(1, options.streamBatch ?? 1000));
+    this.streamLingerMs = options.streamLingerMs ?? 100;
     this._queues = new Map(); // job id -> promise chain
     this._pending = new Map(); // job id -> { report, timer, waiters }
+    this._writers = new Map(); // job id -> Set of open StreamWriters
   }
 
   async _tokenValue(fresh) {
@@ -29,7 +40,12 @@ export class ProgressReporter {
   }
 
   /** One request with retries. 4xx other than 408/429 are not retried. */
-  async send(method, path, body) {
+  send(method, path, body) {
+    return this._sendText(method, path, body === undefined ? undefined : JSON.stringify(body));
+  }
+
+  /** `send` with the JSON body already serialized. */
+  async _sendText(method, path, body) {
     const key = randomId();
     let lastErr;
     let fresh = false;
@@ -43,7 +59,7 @@ export class ProgressReporter {
         const res = await this._fetch(this.url + path, {
           method,
           headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json', 'Idempotency-Key': key },
-          body: body === undefined ? undefined : JSON.stringify(body),
+          body,
           signal: ac.signal,
         });
         if (res.ok) return res.json();
@@ -65,8 +81,18 @@ export class ProgressReporter {
     throw lastErr;
   }
 
-  /** Runs `fn` after everything queued before for the same job. */
+  /**
+   * Runs `fn` after everything queued before for the same job, and after
+   * the chunks its stream writers hold now (a task, an artifact or a status
+   * change comes after the output written before it).
+   */
   _enqueue(jobId, fn) {
+    this._flushStreams(jobId);
+    return this._chain(jobId, fn);
+  }
+
+  /** Runs `fn` after everything queued before for the same job. */
+  _chain(jobId, fn) {
     const prev = this._queues.get(jobId) || Promise.resolve();
     const next = prev.catch(() => {}).then(fn);
     this._queues.set(jobId, next);
@@ -157,14 +183,16 @@ export class ProgressReporter {
     if (!p) return Promise.resolve();
     this._pending.delete(jobId);
     clearTimeout(p.timer);
-    const done = this._enqueue(jobId, () => this.send('POST', this._path(jobId, '/progress'), p.report));
+    // Progress does not split the batches of the job's streams.
+    const done = this._chain(jobId, () => this.send('POST', this._path(jobId, '/progress'), p.report));
     done.then((r) => p.waiters.forEach((w) => w.resolve(r)), (e) => p.waiters.forEach((w) => w.reject(e)));
     return done.catch(() => {});
   }
 
-  /** Sends coalesced progress now and waits for everything queued (for one job, or all). */
+  /** Sends coalesced progress and stream chunks now and waits for everything queued (for one job, or all). */
   async flush(jobId) {
-    const ids = jobId ? [jobId] : [...new Set([...this._pending.keys(), ...this._queues.keys()])];
+    const ids = jobId ? [jobId] : [...new Set([...this._pending.keys(), ...this._queues.keys(), ...this._writers.keys()])];
+    for (const id of ids) this._flushStreams(id);
     await Promise.all(ids.map((id) => this._flushPending(id)));
     await Promise.all(ids.map((id) => (this._queues.get(id) || Promise.resolve()).catch(() => {})));
   }
@@ -187,5 +215,152 @@ export class ProgressReporter {
   /** Records something the job produced (a screenshot URL, OCR text, a label). */
   artifact(jobId, kind, payload) {
     return this._enqueue(jobId, () => this.send('POST', this._path(jobId, '/artifacts'), { kind, payload }));
+  }
+
+  /**
+   * A writer of the job's output stream `name` (log lines, LLM tokens, JSON
+   * records; created by its first append). `write(chunk)` queues a chunk;
+   * chunks travel in batches, one append each: once `batch` chunks (default
+   * `streamBatch`, 1,000) or 512 KiB are queued, `lingerMs` (default
+   * `streamLingerMs`, 100 ms) after the first, or at `flush()` / `close()`.
+   */
+  stream(jobId, name, opts = {}) {
+    if (typeof jobId !== 'string' || !jobId) throw new HeraldError('invalid_option', 'stream: give a job id');
+    if (typeof name !== 'string' || !STREAM_NAME.test(name)) {
+      throw new HeraldError('invalid_option', `stream: invalid stream name ${JSON.stringify(name)} (1–64 of A-Z a-z 0-9 _ . -)`);
+    }
+    const w = new StreamWriter(this, jobId, name, opts);
+    let set = this._writers.get(jobId);
+    if (!set) this._writers.set(jobId, (set = new Set()));
+    set.add(w);
+    return w;
+  }
+
+  /** Sends the chunks the job's stream writers hold now (queued after what came before). */
+  _flushStreams(jobId) {
+    const set = this._writers.get(jobId);
+    if (set) for (const w of set) w._send();
+  }
+
+  _forget(w) {
+    const set = this._writers.get(w.jobId);
+    if (!set) return;
+    set.delete(w);
+    if (!set.size) this._writers.delete(w.jobId);
+  }
+}
+
+/** A batch of chunks on its way: one append, one promise for all its chunks. */
+function newBatch() {
+  let resolve;
+  let reject;
+  const promise = new Promise((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // A writer's caller may ignore what write() returns: its failure comes
+  // back from flush() and close(), never as an unhandled rejection.
+  promise.catch(() => {});
+  return { json: [], bytes: 0, promise, resolve, reject, timer: null };
+}
+
+/**
+ * Writes one job output stream through a ProgressReporter (from
+ * `reporter.stream(jobId, name)`). Chunks keep their order; each append is
+ * one request, retried under its own Idempotency-Key, in the job's queue of
+ * reports, so every chunk is stored once and in order. When an append fails
+ * for good, no later chunk is sent past the hole: `flush()`, `close()` and
+ * every later `write()` throw its error.
+ */
+export class StreamWriter {
+  constructor(reporter, jobId, name, opts = {}) {
+    this.reporter = reporter;
+    this.jobId = jobId;
+    this.name = name;
+    this.batch = Math.min(APPEND_MAX_CHUNKS, Math.max(1, opts.batch ?? reporter.streamBatch));
+    this.lingerMs = opts.lingerMs ?? reporter.streamLingerMs;
+    /** The error of the append that failed for good, or null. */
+    this.failure = null;
+    this.closed = false;
+    /** Appends sent and answered. */
+    this.appends = 0;
+    this._path = `/v1/jobs/${encodeURIComponent(jobId)}/streams/${encodeURIComponent(name)}`;
+    this._batch = null;
+    this._last = Promise.resolve();
+  }
+
+  /**
+   * Queues one chunk: any JSON value (a string for a line or a token, an
+   * object for a record) of at most 64 KiB as JSON; throws at once for one
+   * that is not, after close(), and after a failed append. Resolves with the
+   * answer of the append it travels in, `{ stream, first_offset,
+   * next_offset, floor }` (shared by its batch); need not be awaited.
+   */
+  write(chunk) {
+    if (this.failure) throw this.failure;
+    if (this.closed) throw new HeraldError('closed', `stream ${this.name} of job ${this.jobId} is closed`);
+    const json = JSON.stringify(chunk);
+    if (json === undefined) throw new HeraldError('invalid_chunk', 'a chunk is a JSON value (not undefined or a function)');
+    const bytes = json.length * 3 <= CHUNK_MAX_BYTES ? json.length : utf8Length(json);
+    if (bytes > CHUNK_MAX_BYTES) {
+      throw new HeraldError('invalid_chunk', `a chunk is at most ${CHUNK_MAX_BYTES} bytes as JSON; this one is ${bytes}`);
+    }
+    let b = this._batch;
+    if (b && b.bytes + bytes + 1 > APPEND_MAX_BYTES) {
+      this._send();
+      b = null;
+    }
+    if (!b) {
+      b = this._batch = newBatch();
+      b.timer = setTimeout(() => this._send(), this.lingerMs);
+    }
+    b.json.push(json);
+    b.bytes += bytes + 1;
+    const { promise } = b;
+    if (b.json.length >= this.batch) this._send();
+    return promise;
+  }
+
+  /** Sends the batch being filled (if any) now; resolves when every append so far was answered. */
+  _send() {
+    const b = this._batch;
+    if (!b) return this._last;
+    this._batch = null;
+    clearTimeout(b.timer);
+    const r = this.reporter;
+    const body = `{"chunks":[${b.json.join(',')}]}`;
+    const sent = r._chain(this.jobId, () => {
+      // Never past a hole: after a failed append the later ones are not sent.
+      if (this.failure) throw this.failure;
+      return r._sendText('POST', this._path, body);
+    });
+    const settled = sent.then(
+      (res) => {
+        this.appends += 1;
+        b.resolve(res);
+      },
+      (err) => {
+        if (!this.failure) this.failure = err;
+        b.reject(err);
+      },
+    );
+    this._last = settled;
+    return settled;
+  }
+
+  /** Sends what is queued now and waits until every append was answered; throws a failed append's error. */
+  async flush() {
+    await this._send();
+    if (this.failure) throw this.failure;
+  }
+
+  /** Flushes; later writes throw `closed`. */
+  async close() {
+    this.closed = true;
+    try {
+      await this.flush();
+    } finally {
+      this.reporter._forget(this);
+    }
   }
 }

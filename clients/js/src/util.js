@@ -60,6 +60,27 @@ export function randomId() {
 
 export const isRoom = (topic) => topic.startsWith('room:');
 
+/** A job output stream's name, as the server checks it. */
+export const STREAM_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+/** Bytes of `s` as UTF-8. */
+export function utf8Length(s) {
+  let n = s.length;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) continue;
+    if (c < 0x800) n += 1;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        n += 2; // four bytes for the pair of two code units
+        i += 1;
+      } else n += 2;
+    } else n += 2;
+  }
+  return n;
+}
+
 /** A room's topic: `room:<name>`, whether or not `room` already has the prefix. */
 export const roomTopic = (room) => (isRoom(room) ? room : `room:${room}`);
 

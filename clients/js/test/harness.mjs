@@ -175,13 +175,15 @@ export async function startProxy(target, block = []) {
   const t = new URL(target);
   const state = { block: new Set(block), failNext: [], requests: [], upgrades: 0, tunnels: [], frozen: [], streams: new Set(), held: [], hold: false };
   const sockets = new Set(); // every upgraded socket, to end them on close
+  // Event streams: /v1/sse, /v1/sse/jobs and a job output stream's /v1/jobs/{id}/streams/{name}/sse.
+  const isSse = (url) => url.startsWith('/v1/sse') || /^\/v1\/jobs\/[^/?]+\/streams\/[^/?]+\/sse(\?|$)/.test(url);
   const server = http.createServer((req, res) => {
     state.requests.push(`${req.method} ${req.url}`);
-    if (state.block.has('sse') && req.url.startsWith('/v1/sse')) {
+    if (state.block.has('sse') && isSse(req.url)) {
       res.writeHead(502, { 'Content-Type': 'text/plain' });
       return res.end('bad gateway: streaming not allowed here');
     }
-    if (req.url.startsWith('/v1/sse')) {
+    if (isSse(req.url)) {
       const stream = { res, up: null };
       state.streams.add(stream);
       res.on('close', () => state.streams.delete(stream));

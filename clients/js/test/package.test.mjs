@@ -135,7 +135,7 @@ test('the tarball installs into a fresh project without React, and Node imports 
   assert.equal(esm.reporter, 'function');
   assert.equal(esm.error, true);
   assert.deepEqual(esm.transports, ['websocket', 'sse', 'longpoll']);
-  for (const name of ['HeraldClient', 'ProgressReporter', 'createClient', 'HeraldError', 'JobView', 'STATUSES']) {
+  for (const name of ['HeraldClient', 'ProgressReporter', 'createClient', 'HeraldError', 'JobView', 'JobStreamView', 'StreamWriter', 'STATUSES']) {
     assert.ok(esm.exports.includes(name), `ESM export ${name}`);
   }
 
@@ -275,7 +275,7 @@ test('with React installed, the /react subpath works from import and require()',
     }));
   `);
   assert.match(esm.resolved, /node_modules\/@herald\/client\/react\.js$/);
-  assert.deepEqual(esm.exports, ['HeraldProvider', 'useConnectionStatus', 'useHeraldClient', 'useJob', 'useJobs', 'useNotifications', 'usePresence']);
+  assert.deepEqual(esm.exports, ['HeraldProvider', 'useConnectionStatus', 'useHeraldClient', 'useJob', 'useJobStream', 'useJobs', 'useNotifications', 'usePresence']);
   assert.equal(esm.element, true, 'HeraldProvider makes a React element');
   assert.equal(esm.sameReact, true, "the package uses the app's React (a peer, not a copy of its own)");
 

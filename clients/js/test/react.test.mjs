@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import React from 'react';
 import TestRenderer from 'react-test-renderer';
 import { createClient } from '../src/index.js';
-import { HeraldProvider, useJob, useJobs, useNotifications, usePresence, useConnectionStatus } from '../react.js';
+import { HeraldProvider, useJob, useJobs, useJobStream, useNotifications, usePresence, useConnectionStatus } from '../react.js';
 import { Server, token, waitFor, uid } from './harness.mjs';
 
 globalThis.IS_REACT_ACT_ENVIRONMENT = true;
@@ -16,9 +16,11 @@ const staff = token('sam', 'acme', 'staff');
 
 let server;
 let stalling;
+let streaming;
 after(async () => {
   if (server) await server.stop();
   if (stalling) await stalling.stop();
+  if (streaming) await streaming.stop();
 });
 
 test('hooks follow the server live and clean up on unmount', async () => {
@@ -126,5 +128,52 @@ test('useJobs with a list of statuses renders the live list, and inline queries 
   assert.deepEqual([...client._lists.keys()], [name], 'the same list across renders');
   await act(async () => renderer.unmount());
   assert.equal(client._lists.size, 0);
+  client.close();
+});
+
+test('useJobStream renders a job output stream live, keeps the newest `max`, and lets go on unmount', async () => {
+  streaming = await Server.start('react-stream');
+  const s = streaming;
+  const id = `log-${uid()}`;
+  await s.api(worker, 'POST', '/v1/jobs', { id, owner: 'alice', status: 'running' });
+  await s.api(worker, 'POST', `/v1/jobs/${id}/streams/log`, { chunks: ['one', 'two'] });
+  const client = createClient({ url: s.url, token: token('alice', 'acme', 'customer'), backoff: { initialMs: 100 } });
+  const seen = {};
+  function Log({ name }) {
+    const stream = useJobStream(id, name, { max: 3 });
+    seen.stream = stream;
+    if (stream.error) return h('p', null, `error ${stream.error.code}`);
+    if (stream.loading) return h('p', null, 'loading');
+    return h('pre', null, `${stream.offset}-${stream.end}: ${stream.chunks.map((c) => (typeof c === 'string' ? c : JSON.stringify(c))).join('|')}`);
+  }
+  let renderer;
+  await act(async () => {
+    renderer = TestRenderer.create(h(HeraldProvider, { client }, h(Log, { name: 'log' })));
+  });
+  const text = () => renderer.toJSON().children.join('');
+  const settle = (what, fn) =>
+    waitFor(async () => {
+      await act(async () => {
+        await new Promise((r) => setTimeout(r, 30));
+      });
+      return fn();
+    }, what);
+  await settle('the stored chunks', () => text() === '0-2: one|two');
+  const arrays = new Set([seen.stream.chunks]);
+  await s.api(worker, 'POST', `/v1/jobs/${id}/streams/log`, { chunks: ['three', { token: 'four' }] });
+  await settle('live chunks, the newest 3', () => text() === '1-4: two|three|{"token":"four"}');
+  arrays.add(seen.stream.chunks);
+  assert.equal(arrays.size, 2, 'a new array on change (React sees it)');
+  // Another stream of the job: the hook follows its arguments.
+  await s.api(worker, 'POST', `/v1/jobs/${id}/streams/tokens`, { chunks: ['Hel', 'lo'] });
+  await act(async () => renderer.update(h(HeraldProvider, { client }, h(Log, { name: 'tokens' }))));
+  await settle('the other stream', () => text() === '0-2: Hel|lo');
+  assert.deepEqual([...client._streams.keys()], [`stream:${id}:tokens`]);
+  await act(async () => renderer.update(h(HeraldProvider, { client }, h(Log, { name: 'bad name' }))));
+  await settle('a bad name is an error to render', () => text() === 'error invalid_field');
+  await act(async () => renderer.update(h(HeraldProvider, { client }, h(Log, { name: 'log' }))));
+  await settle('back', () => text() === '1-4: two|three|{"token":"four"}');
+  await act(async () => renderer.unmount());
+  assert.equal(client._streams.size, 0);
   client.close();
 });

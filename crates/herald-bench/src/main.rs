@@ -60,6 +60,18 @@ pub struct Common {
     /// A label stored with the result (e.g. a commit or a change being measured).
     #[arg(long, global = true, default_value = "")]
     pub label: String,
+    /// Frames Herald's native subscribers ask for: `json` (herald.v1) or
+    /// `compact` (herald.v1c, positional arrays).
+    #[arg(long, global = true, value_enum, default_value = "json")]
+    pub encoding: target::Encoding,
+    /// Pad each published payload to about this many bytes (0: the bare
+    /// `bench_seq` and `bench_t`, about 45 bytes).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub payload_bytes: usize,
+    /// What the reference writes per delivery: Herald's JSON broadcast frame,
+    /// its compact one, or the bare payload (the floor of any protocol).
+    #[arg(long, global = true, value_enum, default_value = "herald")]
+    pub reference_frame: target::ReferenceFrame,
 }
 
 impl Common {
@@ -97,6 +109,7 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    target::configure(&cli.common);
     let result = match cli.cmd {
         Cmd::Fanout(a) => fanout::run(&cli.common, a).await?,
         Cmd::Topics(a) => fanout::run_topics(&cli.common, a).await?,

@@ -26,6 +26,45 @@ pub enum Kind {
     Supabase,
 }
 
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Json,
+    Compact,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReferenceFrame {
+    Herald,
+    Compact,
+    Bare,
+}
+
+/// Run-wide settings the frame builders read (set once from the command line).
+struct Settings {
+    encoding: Encoding,
+    pad: String,
+    reference: ReferenceFrame,
+}
+
+static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+
+fn settings() -> &'static Settings {
+    SETTINGS.get_or_init(|| Settings {
+        encoding: Encoding::Json,
+        pad: String::new(),
+        reference: ReferenceFrame::Herald,
+    })
+}
+
+/// Takes the encoding, payload size and reference frame of this run.
+pub fn configure(c: &Common) {
+    // The bare payload is about 45 bytes; `"pad":"…",` adds 9 plus its length.
+    let pad = "x".repeat(c.payload_bytes.saturating_sub(54));
+    let _ = SETTINGS.set(Settings { encoding: c.encoding, pad, reference: c.reference_frame });
+}
+
 /// Microseconds since the epoch: the clock both publisher and receiver read.
 pub fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
@@ -58,7 +97,12 @@ pub fn op_is(frame: &str, op: &str) -> bool {
 
 /// The payload a publisher sends for one event.
 pub fn bench_payload(seq: u64) -> serde_json::Value {
-    json!({"bench_seq": seq, "bench_t": now_us()})
+    let pad = &settings().pad;
+    if pad.is_empty() {
+        json!({"bench_seq": seq, "bench_t": now_us()})
+    } else {
+        json!({"pad": pad, "bench_seq": seq, "bench_t": now_us()})
+    }
 }
 
 async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
@@ -81,7 +125,11 @@ pub async fn subscribe(c: &Common, i: usize, topic: &str, token: &str) -> anyhow
     let source = conn::source_for(i, c.sources);
     match c.target {
         Kind::Herald => {
-            let mut ws = conn::connect(addr, &base, &format!("/v1/ws?token={token}"), source).await?;
+            let encoding = match settings().encoding {
+                Encoding::Json => "",
+                Encoding::Compact => "&encoding=compact",
+            };
+            let mut ws = conn::connect(addr, &base, &format!("/v1/ws?token={token}{encoding}"), source).await?;
             let welcome = next_text(&mut ws).await?;
             if !welcome.contains("\"welcome\"") {
                 bail!("expected welcome, got {welcome}");
@@ -233,10 +281,14 @@ pub fn publish_frame(kind: Kind, topic: &str, seq: u64) -> String {
         Kind::Socketio => format!("42[\"pub\",{}]", json!({"topic": topic, "data": data})),
         Kind::HeraldSocketio => format!("42[\"room:broadcast\",{},\"tick\",{data}]", json!(topic)),
         Kind::Supabase => String::new(),
-        // The same bytes Herald writes to each subscriber for a room broadcast,
-        // so the reference moves exactly as much data per delivery.
-        Kind::Reference => json!({"op": "broadcast", "topic": format!("room:{topic}"), "event": "tick",
-            "data": data, "from": "bench-publisher"})
-        .to_string(),
+        // By default the same bytes Herald writes to each subscriber for a room
+        // broadcast, so the reference moves exactly as much data per delivery.
+        Kind::Reference => match settings().reference {
+            ReferenceFrame::Herald => json!({"op": "broadcast", "topic": format!("room:{topic}"), "event": "tick",
+                "data": data, "from": "bench-publisher"})
+            .to_string(),
+            ReferenceFrame::Compact => json!([1, format!("room:{topic}"), "tick", data, "bench-publisher"]).to_string(),
+            ReferenceFrame::Bare => data.to_string(),
+        },
     }
 }

@@ -15,6 +15,7 @@ const app = {
   me: null, // { sub, role }
   view: null, // the live view of the current page, closed on navigation
   presence: null,
+  pane: null, // the job page's live log pane, closed on navigation
   notes: null,
   lastUpdate: null,
   // Set while the live connection is down after having been up: what the page shows may be stale.
@@ -363,7 +364,8 @@ function route() {
   if (!app.client || !app.me) return;
   if (app.view) app.view.close();
   if (app.presence) app.presence.close();
-  app.view = app.presence = null;
+  if (app.pane) app.pane.close();
+  app.view = app.presence = app.pane = null;
   const hash = location.hash || '#/';
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.getAttribute('href') === hash);
   const m = hash.match(/^#\/job\/(.+)$/);
@@ -630,10 +632,15 @@ const fmtInt = (n) => Number(n || 0).toLocaleString('en-US');
 function renderJobPage(id) {
   closeLightbox();
   const main = $('#main');
-  main.innerHTML = `<p class="back"><a href="#/">← All jobs</a></p><div id="job"><p class="muted pad">Loading…</p></div>`;
+  // The page re-renders #job-top and #job-rest on every change of the job;
+  // the log pane between them is built once and only ever appended to.
+  main.innerHTML = `<p class="back"><a href="#/">← All jobs</a></p><div id="job"><div id="job-top"><p class="muted pad">Loading…</p></div><div id="job-log-slot"></div><div id="job-rest"></div></div>`;
   const view = app.client.watchJob(id, { history: true, historyLimit: 1000 });
   app.view = view;
   const ui = jobPageState(id);
+  const pane = createLogPane(id, ui);
+  app.pane = pane;
+  $('#job-log-slot').append(pane.el);
   // Who else is looking at this job: presence in the job's room, which follows
   // the job's read rules — so it is joined once the job has loaded.
   let presence = null;
@@ -647,6 +654,8 @@ function renderJobPage(id) {
       presence.subscribe(later);
     }
     renderJob(view, presence, ui);
+    if (view.job) pane.job(view.job);
+    else if (view.error) pane.close();
   };
   const later = () => {
     if (!scheduled) {
@@ -686,12 +695,15 @@ function renderJobPage(id) {
 
 function renderJob(view, presence, ui = jobPageState(view.id)) {
   const root = $('#job');
-  if (!root) return;
+  const top = $('#job-top');
+  const rest = $('#job-rest');
+  if (!root || !top || !rest) return;
   if (view.error) {
     const nf = view.error.code === 'not_found';
-    root.innerHTML = `<section class="card"><h1>${nf ? 'Job not found' : 'Cannot show this job'}</h1><p class="muted">${esc(
+    top.innerHTML = `<section class="card"><h1>${nf ? 'Job not found' : 'Cannot show this job'}</h1><p class="muted">${esc(
       nf ? 'It does not exist, or it is not yours.' : view.error.message,
     )}</p></section>`;
+    rest.innerHTML = '';
     return;
   }
   const j = view.job;
@@ -717,7 +729,7 @@ function renderJob(view, presence, ui = jobPageState(view.id)) {
     if (el) scrolled[sel] = el.scrollTop;
   }
   const focused = focusKey(root, document.activeElement);
-  root.innerHTML = `
+  top.innerHTML = `
   <section class="card job-head s-${esc(j.status)}" data-job-id="${esc(j.id)}" data-status="${esc(j.status)}">
     <div class="row between">
       <div><h1>${esc(j.title || j.id)} ${chip(j.status)}</h1>
@@ -741,7 +753,8 @@ function renderJob(view, presence, ui = jobPageState(view.id)) {
       <div><span>Duration</span><b title="${esc(took ? took.title : j.finished_at ? 'It never started.' : 'It has not started yet.')}"><span id="job-duration" ${took && took.running ? 'data-running' : ''}>${took ? took.text : '—'}</span>${took && took.running ? ' <small class="muted">so far</small>' : ''}</b></div>
     </div>
     ${j.status === 'stalled' ? '<p class="warn-box">This job has not reported for a while: its worker may be stuck or gone.</p>' : ''}
-  </section>
+  </section>`;
+  rest.innerHTML = `
   <div class="cols">
     <section class="card">
       <h2>Tasks <small class="muted">${fmtInt(view.tasks.length)}</small></h2>
@@ -771,9 +784,9 @@ function renderJob(view, presence, ui = jobPageState(view.id)) {
     <h2>Live timeline <small class="muted">${view.events.length} events</small></h2>
     <ol class="timeline" id="timeline">${events.map(timelineItem).join('')}</ol>
   </section>`;
-  for (const [sel, top] of Object.entries(scrolled)) {
+  for (const [sel, y] of Object.entries(scrolled)) {
     const el = root.querySelector(sel);
-    if (el) el.scrollTop = sel === '.tasks' && ui.top ? 0 : top;
+    if (el) el.scrollTop = sel === '.tasks' && ui.top ? 0 : y;
   }
   ui.top = false;
   if (focused) {
@@ -784,7 +797,8 @@ function renderJob(view, presence, ui = jobPageState(view.id)) {
 
 /** A selector for the job page's control that has the focus, to give it back after a re-render. */
 function focusKey(root, el) {
-  if (!el || !root.contains(el)) return null;
+  // The log pane is never re-rendered: its focus stays where it is.
+  if (!el || !root.contains(el) || el.closest('#job-log')) return null;
   if (el.id) return `#${CSS.escape(el.id)}`;
   for (const k of ['filter', 'page', 'shot', 'expand']) {
     if (el.dataset[k] != null) return `[data-${k}="${CSS.escape(el.dataset[k])}"]`;
@@ -851,6 +865,310 @@ function tickDuration(j) {
   const el = document.getElementById('job-duration');
   const d = jobDuration(j);
   if (el && d && d.running && el.hasAttribute('data-running')) el.textContent = d.text;
+}
+
+// ------------------------------------------------------------ job page: the live log pane
+
+/** Lines the log pane keeps in the document (the newest). */
+const LOG_LINES = 2000;
+/** How often the pane lists the job's streams (a new one appears), while the job is active; and once it is finished. */
+const LOG_LIST_MS = 3000;
+const LOG_LIST_FINISHED_MS = 15000;
+/** Within this many pixels of the bottom, the pane follows new lines. */
+const LOG_STICK_PX = 24;
+/** A frame that brings more lines than this is not read out by screen readers line by line. */
+const LOG_ANNOUNCE_MAX = 20;
+
+/**
+ * The job's output streams, live: the list of its streams (`GET
+ * /v1/jobs/{id}/streams`, read again every few seconds, and on job changes
+ * until there is one), the selected one followed with `jobStream` from
+ * the newest `LOG_LINES`. Built once per visit and only appended to: the
+ * job page's re-renders never touch it. Newest at the bottom; it follows
+ * new lines unless the reader scrolled up ("Jump to latest" takes them back).
+ */
+function createLogPane(jobId, ui) {
+  const el = document.createElement('section');
+  el.className = 'card log-pane';
+  el.id = 'job-log';
+  el.hidden = true;
+  el.innerHTML = `<div class="log-head">
+      <h2 id="log-title">Live output <small class="muted" id="log-count"></small></h2>
+      <div class="log-streams" id="log-streams" role="group" aria-label="Output streams"></div>
+    </div>
+    <p class="warn-box log-truncated" id="log-truncated" hidden></p>
+    <div class="log-box">
+      <div class="log" id="log" role="log" aria-live="polite" aria-labelledby="log-title" tabindex="0">
+        <p class="log-earlier" id="log-earlier" hidden></p>
+        <div class="log-lines" id="log-lines"></div>
+        <p class="log-status muted" id="log-status"></p>
+      </div>
+      <button type="button" class="log-latest" id="log-latest" hidden>↓ Jump to latest</button>
+    </div>`;
+  const q = (sel) => el.querySelector(sel);
+  const log = q('#log');
+  const lines = q('#log-lines');
+  const latest = q('#log-latest');
+  const st = {
+    closed: false,
+    streams: [], // [{ name, floor, next_offset, ... }] as listed
+    names: '', // the names the buttons were drawn for
+    name: null, // the stream shown
+    view: null,
+    floor: 0, // the oldest offset the stream still has, as far as we know
+    pending: [], // [offset, chunks] not rendered yet
+    frame: 0,
+    follow: true,
+    unseen: 0, // lines that arrived while the reader was scrolled up
+    finished: false,
+    listedAt: 0,
+    version: -1,
+    timer: null,
+  };
+
+  const listStreams = async () => {
+    st.listedAt = Date.now();
+    let list;
+    try {
+      list = (await app.client.request('GET', `/v1/jobs/${encodeURIComponent(jobId)}/streams`)).streams || [];
+    } catch {
+      return; // tried again at the next tick
+    }
+    if (st.closed) return;
+    st.streams = list;
+    el.hidden = list.length === 0;
+    if (!list.length) return;
+    const names = list.map((x) => x.name).join('\n');
+    if (names !== st.names) drawButtons(list);
+    else for (const x of list) setButtonCount(x.name, x.next_offset);
+    const want = list.some((x) => x.name === st.name)
+      ? st.name
+      : list.some((x) => x.name === ui.stream)
+        ? ui.stream
+        : list.some((x) => x.name === 'log')
+          ? 'log'
+          : list[0].name;
+    if (want !== st.name) select(want);
+    const mine = list.find((x) => x.name === st.name);
+    if (mine && mine.floor > st.floor) {
+      st.floor = mine.floor;
+      paintCounts();
+    }
+  };
+
+  const schedule = () => {
+    clearTimeout(st.timer);
+    if (st.closed) return;
+    st.timer = setTimeout(async () => {
+      await listStreams();
+      schedule();
+    }, st.finished ? LOG_LIST_FINISHED_MS : LOG_LIST_MS);
+  };
+
+  const drawButtons = (list) => {
+    st.names = list.map((x) => x.name).join('\n');
+    const box = q('#log-streams');
+    const had = document.activeElement && box.contains(document.activeElement) ? document.activeElement.dataset.stream : null;
+    box.innerHTML =
+      list.length > 1
+        ? list
+            .map(
+              (x) =>
+                `<button type="button" class="tf" data-stream="${esc(x.name)}" aria-pressed="${x.name === st.name}">${esc(x.name)} <b>${fmtInt(
+                  x.next_offset,
+                )}</b></button>`,
+            )
+            .join('')
+        : `<span class="muted">${esc(list[0].name)}</span>`;
+    for (const b of box.querySelectorAll('[data-stream]')) b.classList.toggle('on', b.dataset.stream === st.name);
+    if (had) {
+      const b = box.querySelector(`[data-stream="${CSS.escape(had)}"]`);
+      if (b) b.focus();
+    }
+  };
+
+  const setButtonCount = (name, n) => {
+    const b = el.querySelector(`[data-stream="${CSS.escape(name)}"] b`);
+    if (b) b.textContent = fmtInt(n);
+  };
+
+  /** Shows stream `name`: its newest LOG_LINES, then every line as it comes. */
+  const select = (name) => {
+    if (st.view) st.view.close();
+    cancelAnimationFrame(st.frame);
+    st.frame = 0;
+    st.pending = [];
+    st.name = name;
+    ui.stream = name;
+    lines.textContent = '';
+    q('#log-truncated').hidden = true;
+    st.follow = true;
+    st.unseen = 0;
+    for (const b of el.querySelectorAll('[data-stream]')) {
+      b.classList.toggle('on', b.dataset.stream === name);
+      b.setAttribute('aria-pressed', String(b.dataset.stream === name));
+    }
+    const listed = st.streams.find((x) => x.name === name) || { floor: 0, next_offset: 0 };
+    st.floor = listed.floor || 0;
+    const from = Math.max(st.floor, listed.next_offset - LOG_LINES);
+    const view = app.client.jobStream(jobId, name, { offset: from, max: LOG_LINES });
+    st.view = view;
+    log.setAttribute('aria-label', `Output of ${name}`);
+    log.setAttribute('aria-busy', 'true');
+    const later = () => {
+      if (!st.frame) st.frame = requestAnimationFrame(flush);
+    };
+    view.on('chunks', (chunks, offset) => {
+      st.pending.push([offset, chunks]);
+      later();
+    });
+    view.on('truncated', ({ from: gone, to }) => {
+      st.pending.push([to, null, to - gone]);
+      st.floor = Math.max(st.floor, to);
+      later();
+    });
+    view.on('change', later);
+    paintCounts();
+  };
+
+  /** Renders what arrived since the last frame: appended, the oldest lines past LOG_LINES removed. */
+  const flush = () => {
+    st.frame = 0;
+    if (st.closed) return;
+    if (st.view && !st.view.loading) log.removeAttribute('aria-busy');
+    if (st.pending.length) render();
+    paintCounts();
+  };
+
+  const render = () => {
+    const batches = st.pending;
+    st.pending = [];
+    let count = 0;
+    for (const [, chunks] of batches) count += chunks ? chunks.length : 1;
+    // A burst longer than the pane: only its newest lines are built.
+    let skip = Math.max(0, count - LOG_LINES);
+    const frag = document.createDocumentFragment();
+    for (const [offset, chunks, dropped] of batches) {
+      if (!chunks) {
+        if (skip > 0) {
+          skip -= 1;
+          continue;
+        }
+        const gap = document.createElement('div');
+        gap.className = 'ln gap';
+        gap.dataset.offset = String(offset);
+        gap.textContent = `${fmtInt(dropped)} line${dropped === 1 ? '' : 's'} dropped by the server before they could be shown`;
+        frag.append(gap);
+        const note = q('#log-truncated');
+        note.textContent = `Some of this output is gone: the server keeps a bounded amount per stream (older lines go first, and all of it after the retention period). ${fmtInt(
+          dropped,
+        )} line${dropped === 1 ? ' was' : 's were'} dropped before this page could show ${dropped === 1 ? 'it' : 'them'}.`;
+        note.hidden = false;
+        continue;
+      }
+      const from = Math.min(skip, chunks.length);
+      skip -= from;
+      for (let i = from; i < chunks.length; i++) frag.append(logLine(chunks[i], offset + i));
+    }
+    log.setAttribute('aria-live', count > LOG_ANNOUNCE_MAX ? 'off' : 'polite');
+    lines.append(frag);
+    const extra = lines.childElementCount - LOG_LINES;
+    if (extra > 0) {
+      // Remove the oldest: a Range deletes a run of siblings in one go.
+      const r = document.createRange();
+      r.setStartBefore(lines.firstElementChild);
+      r.setEndAfter(lines.children[extra - 1]);
+      const height = st.follow ? 0 : log.scrollHeight;
+      r.deleteContents();
+      // Scrolled up: what the reader looks at stays put as lines go above
+      // it (by hand: the pane has no scroll anchoring, see app.css).
+      if (!st.follow) log.scrollTop -= height - log.scrollHeight;
+    }
+    if (st.follow) log.scrollTop = log.scrollHeight;
+    else {
+      st.unseen += count;
+      paintLatest();
+    }
+  };
+
+  /** The counts: lines in the stream, lines before the first one shown, where the pane is. */
+  const paintCounts = () => {
+    const v = st.view;
+    if (!v) return;
+    const end = v.end ?? 0;
+    q('#log-count').textContent = `${fmtInt(end)} line${end === 1 ? '' : 's'}`;
+    setButtonCount(st.name, end);
+    const first = lines.firstElementChild ? Number(lines.firstElementChild.dataset.offset) : end;
+    const earlier = Math.max(0, first - st.floor);
+    const e = q('#log-earlier');
+    e.hidden = earlier === 0;
+    e.textContent = `${fmtInt(earlier)} earlier line${earlier === 1 ? '' : 's'} not shown`;
+    const status = q('#log-status');
+    status.textContent = v.error
+      ? `Cannot follow this stream: ${v.error.message || v.error.code}`
+      : v.loading
+        ? 'Loading…'
+        : end === 0
+          ? 'No output yet.'
+          : '';
+    status.classList.toggle('bad', !!v.error);
+  };
+
+  const paintLatest = () => {
+    latest.hidden = st.follow;
+    latest.textContent = st.unseen ? `↓ Jump to latest (${fmtInt(st.unseen)} new)` : '↓ Jump to latest';
+  };
+
+  log.addEventListener('scroll', () => {
+    const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight <= LOG_STICK_PX;
+    if (atBottom === st.follow) return;
+    st.follow = atBottom;
+    if (atBottom) st.unseen = 0;
+    paintLatest();
+  });
+  latest.addEventListener('click', () => {
+    st.follow = true;
+    st.unseen = 0;
+    log.scrollTop = log.scrollHeight;
+    paintLatest();
+    log.focus();
+  });
+  el.addEventListener('click', (e) => {
+    const b = e.target.closest('[data-stream]');
+    if (b && b.dataset.stream !== st.name) select(b.dataset.stream);
+  });
+
+  listStreams().then(schedule);
+  return {
+    el,
+    /** The job changed: a finished job's streams are listed less often. */
+    job(j) {
+      st.finished = FINISHED.has(j.status);
+      // Until the job has a stream, a change of the job is a good time to look (a worker starting up).
+      if (j.version !== st.version) {
+        st.version = j.version;
+        if (!st.streams.length && Date.now() - st.listedAt > 1000) listStreams();
+      }
+    },
+    close() {
+      if (st.closed) return;
+      st.closed = true;
+      clearTimeout(st.timer);
+      cancelAnimationFrame(st.frame);
+      if (st.view) st.view.close();
+      st.view = null;
+    },
+  };
+}
+
+/** One chunk as a line: a string as text, any other JSON value as compact JSON. */
+function logLine(chunk, offset) {
+  const d = document.createElement('div');
+  d.className = typeof chunk === 'string' ? 'ln' : 'ln json';
+  d.dataset.offset = String(offset);
+  d.dataset.n = String(offset + 1);
+  d.textContent = typeof chunk === 'string' ? chunk : JSON.stringify(chunk);
+  return d;
 }
 
 /** Staff cancel a job after confirming, optionally with a reason (kept in the job's error log). */

@@ -10,7 +10,9 @@ export const TRANSPORTS = Object.freeze(['websocket', 'sse', 'longpoll']);
  * A transport of `kind` for `client`. Every transport has the same shape:
  * `run()` resolves with `{ established, error?, immediate?, retryAfterMs?,
  * replaced? }` when it is over; `stop()`, `add(topicState)`,
- * `remove(topicState)`, `addList(listState)`, `removeList(listState)`;
+ * `remove(topicState)`, `addList(listState)`, `removeList(listState)`,
+ * `addStream(streamState)`, `removeStream(streamState)`,
+ * `restartStream(streamState)` (job output streams, views/stream.js);
  * `kind`, `ready`, `adopted`, `expiresAt`.
  */
 export function makeTransport(kind, client) {

@@ -1,12 +1,18 @@
 // The fallback transports over plain HTTP: Server-Sent Events (`/v1/sse`,
-// and `/v1/sse/jobs` for live job lists) and long-poll over the event log
-// (`/v1/events`).
+// `/v1/sse/jobs` for live job lists, `/v1/jobs/{id}/streams/{name}/sse` for
+// job output streams) and long-poll over the event log (`/v1/events`) and
+// over streams (`/v1/jobs/{id}/streams/{name}?wait=`).
 
 import { HeraldError, errorFromResponse } from '../errors.js';
 import { decodeToken } from '../util.js';
+import { streamNeedsEnd, streamSince } from '../views/stream.js';
 
 /** The `_loops` key of a list: topics never start with `@`. */
 const listKey = (ls) => `@${ls.name}`;
+/** The `_loops` key of a job output stream (`#stream:<job>:<name>`): apart from a topic of the same name. */
+const streamKey = (ss) => `#${ss.topic}`;
+/** A stream's path under the HTTP API. */
+const streamPath = (ss) => `/v1/jobs/${encodeURIComponent(ss.jobId)}/streams/${encodeURIComponent(ss.name)}`;
 
 /**
  * A list's query as `/v1/sse/jobs` parameters, or null when it cannot be
@@ -58,6 +64,7 @@ export class StreamTransport {
       // Lists first: on long-poll their stand-in topics join the topics below.
       for (const ls of [...this.client._lists.values()]) this.addList(ls);
       for (const ts of [...this.client._topics.values()]) this.add(ts);
+      for (const ss of [...this.client._streams.values()]) this.addStream(ss);
       if (this._loops.size === 0) {
         // Nothing to stream yet: connected as soon as the server answers.
         this.client._serverReachable().then((ok) => {
@@ -119,6 +126,119 @@ export class StreamTransport {
 
   removeList(ls) {
     this._drop(listKey(ls));
+  }
+
+  // Job output streams: one SSE stream or poll loop each, from the offset
+  // its views want (`streamSince`), read again from there on every start.
+
+  addStream(ss) {
+    const key = streamKey(ss);
+    if (this._stopped || this._loops.has(key)) return;
+    const ac = new AbortController();
+    this._loops.set(key, ac);
+    const loop = this.kind === 'sse' ? this._sseStreamLoop(ss, key, ac.signal) : this._streamPollLoop(ss, key, ac.signal);
+    loop.catch((e) => this._end({ error: e }));
+  }
+
+  removeStream(ss) {
+    this._drop(streamKey(ss));
+  }
+
+  restartStream(ss) {
+    if (this._stopped) return;
+    // The old loop is aborted: nothing it still reads reaches the views.
+    this._drop(streamKey(ss));
+    this.addStream(ss);
+  }
+
+  /** A refusal of a stream (its job is unknown or not ours): it ends; anything else ends this transport. */
+  _streamFailed(ss, key, err) {
+    if (err && err.status && [400, 403, 404, 422].includes(err.status)) {
+      this._loops.delete(key);
+      this._healthy.delete(key);
+      this.client._streamFailed(ss.topic, err);
+      this._checkReady();
+      return;
+    }
+    this._end({ error: err });
+  }
+
+  /**
+   * One read of a stream: `GET /v1/jobs/{id}/streams/{name}?offset&limit&wait`,
+   * `{ offset, next, end, floor, truncated, chunks }`; null when aborted, or
+   * when it failed (then `failed(err)` was called).
+   */
+  async _readStream(ss, key, offset, limit, wait, signal) {
+    const c = this.client;
+    const q = new URLSearchParams({ offset: String(offset), limit: String(limit) });
+    if (wait) q.set('wait', String(wait));
+    const ac2 = new AbortController();
+    const abort = () => ac2.abort();
+    signal.addEventListener('abort', abort, { once: true });
+    const timer = setTimeout(abort, wait * 1000 + c.options.connectTimeoutMs);
+    try {
+      const res = await c._fetch(`${c.url}${streamPath(ss)}?${q}`, {
+        headers: { Authorization: `Bearer ${c._token}` },
+        cache: 'no-store',
+        signal: ac2.signal,
+      });
+      if (!res.ok) {
+        const err = await errorFromResponse(res);
+        if (!signal.aborted) this._streamFailed(ss, key, err);
+        return null;
+      }
+      const page = await res.json();
+      return signal.aborted ? null : page;
+    } catch (e) {
+      if (!signal.aborted) this._streamFailed(ss, key, new HeraldError('disconnected', `stream read: ${e.message || e}`));
+      return null;
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', abort);
+    }
+  }
+
+  /** The stream's end, for views that start there or wait to catch up with it (as a WebSocket ack would say). */
+  async _streamEnd(ss, key, signal) {
+    if (!streamNeedsEnd(ss)) return true;
+    const page = await this._readStream(ss, key, streamSince(ss) ?? 0, 1, 0, signal);
+    if (!page) return false;
+    this.client._streamAcked(this, ss.topic, page.end);
+    return true;
+  }
+
+  async _sseStreamLoop(ss, key, signal) {
+    const c = this.client;
+    if (!(await this._streamEnd(ss, key, signal))) return;
+    const q = new URLSearchParams();
+    const since = streamSince(ss);
+    if (since != null) q.set('offset', String(since));
+    return this._sseStream(key, `${streamPath(ss)}/sse?${q}`, signal, {
+      message: (event, body) => {
+        if (event === 'chunks') c._chunksIn(this, ss.topic, body.offset, body.chunks);
+        else if (event === 'truncated') c._streamTruncated(this, ss.topic, body.from, body.to);
+      },
+      failed: (err) => this._streamFailed(ss, key, err),
+    });
+  }
+
+  async _streamPollLoop(ss, key, signal) {
+    const c = this.client;
+    if (!(await this._streamEnd(ss, key, signal))) return;
+    let offset = streamSince(ss) ?? 0;
+    let first = true;
+    while (!signal.aborted) {
+      // `wait` only holds an answer that would be empty: catching up goes
+      // page after page. The first read answers at once (the transport is up).
+      const page = await this._readStream(ss, key, offset, 1000, first ? 0 : c.options.pollWaitSeconds, signal);
+      first = false;
+      if (!page) return;
+      this._up(key);
+      c._streamAcked(this, ss.topic, page.end);
+      if (page.truncated) c._streamTruncated(this, ss.topic, offset, page.offset);
+      if (page.chunks.length) c._chunksIn(this, ss.topic, page.offset, page.chunks);
+      offset = Math.max(offset, page.next);
+    }
   }
 
   _up(topic) {

@@ -4,6 +4,7 @@
 
 import { HeraldError } from '../errors.js';
 import { backoffDelay } from '../util.js';
+import { streamSince } from '../views/stream.js';
 
 function wsUrl(base) {
   return base.replace(/^http/i, 'ws') + '/v1/ws';
@@ -14,6 +15,17 @@ function wsUrl(base) {
 // fresh snapshot instead, which the view compares with what it held.
 const LIST_FRAME_MAX_BYTES = 60 * 1024;
 const utf8Length = (s) => (typeof TextEncoder !== 'undefined' ? new TextEncoder().encode(s).length : s.length * 3);
+
+/**
+ * A job output stream's frame, read: `chunks` as `{ kind: 'chunks', topic,
+ * offset, chunks }` (`offset` is the first chunk's), `stream_truncated` as
+ * `{ kind: 'truncated', topic, from, to }`. The one place that knows their
+ * shape on the wire (docs/PROTOCOL.md, "Job output streams").
+ */
+export function readStreamFrame(msg) {
+  if (msg.op === 'chunks') return { kind: 'chunks', topic: msg.topic, offset: msg.offset, chunks: msg.chunks };
+  return { kind: 'truncated', topic: msg.topic, from: msg.from, to: msg.to };
+}
 
 export class WsTransport {
   constructor(client) {
@@ -29,6 +41,7 @@ export class WsTransport {
     /** Set while this is a probe not yet adopted by the connection: it holds no lists. */
     this.probing = false;
     this._held = new Set(); // topics subscribed on this connection
+    this._heldStreams = new Set(); // job output streams subscribed on this connection
   }
 
   /** Resolves when the connection is over: { established, error?, immediate?, retryAfterMs? }. */
@@ -182,6 +195,57 @@ export class WsTransport {
     );
   }
 
+  // Job output streams: `sub` with `since` = the next offset wanted. Like
+  // lists, a probe takes them only once adopted (see connection.js).
+
+  addStream(ss) {
+    if (this.ready && !this.probing) this._subscribeStream(ss);
+  }
+
+  removeStream(ss, alreadyGone) {
+    if (!this.ready || this.probing || alreadyGone || !this._heldStreams.delete(ss.topic)) return;
+    this.request({ op: 'unsub', topic: ss.topic }).catch(() => {});
+  }
+
+  /** Subscribes again from the views' offset: unsub, then sub (the server takes them in order). */
+  restartStream(ss) {
+    if (!this.ready || this.probing) return;
+    ss.restarting = true;
+    if (this._heldStreams.delete(ss.topic)) this.request({ op: 'unsub', topic: ss.topic }).catch(() => {});
+    this._subscribeStream(ss);
+  }
+
+  /** Takes over every stream of the client (on welcome, or when a probe is adopted). */
+  streamAll() {
+    for (const ss of [...this.client._streams.values()]) this._subscribeStream(ss);
+  }
+
+  _subscribeStream(ss) {
+    const c = this.client;
+    const frame = { op: 'sub', topic: ss.topic };
+    const since = streamSince(ss);
+    if (since != null) frame.since = since;
+    this._heldStreams.add(ss.topic);
+    this.request(frame).then(
+      (ack) => c._streams.get(ss.topic) === ss && c._streamAcked(this, ss.topic, ack.offset),
+      (err) => {
+        if (err.code === 'disconnected' || c._streams.get(ss.topic) !== ss) return; // subscribed again on the next connection
+        this._heldStreams.delete(ss.topic);
+        if (err.code === 'unavailable' || err.code === 'too_many_subscriptions') {
+          setTimeout(() => c._streams.get(ss.topic) === ss && this.ready && this._subscribeStream(ss), 2000);
+          return;
+        }
+        c._streamFailed(ss.topic, err);
+      },
+    );
+  }
+
+  _streamIn(f) {
+    const c = this.client;
+    if (f.kind === 'chunks') c._chunksIn(this, f.topic, f.offset, f.chunks);
+    else c._streamTruncated(this, f.topic, f.from, f.to);
+  }
+
   setPresence(ts) {
     return this.request({ op: 'presence', topic: ts.topic, meta: ts.meta || {} });
   }
@@ -205,7 +269,10 @@ export class WsTransport {
         this._startHeartbeat(every);
         // Lists first: taking one over may end a stand-in topic subscription
         // (long-poll), which then need not be sent at all.
-        if (!this.probing) this.listAll();
+        if (!this.probing) {
+          this.listAll();
+          this.streamAll();
+        }
         for (const ts of c._topics.values()) this._subscribe(ts);
         if (this.onReady) this.onReady();
         if (!this.adopted) c._established(this);
@@ -243,6 +310,10 @@ export class WsTransport {
         break;
       case 'event':
         c._deliver(msg.topic, msg);
+        break;
+      case 'chunks':
+      case 'stream_truncated':
+        this._streamIn(readStreamFrame(msg));
         break;
       case 'resync':
         c._resync(msg.topic, msg.position, msg.snapshot);

@@ -1,7 +1,7 @@
 // Compiled (not run) by types.test.mjs: the hand-written .d.ts files must
 // describe the API the way the docs use it.
-import { createClient, ProgressReporter, HeraldError, JobListView, type Job, type JobQuery, type JobLeave, type HeraldEvent, type Status } from '@herald/client';
-import { useJob, useJobs, useNotifications, usePresence, useConnectionStatus, HeraldProvider } from '@herald/client/react';
+import { createClient, ProgressReporter, HeraldError, JobListView, JobStreamView, StreamWriter, type Job, type JobQuery, type JobLeave, type HeraldEvent, type Status, type Appended } from '@herald/client';
+import { useJob, useJobs, useJobStream, useNotifications, usePresence, useConnectionStatus, HeraldProvider } from '@herald/client/react';
 
 const herald = createClient({ url: 'http://127.0.0.1:4000', getToken: async () => 'token', transports: ['websocket', 'sse'] });
 const status: Status = herald.status;
@@ -38,7 +38,28 @@ one.close();
 const watched = herald.watchJobs({ owner: 'alice', status: ['running', 'queued'], max: 50 });
 console.log(watched.topic, watched.jobs.length);
 
-const reporter = new ProgressReporter({ url: 'http://127.0.0.1:4000', token: 'hk_x_y', retries: 3 });
+// Job output streams.
+const log: JobStreamView<string> = herald.jobStream<string>('j', 'log', { offset: 0, max: 2000 });
+log.on('chunks', (chunks: string[], offset: number) => console.log(offset, chunks.join('\n')));
+log.on('truncated', ({ from, to }) => console.log(`${to - from} lines dropped`));
+log.subscribe((chunks) => console.log(chunks.length, log.offset, log.end, log.truncated?.to));
+const tokens = herald.jobStream<{ token: string }>('j', 'tokens', { offset: null });
+void (async () => {
+  for await (const all of tokens) console.log(all.map((t) => t.token).join(''));
+})();
+tokens.close();
+
+const reporter = new ProgressReporter({ url: 'http://127.0.0.1:4000', token: 'hk_x_y', retries: 3, streamBatch: 500, streamLingerMs: 50 });
+async function writeLog() {
+  const out: StreamWriter<string> = reporter.stream<string>('j', 'log', { batch: 100 });
+  out.write('Fetching /pricing');
+  const appended: Appended = await out.write('done');
+  console.log(appended.first_offset, appended.next_offset, out.appends, out.failure?.code);
+  await out.flush();
+  await out.close();
+  // @ts-expect-error: this writer takes strings
+  out.write({ token: 'x' });
+}
 async function work() {
   await reporter.jobStarted('j', { title: 't', owner: 'alice', total: 3 });
   await reporter.taskStarted('j', 't1', 'Yelp');
@@ -61,9 +82,12 @@ function Widget() {
   const { unreadCount, markRead } = useNotifications();
   const { members, broadcast } = usePresence('room:job:1', { name: 'a' });
   const { status: s, transport } = useConnectionStatus();
+  const { chunks, end, offset, loading: l3, error: e3 } = useJobStream<string>('1', 'log', { max: 500 });
+  const { chunks: any } = useJobStream('1', null);
+  void [chunks.join('\n'), end, offset, l3, e3?.code, any.length];
   void markRead('n1');
   void broadcast('hi');
   return `${job?.progress} ${tasks.length} ${loading} ${error?.code} ${jobs.length} ${unreadCount} ${members} ${s} ${transport}`;
 }
 const provider = HeraldProvider({ client: herald });
-export { status, pos, iterate, work, Widget, provider };
+export { status, pos, iterate, work, writeLog, Widget, provider };

@@ -50,6 +50,7 @@ const CLIENT_MODULES: &[(&str, &str)] = client_modules![
     "views/jobs.js",
     "views/notifications.js",
     "views/presence.js",
+    "views/stream.js",
     "views/view.js",
 ];
 

@@ -3,6 +3,7 @@ mod bad_input;
 mod cancel;
 mod capture;
 mod cluster;
+mod compact;
 mod conflation;
 mod core_flow;
 mod cors;

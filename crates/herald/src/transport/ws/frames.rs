@@ -88,8 +88,80 @@ pub fn goodbye(reason: CloseReason, message: &str) -> Utf8Bytes {
     }))
 }
 
-/// The native protocol's cache slot in a delivery.
+/// How a connection's high-volume frames (events, broadcasts, presence
+/// diffs, chunks, list changes) are spelt. Everything else is the same JSON
+/// object in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// `{"op":"event","topic":…}`: self-describing objects (`herald.v1`).
+    #[default]
+    Json,
+    /// Positional arrays with a numeric tag first (`herald.v1c`): the same
+    /// content without the keys, and times as epoch milliseconds.
+    Compact,
+}
+
+/// Tags of compact frames, their first element.
+pub mod tag {
+    pub const EVENT: u8 = 0;
+    pub const BROADCAST: u8 = 1;
+    pub const PRESENCE_DIFF: u8 = 2;
+    pub const CHUNKS: u8 = 3;
+    pub const LIST_CHANGE: u8 = 4;
+}
+
+/// The native protocol's cache slots in a delivery, one per encoding.
 static NATIVE: std::sync::LazyLock<WireFormat> = std::sync::LazyLock::new(WireFormat::register);
+static COMPACT: std::sync::LazyLock<WireFormat> = std::sync::LazyLock::new(WireFormat::register);
+
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// An event of the log as a frame: `{"op":"event",…}` or `[0,topic,position,type,data,time_ms(,old)]`.
+pub fn event(e: &crate::model::Event, topic: &str, enc: Encoding) -> Utf8Bytes {
+    match enc {
+        Encoding::Json => Utf8Bytes::from(e.wire_json(Some("event"), topic)),
+        Encoding::Compact => {
+            let old = e.old.as_ref().map(|o| format!(",{}", o.get())).unwrap_or_default();
+            Utf8Bytes::from(format!(
+                "[{},{},{},\"{}\",{},{}{old}]",
+                tag::EVENT,
+                quoted(topic),
+                e.position.get(),
+                e.kind.as_str(),
+                e.data.get(),
+                e.time
+            ))
+        }
+    }
+}
+
+/// A delivery in the connection's encoding, serialized once per encoding and shared.
+pub fn delivery_in(d: &Delivery, enc: Encoding) -> Utf8Bytes {
+    match enc {
+        Encoding::Json => delivery(d),
+        Encoding::Compact => d.frame(*COMPACT, |d| -> Utf8Bytes {
+            match &d.payload {
+                Payload::Event(e) => event(e, &d.topic, Encoding::Compact),
+                Payload::Broadcast { event, data, from, .. } => Utf8Bytes::from(format!(
+                    "[{},{},{},{},{}]",
+                    tag::BROADCAST,
+                    quoted(&d.topic),
+                    quoted(event),
+                    data.get(),
+                    from.as_deref().map_or_else(|| "null".to_string(), quoted)
+                )),
+                Payload::PresenceDiff { joins, leaves } => {
+                    Utf8Bytes::from(format!("[{},{},{joins},{leaves}]", tag::PRESENCE_DIFF, quoted(&d.topic)))
+                }
+                Payload::Chunks { first, chunks, .. } => {
+                    Utf8Bytes::from(chunks_frame(&d.topic, *first, chunks.get(), Encoding::Compact))
+                }
+            }
+        }),
+    }
+}
 
 /// The native frame of a delivery, serialized once and shared.
 pub fn delivery(d: &Delivery) -> Utf8Bytes {
@@ -111,7 +183,7 @@ pub fn delivery(d: &Delivery) -> Utf8Bytes {
                 "leaves": leaves,
             })
             .to_string(),
-            Payload::Chunks { first, chunks, .. } => chunks_json(&d.topic, *first, chunks.get()),
+            Payload::Chunks { first, chunks, .. } => chunks_frame(&d.topic, *first, chunks.get(), Encoding::Json),
         }
         .into()
     })
@@ -123,14 +195,31 @@ pub fn list_snapshot(list: &str, position: crate::model::Position, jobs: &[crate
 }
 
 /// One change of a list. The job's JSON is the event's, spliced in as is.
-pub fn list_change(list: &str, c: &crate::session::job_list::Change) -> Utf8Bytes {
-    let name = serde_json::to_string(list).unwrap_or_default();
-    Utf8Bytes::from(format!(r#"{{"op":"list_change","list":{name},{}}}"#, c.json_fields()))
+/// Compact: `[4,list,change,position,id(,job)]`.
+pub fn list_change(list: &str, c: &crate::session::job_list::Change, enc: Encoding) -> Utf8Bytes {
+    let name = quoted(list);
+    match enc {
+        Encoding::Json => Utf8Bytes::from(format!(r#"{{"op":"list_change","list":{name},{}}}"#, c.json_fields())),
+        Encoding::Compact => {
+            let job = c.job.as_ref().map(|j| format!(",{}", j.get())).unwrap_or_default();
+            Utf8Bytes::from(format!(
+                "[{},{name},\"{}\",{},{}{job}]",
+                tag::LIST_CHANGE,
+                c.kind.as_str(),
+                c.position.get(),
+                quoted(&c.id)
+            ))
+        }
+    }
 }
 
-/// Chunks of a job's output stream: `{"op":"chunks","topic","offset","chunks"}`,
-/// `offset` being the first chunk's; the array is spliced in as stored.
-pub fn chunks_json(topic: &str, first: u64, chunks: &str) -> String {
-    let topic = serde_json::to_string(topic).unwrap_or_default();
-    format!(r#"{{"op":"chunks","topic":{topic},"offset":{first},"chunks":{chunks}}}"#)
+/// Chunks of a job's output stream: `{"op":"chunks","topic","offset","chunks"}`
+/// or `[3,topic,offset,chunks]`, `offset` being the first chunk's; the array
+/// is spliced in as stored.
+pub fn chunks_frame(topic: &str, first: u64, chunks: &str, enc: Encoding) -> String {
+    let topic = quoted(topic);
+    match enc {
+        Encoding::Json => format!(r#"{{"op":"chunks","topic":{topic},"offset":{first},"chunks":{chunks}}}"#),
+        Encoding::Compact => format!("[{},{topic},{first},{chunks}]", tag::CHUNKS),
+    }
 }

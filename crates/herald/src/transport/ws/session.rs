@@ -53,13 +53,20 @@ struct Session {
     /// Streams whose live chunks skipped ahead in the last batch: read from the store next.
     gaps: Vec<Arc<str>>,
     rate: RateLimit,
+    /// How events, broadcasts, presence diffs, chunks and list changes are spelt.
+    encoding: frames::Encoding,
 }
 
 /// Runs a connection to its end. `initial` is the principal from `?token=` or
 /// `Sec-WebSocket-Protocol`, if the client sent one.
-pub async fn run(socket: WebSocket, s: AppState, initial: Option<Result<Principal, AuthError>>) {
+pub async fn run(
+    socket: WebSocket,
+    s: AppState,
+    initial: Option<Result<Principal, AuthError>>,
+    encoding: frames::Encoding,
+) {
     let (sink, stream) = socket.split();
-    serve(sink, stream, s, initial).await;
+    serve(sink, stream, s, initial, encoding).await;
 }
 
 /// The session over any pair of frame sink and stream (a socket, or channels in tests).
@@ -68,6 +75,7 @@ pub async fn serve(
     mut stream: impl WsStream,
     s: AppState,
     initial: Option<Result<Principal, AuthError>>,
+    encoding: frames::Encoding,
 ) {
     let (member, mut inbox) = Membership::new(&s, s.limits.outbox_capacity);
     let mut session = Session {
@@ -78,6 +86,7 @@ pub async fn serve(
         lists: HashMap::new(),
         gaps: Vec::new(),
         rate: RateLimit::new(s.limits.messages_per_second, Some(FLOOD_TOLERANCE)),
+        encoding,
     };
     let reason = session.drive(&mut sink, &mut stream, &mut inbox, initial).await;
     // Leave topics and rooms first: presence leaves go out at once, and nothing
@@ -179,9 +188,10 @@ impl Session {
                 }
                 _ = conn::sleep_until_ms(expiry.unwrap_or(0)), if expiry.is_some() => {
                     let now = crate::model::time::now_ms();
+                    let enc = self.encoding;
                     let mut frames = Vec::new();
                     for (name, list) in &mut self.lists {
-                        frames.extend(list.expire(now).iter().map(|c| Message::Text(frames::list_change(name, c))));
+                        frames.extend(list.expire(now).iter().map(|c| Message::Text(frames::list_change(name, c, enc))));
                     }
                     if let Written::Failed = conn::write(sink, frames.into_iter(), &overflow).await {
                         return None;
@@ -211,9 +221,9 @@ impl Session {
                 }
                 match cursor.admit(*first, *count, chunks) {
                     Admit::Skip => {}
-                    Admit::Whole => out.push(frames::delivery(&d)),
+                    Admit::Whole => out.push(frames::delivery_in(&d, self.encoding)),
                     Admit::Part { first, chunks, .. } => {
-                        out.push(Utf8Bytes::from(frames::chunks_json(&d.topic, first, chunks.get())))
+                        out.push(Utf8Bytes::from(frames::chunks_frame(&d.topic, first, chunks.get(), self.encoding)))
                     }
                     Admit::Gap => self.gaps.push(Arc::clone(&d.topic)),
                 }
@@ -226,7 +236,7 @@ impl Session {
                     }
                     let now = *now.get_or_insert_with(crate::model::time::now_ms);
                     match list.apply(e, now) {
-                        Ok(Some(change)) => out.push(frames::list_change(name, &change)),
+                        Ok(Some(change)) => out.push(frames::list_change(name, &change, self.encoding)),
                         Ok(None) => {}
                         Err(TooLarge) => outgrown.push(name.clone()),
                     }
@@ -236,7 +246,7 @@ impl Session {
                     continue;
                 }
             }
-            out.push(frames::delivery(&d));
+            out.push(frames::delivery_in(&d, self.encoding));
         }
         for name in outgrown {
             self.unlist(&name);
@@ -387,6 +397,10 @@ impl Session {
             "role": p.role.as_str(),
             "expires_at": p.exp,
             "heartbeat_ms": self.s.limits.heartbeat_interval.as_millis() as u64,
+            "encoding": match self.encoding {
+                frames::Encoding::Json => "json",
+                frames::Encoding::Compact => "compact",
+            },
         });
         self.principal = Some(p);
         self.send(sink, frames::text(welcome)).await
@@ -493,7 +507,7 @@ impl Session {
                 ReplayPage::Events(events) => {
                     let mut last = since;
                     for e in &events {
-                        let frame = Utf8Bytes::from(e.wire_json(Some("event"), raw));
+                        let frame = frames::event(e, raw, self.encoding);
                         sink.feed(Message::Text(frame))
                             .await
                             .map_err(|_| (CloseReason::ProtocolError, String::new()))?;
@@ -543,7 +557,7 @@ impl Session {
                 let mut changes = opened.list.resume(&opened.jobs, &have);
                 JobList::describe_leaves(&self.s, p, &mut changes).await;
                 for change in changes {
-                    sink.feed(Message::Text(frames::list_change(&name, &change)))
+                    sink.feed(Message::Text(frames::list_change(&name, &change, self.encoding)))
                         .await
                         .map_err(|_| (CloseReason::ProtocolError, String::new()))?;
                 }
@@ -594,7 +608,13 @@ impl Session {
             let Some((stream, cursor)) = self.subs.get(topic).and_then(|s| s.stream.clone()) else { return Ok(()) };
             let page = match stream.page(&self.s, cursor).await {
                 Ok(page) => page,
-                Err(e) => return self.refuse(sink, &None, e).await,
+                Err(e) => {
+                    // Names the stream: the client resubscribes from its offset.
+                    self.member.record_error(e.code, &e.message);
+                    let frame =
+                        json!({ "op": "error", "id": null, "code": e.code, "topic": topic, "message": e.message });
+                    return self.send(sink, frames::text(frame)).await;
+                }
             };
             if page.first > cursor.next {
                 let gone = json!({ "op": "stream_truncated", "topic": topic, "from": cursor.next, "to": page.first });
@@ -608,7 +628,7 @@ impl Session {
             if page.chunks.is_empty() {
                 return Ok(());
             }
-            let frame = frames::chunks_json(topic, page.first, &chunks_array(&page));
+            let frame = frames::chunks_frame(topic, page.first, &chunks_array(&page), self.encoding);
             self.send(sink, Utf8Bytes::from(frame)).await?;
         }
     }
@@ -772,7 +792,7 @@ mod session_tests {
                 tx.send(m).map_err(axum::Error::new)?;
                 Ok::<_, axum::Error>(tx)
             }));
-            let task = tokio::spawn(serve(sink, stream, s.clone(), None));
+            let task = tokio::spawn(serve(sink, stream, s.clone(), None, super::frames::Encoding::Json));
             Client { to_server: Some(to_server), from_server, task }
         }
 
