@@ -37,6 +37,7 @@ export class HeraldClient extends Emitter {
     this.options = {
       transports: options.transports || TRANSPORTS,
       heartbeatMs: options.heartbeatMs,
+      compact: options.compact ?? true,
       connectTimeoutMs: options.connectTimeoutMs ?? 10000,
       backoff: { initialMs: 500, maxMs: 30000, ...(options.backoff || {}) },
       wsRetryMs: options.wsRetryMs ?? 60000,

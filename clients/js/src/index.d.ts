@@ -122,6 +122,8 @@ export interface ClientOptions {
   fetch?: typeof fetch;
   /** Client ping interval on the WebSocket; the connection is declared dead after two silent rounds. Default: the server's heartbeat, at most 20 s. */
   heartbeatMs?: number;
+  /** Ask the server for compact WebSocket frames (`herald.v1c`: positional arrays, fewer bytes per delivery). Default true. */
+  compact?: boolean;
   /** How long a connection attempt may take. Default 10 s. */
   connectTimeoutMs?: number;
   /** Reconnect backoff (exponential with jitter). Default { initialMs: 500, maxMs: 30000 }. */

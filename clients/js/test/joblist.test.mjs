@@ -6,6 +6,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createClient } from '../src/index.js';
+import { expandCompact } from '../src/transports/websocket.js';
 import { Server, startProxy, token, waitFor, sleep } from './harness.mjs';
 
 const TENANT = 'acme';
@@ -77,7 +78,11 @@ function spyingWebSocket() {
   class SpyWebSocket extends WebSocket {
     constructor(url, protocols) {
       super(url, protocols);
-      this.addEventListener('message', (m) => received.push(JSON.parse(m.data)));
+      // Compact frames (the client's default) read as the JSON frames they stand for.
+      this.addEventListener('message', (m) => {
+        const f = JSON.parse(m.data);
+        received.push(Array.isArray(f) ? expandCompact(f) : f);
+      });
     }
     send(data) {
       sent.push(JSON.parse(data));

@@ -22,6 +22,33 @@ const utf8Length = (s) => (typeof TextEncoder !== 'undefined' ? new TextEncoder(
  * `{ kind: 'truncated', topic, from, to }`. The one place that knows their
  * shape on the wire (docs/PROTOCOL.md, "Job output streams").
  */
+/**
+ * A compact frame (herald.v1c, docs/PROTOCOL.md "Compact frames") as the
+ * JSON frame it stands for, so everything past here reads one shape.
+ */
+export function expandCompact(a) {
+  switch (a[0]) {
+    case 0: {
+      const ev = { op: 'event', topic: a[1], position: a[2], type: a[3], data: a[4], time: new Date(a[5]).toISOString() };
+      if (a.length > 6) ev.old = a[6];
+      return ev;
+    }
+    case 1:
+      return { op: 'broadcast', topic: a[1], event: a[2], data: a[3], from: a[4] };
+    case 2:
+      return { op: 'presence_diff', topic: a[1], joins: a[2], leaves: a[3] };
+    case 3:
+      return { op: 'chunks', topic: a[1], offset: a[2], chunks: a[3] };
+    case 4: {
+      const ch = { op: 'list_change', list: a[1], change: a[2], position: a[3], id: a[4] };
+      if (a.length > 5) ch.job = a[5];
+      return ch;
+    }
+    default:
+      return null; // a frame of a newer server: skipped
+  }
+}
+
 export function readStreamFrame(msg) {
   if (msg.op === 'chunks') return { kind: 'chunks', topic: msg.topic, offset: msg.offset, chunks: msg.chunks };
   return { kind: 'truncated', topic: msg.topic, from: msg.from, to: msg.to };
@@ -60,7 +87,9 @@ export class WsTransport {
       let ws;
       try {
         // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol.
-        ws = new c._WebSocket(wsUrl(c.url), ['herald.v1', `bearer.${c._token}`]);
+        // Compact frames when the server has them (herald.v1c); it picks one of the two.
+        const protocols = c.options.compact ? ['herald.v1c', 'herald.v1'] : ['herald.v1'];
+        ws = new c._WebSocket(wsUrl(c.url), [...protocols, `bearer.${c._token}`]);
       } catch (e) {
         this._finish({ error: e });
         return;
@@ -258,6 +287,8 @@ export class WsTransport {
     } catch {
       return;
     }
+    if (Array.isArray(msg)) msg = expandCompact(msg);
+    if (!msg) return;
     const c = this.client;
     switch (msg.op) {
       case 'welcome': {

@@ -105,6 +105,21 @@ pub(crate) fn chunk_page(
     Ok(page)
 }
 
+/// Which of a stream's oldest segments `(first, bytes)` go so that `total`
+/// bytes come within `max`: the last `first` to delete (all up to it go) and
+/// the total after. The segment just appended is never among them.
+pub(crate) fn trim_cut(oldest: impl IntoIterator<Item = (i64, i64)>, mut total: i64, max: i64) -> (Option<i64>, i64) {
+    let mut cut = None;
+    for (first, bytes) in oldest {
+        if total <= max {
+            break;
+        }
+        total -= bytes;
+        cut = Some(first);
+    }
+    (cut, total)
+}
+
 /// Where an append went in its stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {

@@ -71,21 +71,25 @@ fn delivery_frame(d: &Delivery) -> Bytes {
     })
 }
 
-pub async fn stream(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let (parts, _) = req.into_parts();
-    let q: SseQuery = parse_query(parts.uri.query().unwrap_or(""))?;
-    let token = bearer(&parts).or(q.token).ok_or(crate::auth::AuthError::Missing)?;
-    let p = s.auth.authenticate(&token).await?;
-    let last_event_id = parts
-        .headers
+/// The `Last-Event-ID` an `EventSource` sends when it reconnects (`what` it holds: a position, an offset).
+pub(crate) fn last_event_id(headers: &axum::http::HeaderMap, what: &str) -> Result<Option<u64>, ApiError> {
+    headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(|v| {
             v.trim()
                 .parse::<u64>()
-                .map_err(|_| ApiError::bad_request("invalid_header", "Last-Event-ID: expected a position"))
+                .map_err(|_| ApiError::bad_request("invalid_header", format!("Last-Event-ID: expected {what}")))
         })
-        .transpose()?;
+        .transpose()
+}
+
+pub async fn stream(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, _) = req.into_parts();
+    let q: SseQuery = parse_query(parts.uri.query().unwrap_or(""))?;
+    let token = bearer(&parts).or(q.token).ok_or(crate::auth::AuthError::Missing)?;
+    let p = s.auth.authenticate(&token).await?;
+    let last_event_id = last_event_id(&parts.headers, "a position")?;
     let since = last_event_id.or(q.since);
     let mut topics = Vec::new();
     for raw in q.topic.split(',').map(str::trim).filter(|t| !t.is_empty()) {

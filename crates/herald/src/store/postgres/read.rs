@@ -44,6 +44,15 @@ pub async fn session(pool: &Pool, tenant: &str, id: &str) -> Result<Option<(Stri
 }
 
 /// The newest position in the log and the pruned floor below which nothing is left.
+/// A read-only transaction that sees one snapshot of the database throughout.
+async fn read_snapshot(c: &mut Object) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    Ok(c.build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
 pub async fn head_and_floor(c: &Object) -> Result<(Position, Position), StoreError> {
     let statement = c
         .prepare_cached(
@@ -105,12 +114,7 @@ pub async fn job_list(
     max_rows: usize,
 ) -> Result<crate::store::JobListSnapshot, StoreError> {
     let mut c = conn(pool).await?;
-    let tx = c
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = read_snapshot(&mut c).await?;
     let row = tx.query_one("SELECT coalesce((SELECT max(position) FROM herald.events), 0)", &[]).await?;
     let head = Position::from_u64(row.get::<_, i64>(0).max(0) as u64);
     let statuses: Vec<&str> = q.status.iter().map(|s| s.as_str()).collect();
@@ -563,12 +567,7 @@ pub async fn stream_chunks(
 ) -> Result<crate::store::ChunkPage, StoreError> {
     let mut c = conn(pool).await?;
     // One snapshot: the floor, the end and the segments agree.
-    let tx = c
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = read_snapshot(&mut c).await?;
     let head = tx
         .query_opt(
             "SELECT s.next_offset, (SELECT min(g.first) FROM herald.stream_segments g

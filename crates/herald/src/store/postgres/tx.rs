@@ -464,14 +464,9 @@ impl WriteTx for PgTx<'_, '_> {
                  AND first < $4 ORDER BY first LIMIT 1024",
             )?;
             let oldest = self.tx.query(&statement, &[&tenant, &job_id, &stream, &first])?;
-            let mut cut = None;
-            for row in oldest {
-                if total <= max_bytes as i64 {
-                    break;
-                }
-                total -= row.get::<_, i64>(1);
-                cut = Some(row.get::<_, i64>(0));
-            }
+            let segments = oldest.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
+            let (cut, after) = crate::store::trim_cut(segments, total, max_bytes as i64);
+            total = after;
             if let Some(cut) = cut {
                 self.execute(
                     "DELETE FROM herald.stream_segments WHERE tenant = $1 AND job_id = $2 AND name = $3 AND first <= $4",

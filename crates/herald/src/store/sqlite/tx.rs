@@ -342,14 +342,8 @@ impl WriteTx for SqliteTx<'_> {
                 )?
                 .query_map(params![tenant, job_id, stream, first], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            let mut cut = None;
-            for (seg_first, seg_bytes) in oldest {
-                if total <= max_bytes as i64 {
-                    break;
-                }
-                total -= seg_bytes;
-                cut = Some(seg_first);
-            }
+            let (cut, after) = crate::store::trim_cut(oldest, total, max_bytes as i64);
+            total = after;
             if let Some(cut) = cut {
                 self.conn
                     .prepare_cached(

@@ -121,19 +121,33 @@ pub async fn poll_events(
                 .collect::<Result<_, _>>()?;
             break EventsPage { events, next, resync: false };
         }
-        let mut buf = Vec::new();
-        tokio::select! {
-            changed = keys.next(), if keys.is_armed() => {
-                // A key revoked while its poll waits ends the poll with the error at once.
-                if changed.concerns(&p) {
-                    revocation::recheck(&s, &mut p.clone()).await?;
-                }
-            }
-            _ = inbox.recv_many(&mut buf, 16) => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = crate::app::shutting_down(&mut shutdown) => { deadline = tokio::time::Instant::now(); }
-        }
+        wait_once(&s, &p, &mut keys, &mut inbox, &mut deadline, &mut shutdown).await?;
     };
     drop(member);
     Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(page)).into_response())
+}
+
+/// One wait of a long-poll: until a delivery arrives, the deadline passes or
+/// the server begins shutting down (which moves the deadline to now). A key
+/// revoked while the poll waits ends it with the error at once.
+pub(crate) async fn wait_once(
+    s: &AppState,
+    p: &crate::auth::Principal,
+    keys: &mut KeyChanges,
+    inbox: &mut crate::hub::Inbox,
+    deadline: &mut tokio::time::Instant,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ApiError> {
+    let mut buf = Vec::new();
+    tokio::select! {
+        changed = keys.next(), if keys.is_armed() => {
+            if changed.concerns(p) {
+                revocation::recheck(s, &mut p.clone()).await?;
+            }
+        }
+        _ = inbox.recv_many(&mut buf, 16) => {}
+        _ = tokio::time::sleep_until(*deadline) => {}
+        _ = crate::app::shutting_down(shutdown) => { *deadline = tokio::time::Instant::now(); }
+    }
+    Ok(())
 }

@@ -13,7 +13,7 @@ use crate::hub::Payload;
 use crate::model::topic::validate_stream_name;
 use crate::rules::Command;
 use crate::session::stream::{StreamRef, PAGE_CHUNKS};
-use crate::session::{revocation, KeyChanges, Membership};
+use crate::session::{KeyChanges, Membership};
 use crate::store::StreamInfo;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
@@ -269,17 +269,7 @@ pub async fn read(
         if !page.chunks.is_empty() || tokio::time::Instant::now() >= deadline {
             break page;
         }
-        let mut buf = Vec::new();
-        tokio::select! {
-            changed = keys.next(), if keys.is_armed() => {
-                if changed.concerns(&p) {
-                    revocation::recheck(&s, &mut p.clone()).await?;
-                }
-            }
-            _ = inbox.recv_many(&mut buf, 16) => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = crate::app::shutting_down(&mut shutdown) => { deadline = tokio::time::Instant::now(); }
-        }
+        super::events::wait_once(&s, &p, &mut keys, &mut inbox, &mut deadline, &mut shutdown).await?;
     };
     drop(member);
     let body = ChunkList {
@@ -325,16 +315,7 @@ pub async fn follow(
     let p = s.auth.authenticate(&token).await?;
     let stream = stream_ref(&p, &job, &name)?;
     visible_job(&s, &p, &job).await?;
-    let last_event_id = parts
-        .headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.trim()
-                .parse::<u64>()
-                .map_err(|_| ApiError::bad_request("invalid_header", "Last-Event-ID: expected an offset"))
-        })
-        .transpose()?;
+    let last_event_id = crate::transport::sse::last_event_id(&parts.headers, "an offset")?;
     let guard = s
         .hub
         .connect(&p.tenant)
