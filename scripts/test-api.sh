@@ -72,6 +72,7 @@ conform() {
     --header "Authorization: Bearer $token" \
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
     --exclude-path /v1/sse --exclude-path /v1/ws \
+    --exclude-path /v1/sse/jobs --exclude-path "/v1/jobs/{id}/streams/{name}/sse" \
     --exclude-path /realtime/v1/websocket --exclude-path /socket/websocket \
     --max-examples "$2" \
     --seed "${API_SEED:-20261201}" \
