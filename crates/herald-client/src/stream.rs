@@ -10,28 +10,15 @@
 //! or in batches through [`Reporter::stream`](crate::Reporter::stream); read
 //! with [`Client::read_stream`](crate::Client::read_stream).
 //!
-//! These types are the client's reading of the server's answers (the server
-//! defines its own in `transport/http/streams.rs`), like [`EventPage`](crate::EventPage).
+//! The limits, the name rule and the append and listing answers are
+//! `herald-model`'s, shared with the server; a page of chunks is the client's
+//! own reading (the server writes chunks through as raw JSON), like
+//! [`EventPage`](crate::EventPage).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Largest chunk Herald takes, serialized as compact JSON, in bytes (64 KiB).
-pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
-/// Most chunks one append (and one read) may carry.
-pub const MAX_CHUNKS_PER_APPEND: usize = 10_000;
-
-/// Herald's answer to an append: where the chunks went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Appended {
-    pub stream: String,
-    /// Offset of the first chunk appended.
-    pub first_offset: u64,
-    /// The offset the next chunk will get.
-    pub next_offset: u64,
-    /// The oldest offset still kept.
-    pub floor: u64,
-}
+pub use herald_model::stream::{validate_stream_name, Appended, StreamInfo, MAX_CHUNKS_PER_APPEND, MAX_CHUNK_BYTES};
 
 /// One page of a stream, from `GET /v1/jobs/{id}/streams/{name}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,19 +38,4 @@ pub struct ChunkPage {
     /// (retention or the stream's size bound).
     pub truncated: bool,
     pub chunks: Vec<Value>,
-}
-
-/// One stream of a job, from `GET /v1/jobs/{id}/streams`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamInfo {
-    pub name: String,
-    /// The oldest offset still kept.
-    pub floor: u64,
-    /// The offset the next chunk will get.
-    pub next_offset: u64,
-    /// Bytes of chunks kept.
-    pub bytes: u64,
-    /// Epoch milliseconds of the last append (RFC 3339 on the wire).
-    #[serde(with = "herald_model::time::rfc3339")]
-    pub updated_at: i64,
 }

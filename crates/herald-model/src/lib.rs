@@ -11,6 +11,7 @@ pub mod job;
 pub mod notification;
 pub mod position;
 pub mod requests;
+pub mod stream;
 pub mod task;
 pub mod time;
 

@@ -10,7 +10,7 @@ pub mod topic;
 
 // The wire model (rows, statuses and their rules, request bodies) is its own
 // crate, shared with the Rust SDK.
-pub use herald_model::{ids, job, notification, position, requests, task, time, Artifact};
+pub use herald_model::{ids, job, notification, position, requests, stream, task, time, Artifact};
 
 pub use event::{Event, EventType};
 pub use job::{Job, JobStatus};

@@ -21,17 +21,7 @@ pub enum Topic {
     Stream { job: String, name: String },
 }
 
-/// A stream's name: 1–64 characters of `A-Za-z0-9_-.` (no `:`, which ends the job id).
-pub fn validate_stream_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("stream name {name:?}: 1–64 characters of A-Za-z0-9_-."))
-    }
-}
+pub use herald_model::stream::validate_stream_name;
 
 impl Topic {
     /// Parses a topic, or says what is wrong with it.

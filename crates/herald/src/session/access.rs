@@ -41,6 +41,15 @@ pub async fn authorize_existing(s: &AppState, p: &Principal, raw: &str) -> Resul
     refuse_streams(check(s, p, raw, true).await?)
 }
 
+/// A job output stream (`stream:<job>:<name>`) of a job that exists and `p`
+/// may read, for Socket.IO's `stream:subscribe`.
+pub async fn authorize_existing_stream(s: &AppState, p: &Principal, raw: &str) -> Result<Topic, SessionError> {
+    match check(s, p, raw, true).await? {
+        topic @ Topic::Stream { .. } => Ok(topic),
+        _ => Err(SessionError::invalid("invalid_topic", format!("{raw} is not a job output stream"))),
+    }
+}
+
 async fn check(s: &AppState, p: &Principal, raw: &str, job_must_exist: bool) -> Result<Topic, SessionError> {
     let topic = Topic::parse(raw).map_err(|m| SessionError::invalid("invalid_topic", m))?;
     if let Topic::Table { schema, name, owner } = &topic {
@@ -72,7 +81,7 @@ async fn check(s: &AppState, p: &Principal, raw: &str, job_must_exist: bool) -> 
     if let Some(id) = job {
         // The owner column only: deciding access never loads (or times) the whole document.
         let owner = s.store.job_owner(&p.tenant, id).await?;
-        if owner.is_none() && job_must_exist && matches!(topic, Topic::Job(_)) {
+        if owner.is_none() && job_must_exist && matches!(topic, Topic::Job(_) | Topic::Stream { .. }) {
             return Err(SessionError::not_found(raw));
         }
         let owner_ref = owner.as_ref().map(|o| o.as_deref());

@@ -16,7 +16,7 @@ pub mod rooms;
 pub mod stream;
 pub mod token;
 
-pub use access::{authorize, authorize_existing, authorize_with_streams, snapshot};
+pub use access::{authorize, authorize_existing, authorize_existing_stream, authorize_with_streams, snapshot};
 pub use close::CloseReason;
 pub use error::{Refusal, SessionError};
 pub use membership::Membership;

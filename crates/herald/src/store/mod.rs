@@ -57,20 +57,8 @@ pub struct ChunkPage {
     pub chunks: Vec<Box<serde_json::value::RawValue>>,
 }
 
-/// One output stream of a job (`Reads::streams`).
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct StreamInfo {
-    pub name: String,
-    /// The oldest offset still kept.
-    pub floor: u64,
-    /// The offset the next chunk will get.
-    pub next_offset: u64,
-    /// Bytes of chunks kept.
-    pub bytes: u64,
-    #[serde(with = "crate::model::time::rfc3339")]
-    #[schema(value_type = String)]
-    pub updated_at: i64,
-}
+/// One output stream of a job (`Reads::streams`): the wire type itself.
+pub use herald_model::stream::StreamInfo;
 
 /// Parses a stored segment (a JSON array of chunks) into its chunks.
 pub(crate) fn segment_chunks(json: &str) -> Result<Vec<Box<serde_json::value::RawValue>>, StoreError> {

@@ -10,11 +10,11 @@ use super::jobs::visible_job;
 use crate::app::AppState;
 use crate::auth::{can_write_jobs, Principal};
 use crate::hub::Payload;
+use crate::model::stream::{Appended, StreamInfo, MAX_CHUNKS_PER_APPEND, MAX_CHUNK_BYTES};
 use crate::model::topic::validate_stream_name;
 use crate::rules::Command;
 use crate::session::stream::{StreamRef, PAGE_CHUNKS};
 use crate::session::{KeyChanges, Membership};
-use crate::store::StreamInfo;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -27,11 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
-/// Largest chunk, serialized, in bytes.
-pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
-/// Most chunks one append may carry.
-pub const MAX_CHUNKS_PER_APPEND: usize = 10_000;
-
 /// Body of `POST /v1/jobs/{id}/streams/{name}` as JSON.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -40,17 +35,6 @@ pub struct AppendChunks {
     /// 1–10,000 chunks, each any JSON value of at most 64 KiB.
     #[schema(value_type = Vec<Object>)]
     pub chunks: Vec<serde_json::Value>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Appended {
-    pub stream: String,
-    /// Offset of the first chunk appended.
-    pub first_offset: u64,
-    /// The offset the next chunk will get.
-    pub next_offset: u64,
-    /// The oldest offset still kept.
-    pub floor: u64,
 }
 
 /// Query of `GET /v1/jobs/{id}/streams/{name}`.

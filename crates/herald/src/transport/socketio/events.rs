@@ -105,10 +105,22 @@ pub fn delivery_packets(d: &Delivery) -> Packets {
                 let body = serde_json::json!({ "room": room, "joins": joins, "leaves": leaves });
                 Arc::from([Str::from(packet::event("presence:diff", &body.to_string()))])
             }
-            // Socket.IO clients cannot subscribe to job output streams (`authorize` refuses them).
-            Payload::Chunks { .. } => Arc::from([]),
+            Payload::Chunks { first, chunks, .. } => Arc::from([chunks_packet(&d.topic, *first, chunks.get())]),
         }
     })
+}
+
+/// `stream:chunks` with `{"jobId","stream","first","chunks"}`: chunks of a job
+/// output stream from offset `first`. It ends in an object, never a string,
+/// so the client does not take it for a log offset.
+pub fn chunks_packet(topic: &str, first: u64, chunks: &str) -> Str {
+    let (job, name) = match crate::model::Topic::parse(topic) {
+        Ok(crate::model::Topic::Stream { job, name }) => (job, name),
+        _ => (String::new(), String::new()),
+    };
+    let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let body = format!(r#"{{"jobId":{},"stream":{},"first":{first},"chunks":{chunks}}}"#, quoted(&job), quoted(&name));
+    Str::from(packet::event("stream:chunks", &body))
 }
 
 #[cfg(test)]

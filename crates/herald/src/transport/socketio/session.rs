@@ -2,7 +2,7 @@
 //! (transports, upgrade, heartbeats) is engineioxide's; this task reads the
 //! Socket.IO packets it hands over, answers them, and writes the outbox.
 
-use super::events::delivery_packets;
+use super::events::{chunks_packet, delivery_packets};
 use super::packet::{self, ClientPacket, MAIN_NAMESPACE};
 use super::recovery::{self, Saved, SavedRoom, SavedTopic};
 use crate::app::AppState;
@@ -10,9 +10,10 @@ use crate::auth::{AuthError, Principal};
 use crate::hub::{Delivery, Inbox, Payload, TopicKey};
 use crate::model::{Position, Role, Topic};
 use crate::session::rooms::{self, Broadcast};
+use crate::session::stream::{chunks_array, Admit, StreamCursor, StreamRef};
 use crate::session::{
-    authorize, authorize_existing, head, revocation, token, CloseReason, Cursor, Deadline, KeyChanges, Membership,
-    Replay, ReplayPage, SessionError,
+    authorize, authorize_existing, authorize_existing_stream, head, revocation, token, CloseReason, Cursor, Deadline,
+    KeyChanges, Membership, Replay, ReplayPage, SessionError,
 };
 use crate::transport::conn::{self, Batch, RateLimit, Verdict};
 use engineioxide::{DisconnectReason, Socket, Str};
@@ -125,6 +126,13 @@ struct Sub {
     since: Position,
 }
 
+/// A job output stream this connection follows, and the next offset it sends.
+struct StreamSub {
+    key: TopicKey,
+    stream: StreamRef,
+    cursor: StreamCursor,
+}
+
 struct Conn {
     s: AppState,
     socket: Arc<EioSocket>,
@@ -136,6 +144,12 @@ struct Conn {
     subs: BTreeMap<String, Sub>,
     /// Rooms joined (`room:<name>`) and the presence meta set in each.
     rooms: BTreeMap<String, Option<Value>>,
+    /// Job output streams followed (`stream:<job>:<name>`). Not part of
+    /// recovery: chunks carry offsets of their own, and the client subscribes
+    /// again on every connect with the next offset it wants.
+    streams: BTreeMap<String, StreamSub>,
+    /// Streams whose stored chunks are to be sent once the current answer is out.
+    catch_up_due: Vec<String>,
     /// Positions are global and deliveries arrive in order: one cursor for all topics.
     cursor: Cursor,
 }
@@ -175,11 +189,14 @@ async fn run(s: AppState, socket: Arc<EioSocket>, mut inbound: mpsc::Receiver<St
         pid: String::new(),
         subs: BTreeMap::new(),
         rooms: BTreeMap::new(),
+        streams: BTreeMap::new(),
+        catch_up_due: Vec::new(),
         cursor: Cursor::default(),
     };
     let end = c.drive(&mut inbound, &mut inbox).await;
     // Give back hub topics and presence at once (the drop would, too).
     c.subs.clear();
+    c.streams.clear();
     c.member.clear();
     match &end {
         End::Gone => {}
@@ -273,6 +290,10 @@ impl Conn {
     /// Writes queued deliveries: the topics still held, each event once.
     async fn deliver(&mut self, batch: impl Iterator<Item = Arc<Delivery>>) -> Result<(), End> {
         for d in batch {
+            if let Payload::Chunks { first, count, chunks } = &d.payload {
+                self.deliver_chunks(&d, *first, *count, chunks).await?;
+                continue;
+            }
             let held = self.subs.contains_key(&*d.topic) || self.rooms.contains_key(&*d.topic);
             if !held {
                 continue;
@@ -287,6 +308,62 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Live chunks of a followed stream: sent whole (the shared packet), cut
+    /// where the reader already has some, or, past a gap, read from the store.
+    async fn deliver_chunks(
+        &mut self,
+        d: &Delivery,
+        first: u64,
+        count: u64,
+        chunks: &serde_json::value::RawValue,
+    ) -> Result<(), End> {
+        let Some(sub) = self.streams.get_mut(&*d.topic) else { return Ok(()) };
+        match sub.cursor.admit(first, count, chunks) {
+            Admit::Skip => Ok(()),
+            Admit::Whole => {
+                for p in delivery_packets(d).iter() {
+                    self.emit(p.clone()).await?;
+                }
+                Ok(())
+            }
+            Admit::Part { first, chunks, .. } => self.emit(chunks_packet(&d.topic, first, chunks.get())).await,
+            Admit::Gap => self.catch_up(&d.topic).await,
+        }
+    }
+
+    /// Sends a stream's stored chunks from its reader's offset to the end
+    /// (`stream:truncated` first when older chunks were dropped). A store
+    /// that fails ends the subscription with a `herald:error` naming it: the
+    /// client subscribes again from its offset.
+    async fn catch_up(&mut self, topic: &str) -> Result<(), End> {
+        loop {
+            let Some(sub) = self.streams.get(topic) else { return Ok(()) };
+            let (stream, cursor) = (sub.stream.clone(), sub.cursor);
+            let page = match stream.page(&self.s, cursor).await {
+                Ok(page) => page,
+                Err(e) => {
+                    if let Some(sub) = self.streams.remove(topic) {
+                        self.member.leave(&sub.key);
+                    }
+                    return self.error_event(e.code, &format!("subscription to {topic} ended: {}", e.message)).await;
+                }
+            };
+            if page.first > cursor.next {
+                let body = json!({ "jobId": stream.job, "stream": stream.name, "from": cursor.next, "to": page.first });
+                self.emit_text(packet::event("stream:truncated", &body.to_string())).await?;
+            }
+            let mut next = StreamCursor::at(page.first);
+            next.read(&page);
+            if let Some(sub) = self.streams.get_mut(topic) {
+                sub.cursor = next;
+            }
+            if page.chunks.is_empty() {
+                return Ok(());
+            }
+            self.emit(chunks_packet(topic, page.first, &chunks_array(&page))).await?;
+        }
     }
 
     /// Queues a packet on the socket, waiting (boundedly) for room.
@@ -355,7 +432,12 @@ impl Conn {
                     return self.answer(id, Err(invalid_namespace(&ns))).await;
                 }
                 let result = self.on_event(&p, &name, args).await;
-                self.answer(id, result).await
+                self.answer(id, result).await?;
+                // A new stream's stored chunks follow its answer.
+                for topic in std::mem::take(&mut self.catch_up_due) {
+                    self.catch_up(&topic).await?;
+                }
+                Ok(())
             }
         }
     }
@@ -494,6 +576,7 @@ impl Conn {
 
     fn forget_all(&mut self) {
         self.subs.clear();
+        self.streams.clear();
         self.rooms.clear();
         self.member.clear();
         self.cursor = Cursor::default();
@@ -538,6 +621,26 @@ impl Conn {
                 };
                 self.join_room(p, &format!("room:{}", arg(0, "room name")?), meta).await
             }
+            "stream:subscribe" => {
+                let offset = match args.get(2) {
+                    None | Some(Value::Null) => None,
+                    Some(v) => Some(v.as_u64().ok_or_else(|| {
+                        SessionError::invalid(
+                            "invalid_event",
+                            "stream:subscribe: argument 3 must be the next offset wanted (an integer ≥ 0)",
+                        )
+                    })?),
+                };
+                self.subscribe_stream(p, &arg(0, "job id")?, &arg(1, "stream name")?, offset).await
+            }
+            "stream:unsubscribe" => {
+                let topic = format!("stream:{}:{}", arg(0, "job id")?, arg(1, "stream name")?);
+                let Some(sub) = self.streams.remove(&topic) else {
+                    return Err(SessionError::invalid("not_subscribed", format!("not subscribed to {topic}")));
+                };
+                self.member.leave(&sub.key);
+                Ok(json!({}))
+            }
             "room:leave" => self.leave_room(p, &format!("room:{}", arg(0, "room name")?)).await,
             "room:broadcast" => {
                 let room = format!("room:{}", arg(0, "room name")?);
@@ -567,7 +670,7 @@ impl Conn {
     fn check_room_for_one_more(&self, p: &Principal, topic: &str) -> Result<(), SessionError> {
         self.member.check_room_for(&p.tenant, [topic])?;
         let max = self.s.limits.max_subscriptions;
-        if self.subs.len() + self.rooms.len() >= max {
+        if self.subs.len() + self.rooms.len() + self.streams.len() >= max {
             return Err(SessionError::limit(
                 "too_many_subscriptions",
                 format!("at most {max} subscriptions per connection"),
@@ -600,6 +703,40 @@ impl Conn {
             return Err(e);
         }
         Ok(json!({}))
+    }
+
+    /// Follows a job output stream: live first, then the stored chunks from
+    /// `offset` (the next one wanted; default: from now on) once the answer,
+    /// which carries the stream's end, is out.
+    async fn subscribe_stream(
+        &mut self,
+        p: &Principal,
+        job: &str,
+        name: &str,
+        offset: Option<u64>,
+    ) -> Result<Value, SessionError> {
+        let topic = format!("stream:{job}:{name}");
+        if self.streams.contains_key(&topic) {
+            return Err(SessionError::invalid(
+                "already_subscribed",
+                format!("already following {topic}; unsubscribe first to read from another offset"),
+            ));
+        }
+        self.check_room_for_one_more(p, &topic)?;
+        authorize_existing_stream(&self.s, p, &topic).await?;
+        let key = self.member.join(&p.tenant, &topic);
+        let stream = StreamRef { tenant: Arc::clone(&p.tenant), job: job.to_string(), name: name.to_string() };
+        let end = match stream.end(&self.s).await {
+            Ok(end) => end,
+            Err(e) => {
+                self.member.leave(&key);
+                return Err(e);
+            }
+        };
+        let cursor = StreamCursor::at(offset.unwrap_or(end));
+        self.streams.insert(topic.clone(), StreamSub { key, stream, cursor });
+        self.catch_up_due.push(topic);
+        Ok(json!({ "offset": end }))
     }
 
     async fn unsubscribe(&mut self, p: &Principal, topic: &str) -> Result<Value, SessionError> {
@@ -651,10 +788,17 @@ impl Conn {
     async fn refresh(&mut self, p: &Principal, token: &str) -> Result<Value, SessionError> {
         let new = token::refresh(&self.s, p, token).await?;
         let mut dropped = Vec::new();
-        let held: Vec<String> = self.subs.keys().chain(self.rooms.keys()).cloned().collect();
+        let held: Vec<String> = self.subs.keys().chain(self.rooms.keys()).chain(self.streams.keys()).cloned().collect();
         for t in held {
-            if authorize(&self.s, &new, &t).await.is_err() {
+            let allowed = if self.streams.contains_key(&t) {
+                authorize_existing_stream(&self.s, &new, &t).await.is_ok()
+            } else {
+                authorize(&self.s, &new, &t).await.is_ok()
+            };
+            if !allowed {
                 if let Some(sub) = self.subs.remove(&t) {
+                    self.member.leave(&sub.key);
+                } else if let Some(sub) = self.streams.remove(&t) {
                     self.member.leave(&sub.key);
                 } else if self.rooms.remove(&t).is_some() {
                     self.member.leave(&TopicKey::new(&p.tenant, &t));
