@@ -16,27 +16,15 @@ RESULTS="$OUT/compare.jsonl"
 export HERALD_JWT_SECRET=bench-secret
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-PID=""
-stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; fi; }
-trap stop EXIT
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
-
-start() {
-  stop
-  rm -rf "$OUT/compare-db" && mkdir -p "$OUT/compare-db"
-  taskset -c 0 "$1/herald" serve --listen 127.0.0.1:4000 --db "$OUT/compare-db/herald.db" \
-    --messages-per-second 1000000 --max-subscriptions 1000 >"$OUT/compare-herald.log" 2>&1 &
-  PID=$!
-  wait_port 4000
-}
+source bench/lib.sh
 
 run() { # dir name
   local B="taskset -c 1 $1/herald-bench --json-out $RESULTS --label $2"
-  start "$1"; $B ingest --workers 100 --duration 10
+  start_herald "$1"; $B ingest --workers 100 --duration 10
   for n in 1000 10000; do
     ev=$(( 5000 * 1000 / n )); [ $ev -lt 200 ] && ev=200
-    start "$1"; $B fanout --subscribers $n --events $ev --publishers 2 --publish ws
-    start "$1"; $B fanout --subscribers $n --events $ev --publishers 8 --publish http
+    start_herald "$1"; $B fanout --subscribers $n --events $ev --publishers 2 --publish ws
+    start_herald "$1"; $B fanout --subscribers $n --events $ev --publishers 8 --publish http
   done
 }
 

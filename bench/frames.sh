@@ -18,19 +18,7 @@ export HERALD_JWT_SECRET=bench-secret
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release -q -p herald -p herald-bench -p herald-reference
 B="taskset -c 1 target/release/herald-bench --json-out $RESULTS --label $LABEL --payload-bytes 100"
-PID=""
-stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; fi; }
-trap stop EXIT
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
-start_herald() {
-  stop
-  rm -rf "$OUT/herald-db" && mkdir -p "$OUT/herald-db"
-  taskset -c 0 target/release/herald serve --listen 127.0.0.1:4000 --db "$OUT/herald-db/herald.db" \
-    --messages-per-second 1000000 --max-subscriptions 1000 >"$OUT/herald.log" 2>&1 &
-  PID=$!
-  wait_port 4000
-}
-start_reference() { stop; taskset -c 0 target/release/herald-reference 127.0.0.1:4100 2>/dev/null & PID=$!; wait_port 4100; }
+source bench/lib.sh
 summary() { tail -n 1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); d=r["deliveries_per_sec"]; m=r.get("missing", 0); print(f"  {sys.argv[1]:<20} {d:>12,.0f} deliveries/s  (missing {m})")' "$1"; }
 
 echo "== room broadcast fan-out, $SUBS subscribers x $EVENTS events, ~100-byte payload"

@@ -9,8 +9,6 @@ LABEL="${1:-$(git rev-parse --short HEAD 2>/dev/null || echo dev)}"
 OUT=artifacts/bench
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
-SERVER_CPU=0
-LOAD_CPU=1
 export HERALD_JWT_SECRET=bench-secret
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -22,22 +20,8 @@ if [ ! -d bench/peers/socketio/node_modules ]; then
   (cd bench/peers/socketio && npm ci --no-audit --no-fund --silent)
 fi
 
+source bench/lib.sh
 B="taskset -c $LOAD_CPU target/release/herald-bench --json-out $RESULTS --label $LABEL"
-PID=""
-stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; fi; }
-trap stop EXIT
-
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
-
-start_herald() {
-  stop
-  rm -rf "$OUT/herald-db" && mkdir -p "$OUT/herald-db"
-  taskset -c $SERVER_CPU target/release/herald serve --listen 127.0.0.1:4000 --db "$OUT/herald-db/herald.db" \
-    --messages-per-second 1000000 --max-subscriptions 1000 "$@" >"$OUT/herald.log" 2>&1 &
-  PID=$!
-  wait_port 4000
-}
-start_reference() { stop; taskset -c $SERVER_CPU target/release/herald-reference 127.0.0.1:4100 2>/dev/null & PID=$!; wait_port 4100; }
 start_socketio() { stop; taskset -c $SERVER_CPU node bench/peers/socketio/server.js 4200 2>/dev/null & PID=$!; wait_port 4200; }
 
 if [ "${QUICK:-0}" = 1 ]; then S1=200; S2=1000; EV=500; IDLE=2000; MISSED=10000; DUR=3

@@ -295,3 +295,30 @@ class ReporterBase(Generic[F]):
 
     def _log_close_error(self, e: HeraldError) -> None:
         log.warning("herald: closing the reporter: %s", e)
+
+
+class StreamWriterBase:
+    """What the sync and asyncio stream writers share: the stream they write
+    (its job and name) and the failure check after a flush."""
+
+    def __init__(self, reporter: Any, target: StreamTarget) -> None:
+        self.reporter = reporter
+        self._target = target
+
+    @property
+    def job_id(self) -> str:
+        return self._target.job_id
+
+    @property
+    def name(self) -> str:
+        return self._target.name
+
+    def _raise_failure(self) -> None:
+        """Raises this writer's failed append, if there was one."""
+        if self._target.failure is not None:
+            raise self._target.failure
+
+    def _log_close_error(self, e: HeraldError) -> None:
+        # The exception in flight matters more than a close that failed under it.
+        log.warning("herald: closing stream %s of job %s: %s", self.name, self.job_id, e)
+

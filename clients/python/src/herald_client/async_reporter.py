@@ -52,7 +52,7 @@ from ._common import (
     task_status_body,
 )
 from ._queue import Request, StreamTarget
-from ._reporter_base import ReporterBase, delivery
+from ._reporter_base import ReporterBase, StreamWriterBase, delivery
 from .errors import HeraldError
 
 log = logging.getLogger("herald_client")
@@ -542,24 +542,14 @@ class AsyncJobReporter:
             log.warning("herald: reporting job %s failed: %s", self.id, e)
 
 
-class AsyncStreamWriter:
+class AsyncStreamWriter(StreamWriterBase):
     """The asyncio twin of :class:`herald_client.StreamWriter` (from
     :meth:`AsyncReporter.stream`): ``await writer.write(chunk)`` returns
     once the chunk is queued (it waits only for room in a full queue), with
     the future of the append it travels in; ``await writer.flush()``,
     ``await writer.close()``, ``async with``."""
 
-    def __init__(self, reporter: AsyncReporter, target: StreamTarget) -> None:
-        self.reporter = reporter
-        self._target = target
-
-    @property
-    def job_id(self) -> str:
-        return self._target.job_id
-
-    @property
-    def name(self) -> str:
-        return self._target.name
+    reporter: AsyncReporter
 
     async def write(self, chunk: Any) -> asyncio.Future[JSON]:
         """See :meth:`herald_client.StreamWriter.write`."""
@@ -574,8 +564,7 @@ class AsyncStreamWriter:
     async def flush(self, timeout: Optional[float] = None) -> None:
         """See :meth:`herald_client.StreamWriter.flush`."""
         await self.reporter.flush(self.job_id, timeout)
-        if self._target.failure is not None:
-            raise self._target.failure
+        self._raise_failure()
 
     async def close(self, timeout: Optional[float] = None) -> None:
         self._target.closed = True
@@ -593,4 +582,4 @@ class AsyncStreamWriter:
         try:
             await self.close()
         except HeraldError as e:
-            log.warning("herald: closing stream %s of job %s: %s", self.name, self.job_id, e)
+            self._log_close_error(e)

@@ -39,7 +39,7 @@ from ._common import (
     task_status_body,
 )
 from ._queue import Request, StreamTarget
-from ._reporter_base import ReporterBase, delivery
+from ._reporter_base import ReporterBase, StreamWriterBase, delivery
 from .errors import HeraldError
 
 log = logging.getLogger("herald_client")
@@ -562,7 +562,7 @@ class JobReporter:
             log.warning("herald: reporting job %s failed: %s", self.id, e)
 
 
-class StreamWriter:
+class StreamWriter(StreamWriterBase):
     """Writes one job output stream through a :class:`Reporter` (from
     :meth:`Reporter.stream`). Chunks are queued in call order and travel in
     batches: a batch is sent as one append once it holds ``stream_batch``
@@ -578,17 +578,7 @@ class StreamWriter:
     manager it is closed on exit.
     """
 
-    def __init__(self, reporter: Reporter, target: StreamTarget) -> None:
-        self.reporter = reporter
-        self._target = target
-
-    @property
-    def job_id(self) -> str:
-        return self._target.job_id
-
-    @property
-    def name(self) -> str:
-        return self._target.name
+    reporter: Reporter
 
     def write(self, chunk: Any) -> Future[JSON]:
         """Queues one chunk: any JSON value (a string for a line or a token,
@@ -611,8 +601,7 @@ class StreamWriter:
         of the job queued so far (see :meth:`Reporter.flush`); raises the
         first failure, and this writer's failed append if there was one."""
         self.reporter.flush(self.job_id, timeout)
-        if self._target.failure is not None:
-            raise self._target.failure
+        self._raise_failure()
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Flushes; later writes raise ``HeraldError("closed")``."""
@@ -630,5 +619,5 @@ class StreamWriter:
             return
         try:
             self.close()
-        except HeraldError as e:  # the exception in flight matters more
-            log.warning("herald: closing stream %s of job %s: %s", self.name, self.job_id, e)
+        except HeraldError as e:
+            self._log_close_error(e)
