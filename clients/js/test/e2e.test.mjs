@@ -249,6 +249,10 @@ test('the inspector shows live connections, topics, presence, closes, and sends 
   await sam.locator(`#insp-presence .insp-room[data-room="room:job:${id}"]`, { hasText: 'alice' }).waitFor();
   // Rates come from two reads.
   await waitFor(async () => /\d/.test(await sam.locator('[data-stat="deliveries/s"] b').textContent()), 'a delivery rate');
+  // Resume hits and misses and cut-offs, as counted for the tenant.
+  for (const stat of ['resumes replayed', 'resumes resynced', 'slow consumers cut off']) {
+    assert.match(await sam.locator(`[data-stat="${stat}"] b`).textContent(), /^\d[\d,]*$/, stat);
+  }
 
   // A test broadcast to the job's room reaches alice's page.
   await sam.locator('#bc-target').fill(`room:job:${id}`);

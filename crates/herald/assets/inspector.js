@@ -97,6 +97,9 @@ function paint({ $, esc, ago, duration }, now, last) {
     ['waiting', t.waiting],
     ['conflated', t.conflated],
     ['log events/s', fmt(events)],
+    ['resumes replayed', t.delivery.resumes_replayed],
+    ['resumes resynced', t.delivery.resumes_resynced],
+    ['slow consumers cut off', t.delivery.slow_consumers],
   ]
     .map(([k, v]) => `<div class="stat" data-stat="${esc(k)}"><b>${esc(v)}</b><span>${esc(k)}</span></div>`)
     .join('');

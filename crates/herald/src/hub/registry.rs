@@ -52,6 +52,18 @@ pub struct ConnInfo {
     pub stats: Arc<QueueStats>,
 }
 
+/// A tenant's delivery counters on this node since it started: the
+/// inspector's resume hits and misses, and the connections cut off.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct DeliveryCounts {
+    /// Resumes served from the log (a hit: every missed event replayed).
+    pub resumes_replayed: u64,
+    /// Resumes older than retention (a miss: the client got a resync and a snapshot).
+    pub resumes_resynced: u64,
+    /// Connections cut off because what could not be conflated filled their queue (4008).
+    pub slow_consumers: u64,
+}
+
 /// A connection that ended, and why.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Closed {
@@ -89,6 +101,8 @@ pub struct Registry {
     conns: Mutex<HashMap<u64, ConnInfo>>,
     closed: Mutex<VecDeque<Closed>>,
     errors: Mutex<VecDeque<Refused>>,
+    /// Per tenant; one entry per tenant that resumed or was cut off.
+    counts: Mutex<HashMap<Arc<str>, DeliveryCounts>>,
 }
 
 impl Registry {
@@ -100,8 +114,29 @@ impl Registry {
         self.conns.lock().remove(&id)
     }
 
-    pub fn record_close(&self, closed: Closed) {
+    /// Records why a connection ended; `slow_consumer` when its queue overflowed.
+    pub fn record_close(&self, closed: Closed, slow_consumer: bool) {
+        if slow_consumer {
+            self.count(&closed.tenant, |c| c.slow_consumers += 1);
+        }
         keep_last(&mut self.closed.lock(), closed);
+    }
+
+    /// Counts a resume of `tenant`: replayed from the log, or behind retention.
+    pub fn count_resume(&self, tenant: &Arc<str>, behind: bool) {
+        self.count(tenant, |c| match behind {
+            true => c.resumes_resynced += 1,
+            false => c.resumes_replayed += 1,
+        });
+    }
+
+    fn count(&self, tenant: &Arc<str>, add: impl FnOnce(&mut DeliveryCounts)) {
+        add(self.counts.lock().entry(Arc::clone(tenant)).or_default());
+    }
+
+    /// A tenant's delivery counters.
+    pub fn counts_of(&self, tenant: &str) -> DeliveryCounts {
+        self.counts.lock().get(tenant).copied().unwrap_or_default()
     }
 
     pub fn record_error(&self, refused: Refused) {

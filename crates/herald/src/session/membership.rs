@@ -94,20 +94,24 @@ impl Membership {
         let Some(info) = self.described.take() else { return };
         self.s.hub.registry.remove(self.conn_id());
         let now = crate::model::time::now_ms();
+        let slow_consumer = matches!(self.end, Some((CloseReason::SlowConsumer, _)));
         let (reason, code, message) = match self.end.take() {
             Some((r, m)) => (r.name(), Some(r.code()), m),
             None => ("client", None, String::new()),
         };
-        self.s.hub.registry.record_close(Closed {
-            at: crate::model::time::format_ms(now),
-            tenant: info.tenant,
-            transport: info.transport,
-            sub: info.sub.to_string(),
-            reason,
-            code,
-            message,
-            lived_ms: now - info.connected_at,
-        });
+        self.s.hub.registry.record_close(
+            Closed {
+                at: crate::model::time::format_ms(now),
+                tenant: info.tenant,
+                transport: info.transport,
+                sub: info.sub.to_string(),
+                reason,
+                code,
+                message,
+                lived_ms: now - info.connected_at,
+            },
+            slow_consumer,
+        );
     }
 
     pub fn conn_id(&self) -> u64 {

@@ -43,10 +43,12 @@ impl Cursor {
     }
 }
 
-/// Counts a resume: served from the log, or behind retention (a resync).
-pub fn count_resume(behind: bool) {
+/// Counts a resume of `tenant`: served from the log, or behind retention (a
+/// resync); in `/metrics` and in the tenant's inspector.
+pub fn count_resume(s: &AppState, tenant: &std::sync::Arc<str>, behind: bool) {
     let result = if behind { "resync" } else { "replayed" };
     metrics::counter!("herald_resumes_total", "result" => result).increment(1);
+    s.hub.registry.count_resume(tenant, behind);
 }
 
 /// One step of a replay.
@@ -81,7 +83,7 @@ impl Replay {
         let page = s.store.events(&self.tenant, &self.topics, self.after, REPLAY_PAGE).await?;
         let behind = self.after < page.floor;
         if !std::mem::replace(&mut self.counted, true) {
-            count_resume(behind);
+            count_resume(s, &self.tenant, behind);
         }
         if behind {
             self.done = true;

@@ -136,6 +136,7 @@ async fn a_subscriber_that_stops_reading_gets_the_final_state_and_every_status_c
         let (_, v) = s.get(&token("ada", "acme", "admin"), "/v1/admin/inspect").await;
         let closes = v["closes"].as_array().unwrap();
         assert!(closes.iter().any(|c| c["reason"] == "slow_consumer" && c["code"] == 4008), "{closes:?}");
+        assert!(v["totals"]["delivery"]["slow_consumers"].as_u64().unwrap() >= 1, "{}", v["totals"]);
     }
 
     // The inspector and /metrics count what was conflated.

@@ -152,6 +152,17 @@ async fn a_subscriber_that_never_reads_is_cut_off_while_fast_ones_get_everything
         .find(|l| l.starts_with("herald_queue_overflows_total "))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert_eq!(overflows, Some(1.0), "{metrics}");
+    // The tenant's inspector counts the cut-off too (once the connection's task has ended).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, v) = s.get(&staff, "/v1/admin/inspect").await;
+        assert_eq!(st, 200, "{v}");
+        if v["totals"]["delivery"]["slow_consumers"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", v["totals"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn pong_after(ws: &mut Ws, what: &str) {

@@ -3,6 +3,7 @@
 
 use super::live::{log_positions, next_json, produce, raw_sub, raw_ws, running_job, RawWs};
 use crate::harness::{token, Server};
+use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -235,4 +236,17 @@ async fn a_since_older_than_retention_gets_an_explicit_resync_with_a_snapshot() 
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no resync count in /metrics:\n{metrics}"));
     assert!(resyncs >= 2.0, "the long-poll's and the WebSocket's resync: {resyncs}");
+    // And in the tenant's inspector, beside the hits: a resume within retention.
+    let (st, v) = s.get(&worker, &format!("/v1/events?topic={topic}&since={head}")).await;
+    assert_eq!((st, v["resync"].as_bool()), (200, Some(false)), "{v}");
+    let (st, v) = s.get(&token("sam", "acme", "staff"), "/v1/admin/inspect").await;
+    assert_eq!(st, 200, "{v}");
+    let counts = &v["totals"]["delivery"];
+    assert!(counts["resumes_resynced"].as_u64().unwrap() >= 2, "{counts}");
+    assert!(counts["resumes_replayed"].as_u64().unwrap() >= 1, "{counts}");
+    let (_, theirs) = s.get(&token("root", "other", "admin"), "/v1/admin/inspect").await;
+    assert_eq!(
+        theirs["totals"]["delivery"],
+        json!({"resumes_replayed": 0, "resumes_resynced": 0, "slow_consumers": 0})
+    );
 }

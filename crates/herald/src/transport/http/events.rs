@@ -102,7 +102,7 @@ pub async fn poll_events(
         let page = s.store.events(&p.tenant, &topics, since, limit).await?;
         // A read that names where it stopped is a resume (a first read without `since` is not).
         if q.since.is_some() && first_read {
-            crate::session::replay::count_resume(since < page.floor);
+            crate::session::replay::count_resume(&s, &p.tenant, since < page.floor);
         }
         first_read = false;
         if since < page.floor {

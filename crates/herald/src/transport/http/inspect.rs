@@ -8,7 +8,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::Auth;
 use crate::app::AppState;
 use crate::auth::Role;
-use crate::hub::registry::{Closed, Refused};
+use crate::hub::registry::{Closed, DeliveryCounts, Refused};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -56,6 +56,8 @@ pub struct InspectTotals {
     pub waiting: u64,
     /// Progress ticks superseded while their connection was behind.
     pub conflated: u64,
+    /// Resume hits and misses and slow consumers cut off, since this node started.
+    pub delivery: DeliveryCounts,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -110,6 +112,7 @@ pub async fn inspect(State(s): State<AppState>, Auth(p): Auth) -> Result<Respons
         sent: 0,
         waiting: 0,
         conflated: 0,
+        delivery: s.hub.registry.counts_of(&p.tenant),
     };
     let mut connections: Vec<InspectConnection> = conns
         .into_iter()
