@@ -22,6 +22,12 @@ drop_pgdb() {
   psql -XAtq -d postgres -c "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)" >/dev/null 2>&1 || true
 }
 cleanup() {
+  local rc=$?
+  # A workload that failed said why on stderr: show it before the directory goes.
+  if [ "$rc" -ne 0 ] && [ -s "$DIR/bench.log" ]; then
+    echo "herald-bench smoke failed (exit $rc); its last words:"
+    tail -n 20 "$DIR/bench.log" | grep -v '^ ' || true
+  fi
   for p in $PID $PGPID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   if [ -n "$PGPID" ]; then
     for _ in $(seq 1 50); do # the slot is active until the server's walsender is gone
