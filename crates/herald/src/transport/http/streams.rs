@@ -33,7 +33,7 @@ use utoipa::{IntoParams, ToSchema};
 #[schema(example = json!({"chunks": ["Fetching /pricing", {"token": "Hel"}, {"token": "lo"}]}))]
 pub struct AppendChunks {
     /// 1–10,000 chunks, each any JSON value of at most 64 KiB.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<serde_json::Value>)]
     pub chunks: Vec<serde_json::Value>,
 }
 
@@ -64,7 +64,7 @@ pub struct ChunkList {
     /// True when chunks between the offset asked for and `offset` were dropped
     /// (retention or the stream's size bound).
     pub truncated: bool,
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<serde_json::Value>)]
     pub chunks: Vec<Box<RawValue>>,
 }
 
@@ -134,6 +134,7 @@ fn parse_chunks(headers: &HeaderMap, bytes: &[u8]) -> Result<(String, usize), Ap
         ("Idempotency-Key" = Option<String>, Header, description = "Replays return the first answer")),
     responses((status = 200, description = "Where the chunks went", body = Appended),
         (status = 404, description = "No such job in the caller's tenant", body = ErrorBody),
+        (status = 400, description = "A bad job id, or a text body that is not UTF-8", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 403, description = "Customers and staff may not append", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -194,7 +195,7 @@ pub async fn append(
     summary = "List a job's output streams",
     description = "Each stream of the job with its kept range (`floor` to `next_offset`) and size. Who may read the job may read this.",
     params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$")),
-    responses((status = 200, body = StreamList), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = StreamList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(s): State<AppState>,
@@ -213,7 +214,8 @@ pub async fn list(
         its streams; a stream never appended to is empty (`end` 0).",
     params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$"),
         ("name" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$"), ReadChunks),
-    responses((status = 200, body = ChunkList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ChunkList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, description = "A stream name that is not 1–64 characters of A-Za-z0-9_-.", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn read(
     State(s): State<AppState>,
@@ -286,7 +288,8 @@ pub struct FollowChunks {
         ("name" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$"),
         ("offset" = Option<u64>, Query, description = "First offset wanted (`Last-Event-ID` wins)"),
         ("token" = Option<String>, Query, description = "Bearer token, for `EventSource`")),
-    responses((status = 200, description = "`text/event-stream` of chunks"), (status = 404, body = ErrorBody)),
+    responses((status = 200, description = "`text/event-stream` of chunks"), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn follow(
     State(s): State<AppState>,
