@@ -427,14 +427,24 @@ impl Session {
         raw: &str,
         room: Topic,
     ) -> Result<Result<(), SessionError>, Fatal> {
-        if let Err(e) = self.check_room_for_one_more(&p.tenant, raw) {
+        if let Err(e) = self.join_room(p, raw, room) {
             return Ok(Err(e));
         }
+        self.send_presence_state(sink, p, raw).await?;
+        Ok(Ok(()))
+    }
+
+    /// Joins a room's hub topic: from here on its broadcasts reach this connection.
+    fn join_room(&mut self, p: &Principal, raw: &str, room: Topic) -> Result<(), SessionError> {
+        self.check_room_for_one_more(&p.tenant, raw)?;
         let key = self.member.join(&p.tenant, raw);
         self.subs.insert(Arc::clone(&key.topic), Sub { key, topic: room, cursor: Cursor::default(), stream: None });
+        Ok(())
+    }
+
+    async fn send_presence_state(&mut self, sink: &mut impl WsSink, p: &Principal, raw: &str) -> Result<(), Fatal> {
         let state = self.s.hub.presence.state(&p.tenant, raw);
-        self.send(sink, frames::text(json!({ "op": "presence_state", "topic": raw, "state": state }))).await?;
-        Ok(Ok(()))
+        self.send(sink, frames::text(json!({ "op": "presence_state", "topic": raw, "state": state }))).await
     }
 
     async fn subscribe(
@@ -461,11 +471,12 @@ impl Session {
             return self.subscribe_stream(sink, p, raw, topic.clone(), stream, since, id).await;
         }
         if topic.is_room() {
-            self.send(sink, frames::ack(id, json!({ "topic": raw }))).await?;
-            if let Err(e) = self.subscribe_room(sink, p, raw, topic).await? {
-                self.refuse(sink, id, e).await?;
+            // Joined before the ack: a broadcast sent once the client has its ack reaches it.
+            if let Err(e) = self.join_room(p, raw, topic) {
+                return self.refuse(sink, id, e).await;
             }
-            return Ok(());
+            self.send(sink, frames::ack(id, json!({ "topic": raw }))).await?;
+            return self.send_presence_state(sink, p, raw).await;
         }
         // Live first, then the log: anything committed meanwhile arrives twice at
         // most, and the cursor drops the second copy.
